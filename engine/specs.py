@@ -1,0 +1,229 @@
+"""Study and run specs: validation, expansion into runs, deterministic ids.
+
+A study is workload × optimizer entries (each a hyper-parameter grid) × seeds. It expands into
+runs in a fixed order; a run's label uses sorted keys (``adamw[lr=0.001]``) and its id is a hash
+of the study id and the label, so resubmitting a spec is idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import tomllib
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engine.errors import SpecError, format_validation_error
+from engine.optimizers import OPTIMIZERS
+from engine.workloads import WORKLOADS
+
+DEFAULT_MAX_RUNS = 500
+GridValue = bool | int | float
+
+
+def max_runs() -> int:
+    """The largest study accepted; ``APPROXIMANT_MAX_RUNS`` overrides the default."""
+    return int(os.environ.get("APPROXIMANT_MAX_RUNS", DEFAULT_MAX_RUNS))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WorkloadSpec(_Strict):
+    name: str = Field(description="registered workload name")
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimizerEntry(_Strict):
+    name: str = Field(description="registered optimizer name")
+    # Values are checked against the optimizer's hyper-parameter model in _deep_problems,
+    # which names the field and its range; a union type here would give vaguer messages.
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict, description="hyper-parameter → values; the runs take the product"
+    )
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _scalars_are_singletons(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: (x if isinstance(x, list) else [x]) for k, x in v.items()}
+        return v
+
+
+def _fmt(v: GridValue) -> str:
+    return repr(v) if isinstance(v, bool) else f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def run_label(optimizer: str, point: dict[str, GridValue]) -> str:
+    """benchopt-style name: ``adamw[lr=0.001,weight_decay=0]`` with sorted keys."""
+    inner = ",".join(f"{k}={_fmt(point[k])}" for k in sorted(point))
+    return f"{optimizer}[{inner}]" if inner else optimizer
+
+
+class RunSpec(_Strict):
+    """Everything a worker needs to train one run; travels as JSON."""
+
+    study_id: str
+    run_id: str
+    label: str = Field(description="optimizer config label, shared by the seeds of a config")
+    workload: WorkloadSpec
+    optimizer: str
+    hparams: dict[str, GridValue] = Field(description="resolved, defaults included")
+    seed: int
+    steps: int
+    eval_every: int
+    device: str
+
+
+class StudySpec(_Strict):
+    name: str = Field(min_length=1, max_length=120)
+    workload: WorkloadSpec
+    optimizers: list[OptimizerEntry] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    steps: int = Field(200, ge=1, le=10_000_000, description="training steps per run")
+    eval_every: int = Field(25, ge=1, le=10_000_000, description="steps between evaluations")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_in_range(cls, v: list[int]) -> list[int]:
+        bad = [s for s in v if not 0 <= s < 2**31]
+        if bad:
+            raise ValueError(f"every seed must be in [0, 2^31); got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds must be distinct; got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _deep_check(self) -> StudySpec:
+        problems = _deep_problems(self)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def study_id(self) -> str:
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return "st-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    def grid_points(self) -> list[tuple[str, dict[str, GridValue]]]:
+        out = []
+        for entry in self.optimizers:
+            keys = sorted(entry.grid)
+            for values in itertools.product(*(entry.grid[k] for k in keys)):
+                out.append((entry.name, dict(zip(keys, values, strict=True))))
+        return out
+
+    def n_runs(self) -> int:
+        return len(self.grid_points()) * len(self.seeds)
+
+
+def _deep_problems(spec: StudySpec) -> list[str]:
+    problems: list[str] = []
+    wl = WORKLOADS.get(spec.workload.name)
+    if wl is None:
+        problems.append(
+            f"workload.name: unknown workload {spec.workload.name!r}; "
+            f"allowed: {', '.join(sorted(WORKLOADS))}"
+        )
+    else:
+        try:
+            wl.settings(**spec.workload.settings)
+        except ValidationError as err:
+            problems.append(format_validation_error(err, "workload.settings"))
+    for i, entry in enumerate(spec.optimizers):
+        where = f"optimizers.{i}"
+        d = OPTIMIZERS.get(entry.name)
+        if d is None:
+            problems.append(
+                f"{where}.name: unknown optimizer {entry.name!r}; "
+                f"allowed: {', '.join(sorted(OPTIMIZERS))}"
+            )
+            continue
+        allowed = d.params.model_fields
+        for key, values in entry.grid.items():
+            if key not in allowed:
+                problems.append(
+                    f"{where}.grid.{key}: not a hyper-parameter of {entry.name}; "
+                    f"allowed: {', '.join(allowed)}"
+                )
+                continue
+            if not values:
+                problems.append(f"{where}.grid.{key}: empty list; give at least one value")
+            for v in values:
+                if isinstance(v, str | list | dict):
+                    problems.append(f"{where}.grid.{key}: must be a number (got {v!r})")
+                    continue
+                try:
+                    d.params(**{key: v})
+                except ValidationError as err:
+                    for item in err.errors():
+                        problems.append(f"{where}.grid.{key}: {item['msg']} (got {v!r})")
+    if problems:
+        return problems
+    n = spec.n_runs()
+    limit = max_runs()
+    if n > limit:
+        problems.append(
+            f"optimizers × grid × seeds: {n} runs exceeds the limit of {limit} "
+            "(APPROXIMANT_MAX_RUNS)"
+        )
+    labels = [run_label(name, point) for name, point in spec.grid_points()]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        problems.append(f"optimizers: the same configuration appears twice: {', '.join(dupes)}")
+    return problems
+
+
+def parse_study(data: dict[str, Any]) -> StudySpec:
+    """Validate a study from plain data; raise ``SpecError`` listing every problem."""
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err)) from None
+
+
+def parse_study_toml(text: str) -> StudySpec:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"<toml>: malformed TOML: {err}") from None
+    return parse_study(data)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def expand(spec: StudySpec) -> list[RunSpec]:
+    """All runs of a study in a fixed order: optimizer entry, grid point, seed."""
+    study_id = spec.study_id
+    runs = []
+    for name, point in spec.grid_points():
+        label = run_label(name, point)
+        hparams = OPTIMIZERS[name].params(**point).model_dump()
+        for seed in spec.seeds:
+            digest = hashlib.sha256(f"{study_id}|{label}|seed={seed}".encode()).hexdigest()
+            runs.append(
+                RunSpec(
+                    study_id=study_id,
+                    run_id=f"{study_id}-{digest[:10]}",
+                    label=label,
+                    workload=spec.workload,
+                    optimizer=name,
+                    hparams=hparams,
+                    seed=seed,
+                    steps=spec.steps,
+                    eval_every=spec.eval_every,
+                    device=spec.device,
+                )
+            )
+    return runs

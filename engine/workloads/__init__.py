@@ -1,0 +1,18 @@
+"""The one registry of workloads (training tasks)."""
+
+from engine.workloads.base import Task, Workload
+from engine.workloads.digits import DigitsMLP
+
+WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (DigitsMLP,)}
+
+
+def get_workload(name: str) -> type[Workload]:
+    try:
+        return WORKLOADS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown workload {name!r}; allowed: {', '.join(sorted(WORKLOADS))}"
+        ) from None
+
+
+__all__ = ["WORKLOADS", "Task", "Workload", "get_workload"]

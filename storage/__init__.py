@@ -1,0 +1,1 @@
+"""DuckDB storage: schema, the recorder that drains the metric stream, and read queries."""

@@ -1,0 +1,189 @@
+"""The recorder: drains the event stream into DuckDB, exactly once per row.
+
+Crash safety comes from the order of operations: read (the entry becomes pending for this
+consumer) → apply every event of the batch in one DuckDB transaction → commit → acknowledge.
+A crash before the commit leaves the entries pending and they are re-read on restart; a crash
+after the commit but before the acknowledgement re-applies them, and every write is idempotent
+(metrics are unique on run, attempt, step, name; studies and runs on their ids; status updates
+only move forward). So no row is lost and none is duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from storage.db import Database
+from storage.stream import TERMINAL, EventStream
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = ["run_id", "attempt", "step", "name", "value", "wall_s", "tokens"]
+
+
+def _ts(ev: dict[str, Any]) -> datetime:
+    return datetime.fromtimestamp(float(ev.get("ts") or 0.0) or datetime.now(UTC).timestamp(), UTC)
+
+
+class Recorder:
+    def __init__(self, db: Database, stream: EventStream, consumer: str = "recorder-1") -> None:
+        self.db = db
+        self.stream = stream
+        self.consumer = consumer
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._drain_lock = threading.Lock()
+        self.applied = 0
+
+    # -- one batch ---------------------------------------------------------------------------
+    def drain_once(self, count: int = 1000, block_ms: int | None = None) -> int:
+        """Apply this consumer's pending entries, then up to ``count`` new ones; return how many.
+
+        Safe to call from several threads (the loop and a page that wants fresh data now).
+        """
+        with self._drain_lock:
+            self.stream.ensure_group()
+            done = 0
+            batch = self.stream.read(self.consumer, count, None, pending=True)
+            if batch:
+                done += self._apply_safely(batch)
+            batch = self.stream.read(self.consumer, count, block_ms, pending=False)
+            if batch:
+                done += self._apply_safely(batch)
+            return done
+
+    def _apply_safely(self, batch: list[tuple[str, dict[str, Any]]]) -> int:
+        try:
+            return self._apply(batch)
+        except Exception:
+            if len(batch) == 1:
+                # A poison entry would block the stream forever: park it in the dead-letter
+                # stream (nothing is dropped) and move on.
+                eid, ev = batch[0]
+                log.exception("recorder: entry %s cannot be applied; moved to %s", eid,
+                              self.stream.dead_letter)
+                self.stream.park(eid, ev)
+                return 1
+            log.exception("recorder: batch of %d failed; applying one by one", len(batch))
+            return sum(self._apply_safely([item]) for item in batch)
+
+    def drain(self, max_batches: int = 1000) -> int:
+        """Drain until the stream has nothing new (bounded by ``max_batches``)."""
+        total = 0
+        for _ in range(max_batches):
+            n = self.drain_once()
+            total += n
+            if n == 0:
+                break
+        return total
+
+    def _apply(self, batch: list[tuple[str, dict[str, Any]]]) -> int:
+        metric_rows: list[tuple] = []
+        with self.db.write() as cur:
+            for _eid, ev in batch:
+                kind = ev.get("type")
+                if kind == "metrics":
+                    run_id, attempt = ev["run_id"], int(ev["attempt"])
+                    metric_rows.extend((run_id, attempt, *row) for row in ev["rows"])
+                elif kind == "study":
+                    self._apply_study(cur, ev)
+                elif kind == "status":
+                    self._apply_status(cur, ev)
+                else:
+                    log.warning("recorder: skipping unknown event %r", kind)
+            if metric_rows:
+                df = pd.DataFrame(metric_rows, columns=METRIC_COLUMNS)
+                # A batch may itself repeat a row (a publisher retry); keep the first copy.
+                df = df.drop_duplicates(subset=["run_id", "attempt", "step", "name"])
+                cur.register("incoming_metrics", df)
+                cur.execute(
+                    "INSERT OR IGNORE INTO metrics SELECT run_id, attempt, step, name, value, "
+                    "wall_s, tokens FROM incoming_metrics"
+                )
+                cur.unregister("incoming_metrics")
+        self.stream.ack(eid for eid, _ in batch)
+        self.applied += len(batch)
+        return len(batch)
+
+    @staticmethod
+    def _apply_study(cur, ev: dict[str, Any]) -> None:
+        ts = _ts(ev)
+        spec = ev["spec"]
+        cur.execute(
+            "INSERT OR IGNORE INTO studies VALUES (?, ?, ?, ?, ?, ?)",
+            [ev["study_id"], spec["name"], spec["workload"]["name"], json.dumps(spec),
+             len(ev["runs"]), ts],
+        )
+        rows = [
+            (r["run_id"], ev["study_id"], i, r["label"], r["optimizer"], r["seed"],
+             json.dumps(r["hparams"]), json.dumps(r), r["steps"], "queued", 0, 0, None, None,
+             ts, None, None, ts)
+            for i, r in enumerate(ev["runs"])
+        ]
+        cur.executemany(
+            "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    @staticmethod
+    def _apply_status(cur, ev: dict[str, Any]) -> None:
+        ts = _ts(ev)
+        status, attempt, step = ev["status"], int(ev["attempt"]), int(ev.get("step") or 0)
+        row = cur.execute(
+            "SELECT attempt, status FROM runs WHERE run_id = ?", [ev["run_id"]]
+        ).fetchone()
+        if row is None:
+            log.warning("recorder: status for unknown run %s", ev["run_id"])
+            return
+        cur_attempt, cur_status = row
+        # Status only moves forward: an older attempt, or a non-terminal event after the
+        # attempt's terminal one (a replay), changes nothing.
+        if attempt < cur_attempt:
+            return
+        if attempt == cur_attempt and cur_status in TERMINAL and status not in TERMINAL:
+            return
+        if attempt > cur_attempt:
+            cur.execute(
+                "UPDATE runs SET attempt = ?, status = ?, last_step = ?, message = ?, worker = ?, "
+                "started_at = ?, finished_at = NULL, updated_at = ? WHERE run_id = ?",
+                [attempt, status, step, ev.get("message"), ev.get("worker"), ts, ts,
+                 ev["run_id"]],
+            )
+        else:
+            cur.execute(
+                "UPDATE runs SET status = ?, last_step = greatest(last_step, ?), "
+                "message = coalesce(?, message), worker = coalesce(?, worker), updated_at = ? "
+                "WHERE run_id = ?",
+                [status, step, ev.get("message"), ev.get("worker"), ts, ev["run_id"]],
+            )
+        if status in TERMINAL:
+            cur.execute(
+                "UPDATE runs SET finished_at = ? WHERE run_id = ?", [ts, ev["run_id"]]
+            )
+
+    # -- background loop ---------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._loop, name="approximant-recorder",
+                                        daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.drain_once(block_ms=500)
+            except Exception:  # keep recording after a broker hiccup; entries stay pending
+                log.exception("recorder: batch failed; retrying")
+                self._stop.wait(1.0)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None

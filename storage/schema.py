@@ -1,0 +1,88 @@
+"""The DuckDB schema and its migrations.
+
+Each migration is a list of statements applied in one transaction; ``schema_version`` holds
+the number of migrations applied. Never edit a released migration: append a new one.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+MIGRATIONS: list[list[str]] = [
+    [
+        """
+        CREATE TABLE studies (
+            study_id   VARCHAR PRIMARY KEY,
+            name       VARCHAR NOT NULL,
+            workload   VARCHAR NOT NULL,
+            spec       JSON NOT NULL,
+            n_runs     INTEGER NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE runs (
+            run_id      VARCHAR PRIMARY KEY,
+            study_id    VARCHAR NOT NULL,
+            position    INTEGER NOT NULL,
+            label       VARCHAR NOT NULL,
+            optimizer   VARCHAR NOT NULL,
+            seed        INTEGER NOT NULL,
+            hparams     JSON NOT NULL,
+            spec        JSON NOT NULL,
+            steps       INTEGER NOT NULL,
+            status      VARCHAR NOT NULL,
+            attempt     INTEGER NOT NULL DEFAULT 0,
+            last_step   INTEGER NOT NULL DEFAULT 0,
+            message     VARCHAR,
+            worker      VARCHAR,
+            created_at  TIMESTAMPTZ NOT NULL,
+            started_at  TIMESTAMPTZ,
+            finished_at TIMESTAMPTZ,
+            updated_at  TIMESTAMPTZ NOT NULL
+        )
+        """,
+        "CREATE INDEX runs_study ON runs (study_id)",
+        """
+        CREATE TABLE metrics (
+            run_id  VARCHAR NOT NULL,
+            attempt INTEGER NOT NULL,
+            step    INTEGER NOT NULL,
+            name    VARCHAR NOT NULL,
+            value   DOUBLE,
+            wall_s  DOUBLE,
+            tokens  BIGINT,
+            PRIMARY KEY (run_id, attempt, step, name)
+        )
+        """,
+    ],
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def current_version(con: duckdb.DuckDBPyConnection) -> int:
+    con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Bring the database to ``SCHEMA_VERSION``; return the version it was at."""
+    start = current_version(con)
+    if start > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema version {start} is newer than this code's {SCHEMA_VERSION}; "
+            "upgrade Approximant"
+        )
+    for version in range(start, SCHEMA_VERSION):
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for stmt in MIGRATIONS[version]:
+                con.execute(stmt)
+            con.execute("INSERT INTO schema_version VALUES (?)", [version + 1])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+    return start

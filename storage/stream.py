@@ -1,0 +1,94 @@
+"""The event stream between workers and the recorder, and its wire format.
+
+Workers append events to one Redis stream; the recorder (the only DuckDB writer) reads them
+through a consumer group and acknowledges an entry only after its rows are committed. The stream
+entry id is the recorder's cursor. One stream keeps a study's registration ahead of its runs'
+status and metrics.
+
+Every entry has a single field ``e`` holding one JSON event:
+
+* ``{"type": "study", "study_id", "spec", "runs": [RunSpec JSON, ...], "ts"}``
+* ``{"type": "status", "run_id", "attempt", "status", "step", "message", "worker", "ts"}``
+* ``{"type": "metrics", "run_id", "attempt", "rows": [[step, name, value, wall_s, tokens]]}``
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+
+STREAM = "approximant:events"
+GROUP = "recorder"
+TERMINAL = ("finished", "diverged", "failed", "cancelled")
+STATUSES = ("queued", "running", *TERMINAL)
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
+
+
+class EventStream:
+    """Append events (workers, submitters) and read them in a consumer group (the recorder)."""
+
+    def __init__(self, client: redis.Redis, stream: str = STREAM, group: str = GROUP) -> None:
+        self.client = client
+        self.stream = stream
+        self.group = group
+        self.dead_letter = f"{stream}:dead"
+
+    # -- producers ---------------------------------------------------------------------------
+    def append(self, events: Sequence[dict[str, Any]]) -> None:
+        """Append events in order, in one round trip."""
+        if not events:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for ev in events:
+            pipe.xadd(self.stream, {"e": json.dumps(ev, separators=(",", ":"))})
+        pipe.execute()
+
+    # -- consumer ----------------------------------------------------------------------------
+    def ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as err:
+            if "BUSYGROUP" not in str(err):
+                raise
+
+    def read(
+        self, consumer: str, count: int, block_ms: int | None, pending: bool
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Entries for ``consumer``: its unacknowledged ones if ``pending``, else new ones."""
+        reply = self.client.xreadgroup(
+            self.group, consumer, {self.stream: "0" if pending else ">"},
+            count=count, block=None if pending else block_ms,
+        )
+        out = []
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                raw = fields.get(b"e", fields.get("e")) if fields else None
+                out.append((eid, json.loads(raw) if raw is not None else {"type": "empty"}))
+        return out
+
+    def ack(self, ids: Iterable[str]) -> None:
+        ids = list(ids)
+        if not ids:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xack(self.stream, self.group, *ids)
+        # Acknowledged entries are in DuckDB; deleting them keeps the broker's memory flat.
+        pipe.xdel(self.stream, *ids)
+        pipe.execute()
+
+    def park(self, entry_id: str, event: dict[str, Any]) -> None:
+        """Move an entry that cannot be applied to the dead-letter stream, then ack it."""
+        self.client.xadd(self.dead_letter, {"e": json.dumps(event), "from": entry_id})
+        self.ack([entry_id])
+
+
+def now() -> float:
+    return time.time()

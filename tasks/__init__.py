@@ -1,0 +1,1 @@
+"""The only Celery code: the app, broker resolution, the run task, publishing and submission."""

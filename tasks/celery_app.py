@@ -1,0 +1,59 @@
+"""The Celery application.
+
+JSON only (nothing is unpickled from the network); late acknowledgement with one task
+prefetched, so a worker that dies mid-run leaves its run to be delivered again; the broker's
+visibility timeout is above the longest run so a slow run is not delivered twice.
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from tasks.broker import ENV_BROKER
+
+VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
+
+app = Celery("approximant", include=["tasks.run"])
+app.conf.update(
+    broker_url=os.environ.get(ENV_BROKER, "redis://127.0.0.1:6379/0"),
+    result_backend=None,
+    task_ignore_result=True,
+    task_serializer="json",
+    accept_content=["json"],
+    result_serializer="json",
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    worker_send_task_events=False,
+    task_default_queue="approximant",
+)
+
+
+def configure(broker_url: str) -> Celery:
+    """Point the app at ``broker_url`` (before a worker starts or a task is sent)."""
+    app.conf.broker_url = broker_url
+    os.environ[ENV_BROKER] = broker_url
+    return app
+
+
+def torch_threads(concurrency: int) -> int:
+    """Threads per worker process: ``APPROXIMANT_TORCH_THREADS`` or cores ÷ processes."""
+    env = os.environ.get("APPROXIMANT_TORCH_THREADS")
+    if env:
+        return max(1, int(env))
+    return max(1, (os.cpu_count() or 1) // max(1, concurrency))
+
+
+@worker_process_init.connect
+def _per_process_setup(**_: object) -> None:
+    # Runs in each forked pool process, before any task: never touch CUDA in the parent.
+    import torch
+
+    concurrency = int(os.environ.get("APPROXIMANT_WORKER_CONCURRENCY", "1"))
+    torch.set_num_threads(torch_threads(concurrency))
