@@ -67,7 +67,7 @@ class MetricPublisher:
     def flush(self, status: str = "running", message: str | None = None) -> None:
         """Send buffered rows then a status event; retried while the broker is unreachable."""
         rows, self._rows = self._rows, []
-        for step, name, value, _w, _t in rows:
+        for _step, name, value, _w, _t in rows:
             if name in ("train_loss", "val_loss", "val_accuracy"):
                 self.latest[name] = value
         events: list[dict[str, Any]] = []
