@@ -126,8 +126,7 @@ class Recorder:
             for i, r in enumerate(ev["runs"])
         ]
         cur.executemany(
-            "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
+            f"INSERT OR IGNORE INTO runs VALUES ({', '.join('?' * 18)})", rows,
         )
 
     @staticmethod
