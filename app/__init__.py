@@ -1,0 +1,1 @@
+"""The front doors: the Streamlit dashboard and the ``approximant`` command line."""

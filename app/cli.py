@@ -1,0 +1,319 @@
+"""The terminal front door: ``approximant up | worker | run``.
+
+``up`` starts everything a person needs on one machine (embedded broker unless ``--broker``,
+one local worker, the dashboard); ``worker`` serves a broker (team mode); ``run`` runs a study
+from a spec file, through a running dashboard if there is one, else on a stack of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from app.config import Stack, data_dir, read_stack, remove_stack, write_stack
+from tasks.broker import ENV_BROKER, EmbeddedBroker, check_broker, explicit_broker
+
+log = logging.getLogger("approximant")
+TERMINAL = ("finished", "diverged", "failed", "cancelled")
+
+
+def _child(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "app.cli", *args],
+                            env={**os.environ, **(env or {})})
+
+
+def _stop_child(proc: subprocess.Popen | None, name: str, grace_s: float,
+                cold: signal.Signals | None = None) -> None:
+    """SIGTERM; after ``grace_s`` the ``cold`` signal (if any), then SIGKILL.
+
+    For a Celery worker SIGTERM is a warm shutdown (it waits for the running task) and SIGQUIT a
+    cold one, which puts the unacknowledged run back on the queue for the next worker.
+    """
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    for sig in ((cold,) if cold else ()) + (signal.SIGKILL,):
+        try:
+            proc.wait(grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            log.warning("%s still running after %.0fs; sending %s", name, grace_s, sig.name)
+            proc.send_signal(sig)
+    proc.wait(10)
+
+
+def _stop_stack(worker: subprocess.Popen | None, dashboard: subprocess.Popen | None,
+                broker: EmbeddedBroker | None) -> None:
+    """Worker first (its last rows reach the stream), then the recorder's host, then the broker."""
+    # A second Ctrl-C must not cut the orderly stop short: every wait below is bounded.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _stop_child(worker, "worker", 5, cold=signal.SIGQUIT)
+    _stop_child(dashboard, "dashboard", 15)
+    if broker is not None:
+        broker.stop()
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _raise_interrupt(signum: int, _frame: object) -> None:
+    raise _Interrupted(signal.Signals(signum).name)
+
+
+def _start_broker(args: argparse.Namespace, directory: Path) -> tuple[str, EmbeddedBroker | None]:
+    url = explicit_broker(getattr(args, "broker", None))
+    if url:
+        check_broker(url)
+        return url, None
+    broker = EmbeddedBroker(directory, port=getattr(args, "broker_port", None))
+    return broker.start(), broker
+
+
+# -- up ----------------------------------------------------------------------------------------
+def cmd_up(args: argparse.Namespace) -> int:
+    directory = data_dir(args.data_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    if (running := read_stack(directory)) is not None:
+        print(f"Approximant is already running for {directory} at {running.dashboard_url} "
+              f"(pid {running.pid}).", file=sys.stderr)
+        return 1
+    url, broker = _start_broker(args, directory)
+    worker = dashboard = None
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        if args.workers > 0:
+            worker = _child(["worker", "--broker", url, "--concurrency", str(args.workers)])
+        dashboard = _child(["dashboard", "--data-dir", str(directory), "--broker", url,
+                            "--host", args.host, "--port", str(args.port)])
+        shown_host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
+        dash_url = f"http://{shown_host}:{args.port}"
+        write_stack(directory, Stack(os.getpid(), url, dash_url))
+        print(f"Approximant: dashboard {dash_url} · broker {url}"
+              f"{' (embedded)' if broker else ''} · data {directory}\nPress Ctrl-C to stop.",
+              flush=True)
+        while True:
+            for name, proc in (("dashboard", dashboard), ("worker", worker)):
+                if proc is not None and proc.poll() is not None:
+                    print(f"Approximant: the {name} exited ({proc.returncode}); stopping.",
+                          file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+    except (KeyboardInterrupt, _Interrupted):
+        print("\nApproximant: stopping…", flush=True)
+        return 0
+    finally:
+        _stop_stack(worker, dashboard, broker)
+        remove_stack(directory)
+
+
+# -- dashboard (internal: started by up) -------------------------------------------------------
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from app.server import serve
+
+    return serve(data_dir(args.data_dir), explicit_broker(args.broker), args.host, args.port)
+
+
+# -- worker ------------------------------------------------------------------------------------
+def cmd_worker(args: argparse.Namespace) -> int:
+    url = explicit_broker(args.broker)
+    if not url:
+        directory = data_dir(args.data_dir)
+        stack = read_stack(directory)
+        if stack is None:
+            print("worker: no broker: pass --broker redis://host:port/0, set "
+                  f"{ENV_BROKER}, or start `approximant up` first.", file=sys.stderr)
+            return 2
+        url = stack.broker_url
+    check_broker(url)
+    from tasks.celery_app import app, configure
+
+    configure(url)
+    os.environ["APPROXIMANT_WORKER_CONCURRENCY"] = str(args.concurrency)
+    # Containers commonly run as root; Celery's warning about it would be printed every start.
+    warnings.filterwarnings("ignore", message=".*superuser privileges.*")
+    quiet = ["--quiet"] if args.loglevel.upper() in ("WARNING", "ERROR") else []
+    app.worker_main([
+        "worker", *quiet, f"--concurrency={args.concurrency}", "--pool=prefork",
+        f"--loglevel={args.loglevel}", "-Q", app.conf.task_default_queue,
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        f"--hostname={args.name}",
+    ])
+    return 0
+
+
+# -- run ---------------------------------------------------------------------------------------
+def _print_progress(runs, states: dict[str, dict[str, str]], last: dict[str, str]) -> None:
+    for r in runs:
+        s = states.get(r.run_id, {})
+        status = s.get("status", "queued")
+        line = f"{status:>9}  step {s.get('step', '0'):>6}/{r.steps}"
+        for k in ("train_loss", "val_loss", "val_accuracy"):
+            if k in s:
+                line += f"  {k} {float(s[k]):.4g}"
+        if last.get(r.run_id) != line and (status != "running" or "train_loss" in s):
+            print(f"  {r.label} seed={r.seed}: {line}", flush=True)
+            last[r.run_id] = line
+
+
+def _wait_for_runs(runs, url: str, poll_s: float = 1.0) -> dict[str, dict[str, str]]:
+    from tasks.submit import progress
+
+    last: dict[str, str] = {}
+    while True:
+        states = progress([r.run_id for r in runs], url)
+        _print_progress(runs, states, last)
+        done = sum(states.get(r.run_id, {}).get("status") in TERMINAL for r in runs)
+        if done == len(runs):
+            return states
+        time.sleep(poll_s)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from engine.errors import SpecError
+    from engine.specs import parse_study_toml
+    from tasks.submit import submit_study
+
+    try:
+        text = Path(args.spec).read_text()
+    except OSError as err:
+        print(f"run: cannot read {args.spec}: {err.strerror}", file=sys.stderr)
+        return 2
+    try:
+        spec = parse_study_toml(text)
+    except SpecError as err:
+        print(f"run: {args.spec} is not a valid study:", file=sys.stderr)
+        for line in str(err).splitlines():
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    directory = data_dir(args.data_dir)
+    url = explicit_broker(args.broker)
+    stack = None if url else read_stack(directory)
+    if stack is not None:
+        url = stack.broker_url
+        print(f"run: submitting to the dashboard at {stack.dashboard_url}")
+    owned: dict = {}
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        if url is None:
+            owned = _own_stack(directory, args)
+            url = owned["url"]
+        else:
+            check_broker(url)
+        sub = submit_study(spec, url)
+        print(f"run: study {spec.study_id} '{spec.name}': {len(sub.runs)} runs "
+              f"({sub.queued} queued now)", flush=True)
+        if args.no_wait:
+            return 0
+        states = _wait_for_runs(sub.runs, url)
+        if owned:
+            owned["recorder"].drain()
+        failed = [r for r in sub.runs if states[r.run_id].get("status") == "failed"]
+        print(f"run: done — {len(sub.runs) - len(failed)} of {len(sub.runs)} runs completed"
+              + (f", {len(failed)} failed" if failed else ""))
+        if stack is not None:
+            print(f"run: results at {stack.dashboard_url}/study?study={spec.study_id}")
+        return 1 if failed else 0
+    except (KeyboardInterrupt, _Interrupted):
+        print("\nrun: interrupted; queued runs stay queued and resume with the next worker.")
+        return 130
+    finally:
+        if owned:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            _stop_child(owned["worker"], "worker", 5, cold=signal.SIGQUIT)
+            owned["recorder"].stop()
+            owned["recorder"].drain()
+            owned["db"].close()
+            owned["broker"].stop()
+            remove_stack(directory)
+
+
+def _own_stack(directory: Path, args: argparse.Namespace) -> dict:
+    """Broker, worker and recorder for the length of one headless ``run``."""
+    from storage.db import Database
+    from storage.recorder import Recorder
+    from storage.stream import EventStream, connect
+
+    directory.mkdir(parents=True, exist_ok=True)
+    db = Database.in_dir(directory)
+    broker = EmbeddedBroker(directory)
+    url = broker.start()
+    recorder = Recorder(db, EventStream(connect(url)))
+    recorder.start()
+    worker = _child(["worker", "--broker", url, "--concurrency", str(args.workers),
+                     "--loglevel", "WARNING"])
+    write_stack(directory, Stack(os.getpid(), url, ""))
+    print(f"run: no dashboard running for {directory}; started a local broker and worker")
+    return {"url": url, "broker": broker, "db": db, "recorder": recorder, "worker": worker}
+
+
+# -- parser ------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="approximant", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--data-dir", help="data directory (default ./.approximant or "
+                        "$APPROXIMANT_DATA_DIR)")
+        sp.add_argument("--broker", help=f"redis:// URL of an external broker (or ${ENV_BROKER});"
+                        " default: an embedded Valkey server")
+
+    up = sub.add_parser("up", help="start the dashboard, a local worker and the broker")
+    common(up)
+    up.add_argument("--host", default="127.0.0.1", help="dashboard address (default 127.0.0.1)")
+    up.add_argument("--port", type=int, default=8501, help="dashboard port (default 8501)")
+    up.add_argument("--workers", type=int, default=1,
+                    help="local worker processes (default 1; 0 for none)")
+    up.add_argument("--broker-port", type=int, default=None,
+                    help="port of the embedded broker (default: a free one)")
+    up.set_defaults(func=cmd_up)
+
+    dash = sub.add_parser("dashboard", help=argparse.SUPPRESS)
+    common(dash)
+    dash.add_argument("--host", default="127.0.0.1")
+    dash.add_argument("--port", type=int, default=8501)
+    dash.set_defaults(func=cmd_dashboard)
+
+    wk = sub.add_parser("worker", help="run training tasks from a broker (team mode)")
+    common(wk)
+    wk.add_argument("--concurrency", type=int, default=1, help="processes (default 1)")
+    wk.add_argument("--loglevel", default="INFO")
+    wk.add_argument("--name", default="approximant@%h", help="worker node name")
+    wk.set_defaults(func=cmd_worker)
+
+    rn = sub.add_parser("run", help="run a study from a TOML spec file")
+    common(rn)
+    rn.add_argument("spec", help="path to a study spec (.toml)")
+    rn.add_argument("--workers", type=int, default=1,
+                    help="local worker processes when no dashboard is running (default 1)")
+    rn.add_argument("--no-wait", action="store_true", help="submit and return")
+    rn.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    for flag in ("workers", "port"):
+        value = getattr(args, flag, None)
+        if value is not None and value < (0 if flag == "workers" else 1):
+            print(f"--{flag}: must be ≥ {0 if flag == 'workers' else 1} (got {value})",
+                  file=sys.stderr)
+            return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ConnectionError, ValueError, RuntimeError) as err:
+        print(f"approximant {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

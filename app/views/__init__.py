@@ -1,0 +1,1 @@
+"""One dashboard page per module; each exposes ``render()``."""

@@ -1,0 +1,154 @@
+"""New study: workload × optimizers × grid × seeds, validated before anything is queued."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import streamlit as st
+
+from app import forms
+from app.services import get_services
+from engine.errors import SpecError
+from engine.optimizers import OPTIMIZERS
+from engine.specs import StudySpec, parse_study, parse_study_toml
+from engine.workloads import WORKLOADS
+
+DEFAULT_OPTIMIZERS = ["sgd", "adamw", "muon"]
+
+
+def _setting_input(key: str, info, prefix: str) -> Any:
+    kind = forms.field_kind(info)
+    label = key.replace("_", " ")
+    if kind is bool:
+        return st.checkbox(label, value=bool(info.default), key=f"{prefix}.{key}",
+                           help=info.description)
+    if kind is int:
+        return st.number_input(label, value=int(info.default), step=1, key=f"{prefix}.{key}",
+                               help=info.description)
+    if kind is float:
+        return st.number_input(label, value=float(info.default), format="%g",
+                               key=f"{prefix}.{key}", help=info.description)
+    return st.text_input(label, value=str(info.default), key=f"{prefix}.{key}",
+                         help=info.description)
+
+
+def _build_spec_dict() -> dict[str, Any]:
+    """Draw the form and return the spec it describes (SpecError for unparsable fields)."""
+    problems: list[str] = []
+    name = st.text_input(
+        "Study name", value=f"study {datetime.now(UTC):%Y-%m-%d %H:%M}", key="name"
+    )
+    wl_names = sorted(WORKLOADS)
+    wl_name = st.selectbox(
+        "Workload", wl_names, index=wl_names.index("digits_mlp") if "digits_mlp" in wl_names
+        else 0, format_func=lambda n: f"{WORKLOADS[n].title} ({n})", key="workload",
+    )
+    wl = WORKLOADS[wl_name]
+    st.caption(wl.description)
+    settings = {}
+    with st.expander("Workload settings"):
+        fields = wl.settings.model_fields
+        cols = st.columns(3)
+        for i, (key, info) in enumerate(fields.items()):
+            with cols[i % 3]:
+                value = _setting_input(key, info, f"wl.{wl_name}")
+            if value != info.default:
+                settings[key] = value
+
+    chosen = st.multiselect(
+        "Optimizers", sorted(OPTIMIZERS),
+        default=[n for n in DEFAULT_OPTIMIZERS if n in OPTIMIZERS],
+        format_func=lambda n: OPTIMIZERS[n].title, key="optimizers",
+        help="Each optimizer takes a grid: comma-separated values per hyper-parameter.",
+    )
+    entries = []
+    for i, opt in enumerate(chosen):
+        d = OPTIMIZERS[opt]
+        fields = d.params.model_fields
+        with st.expander(f"{d.title} — grid", expanded=True):
+            st.caption(d.description)
+            texts = {}
+            cols = st.columns(3)
+            for j, (key, info) in enumerate(fields.items()):
+                with cols[j % 3]:
+                    texts[key] = st.text_input(
+                        key.replace("_", " ") + (" (list)" if key == "lr" else ""),
+                        value=forms.default_text(info), key=f"opt.{opt}.{key}",
+                        help=info.description,
+                    )
+        try:
+            entries.append(forms.optimizer_entry(opt, texts, fields, i))
+        except SpecError as err:
+            problems.append(str(err))
+
+    c1, c2, c3, c4 = st.columns(4)
+    seeds_text = c1.text_input("Seeds", value="0, 1", key="seeds")
+    steps = c2.number_input("Steps per run", value=int(wl.default_steps), step=50, key="steps")
+    eval_every = c3.number_input("Evaluate every", value=25, step=5, key="eval_every")
+    device = c4.selectbox("Device", ["auto", "cpu", "cuda"], key="device")
+    try:
+        seeds = forms.parse_values(seeds_text, "seeds", int)
+    except SpecError as err:
+        problems.append(str(err))
+        seeds = []
+    if problems:
+        raise SpecError("\n".join(problems))
+    return {
+        "name": name,
+        "workload": {"name": wl_name, "settings": settings},
+        "optimizers": entries,
+        "seeds": seeds,
+        "steps": int(steps),
+        "eval_every": int(eval_every),
+        "device": device,
+    }
+
+
+def _submit(spec: StudySpec) -> None:
+    from tasks.submit import submit_study
+
+    services = get_services()
+    if services.broker_url is None or services.broker_error:
+        st.error(f"Cannot submit: {services.broker_error}")
+        return
+    sub = submit_study(spec, services.broker_url)
+    services.refresh()
+    st.session_state["flash"] = (
+        f"Queued {sub.queued} of {len(sub.runs)} runs."
+        if sub.queued else "This exact study was submitted before; showing it."
+    )
+    from app.navigation import page
+
+    st.switch_page(page("study"), query_params={"study": sub.study_id})
+
+
+def _show_errors(err: SpecError) -> None:
+    st.error("The study cannot run yet:\n\n" + "\n".join(f"- `{line}`"
+                                                          for line in str(err).splitlines()))
+
+
+def render() -> None:
+    st.title("New study")
+    tab_form, tab_toml = st.tabs(["Form", "TOML spec"])
+    with tab_form:
+        spec = None
+        try:
+            data = _build_spec_dict()
+            spec = parse_study(data)
+        except SpecError as err:
+            _show_errors(err)
+        if spec is not None:
+            st.info(f"{spec.n_runs()} runs · study id `{spec.study_id}`")
+            with st.expander("As a spec file for `approximant run`"):
+                st.code(forms.spec_to_toml(spec.model_dump(mode="json")), language="toml")
+        if st.button("Run", type="primary", disabled=spec is None, key="run"):
+            _submit(spec)
+    with tab_toml:
+        text = st.text_area("Study spec (TOML)", height=300, key="toml",
+                            placeholder='name = "my study"\nseeds = [0, 1]\n...')
+        if st.button("Validate and run", key="run_toml"):
+            try:
+                _submit(parse_study_toml(text))
+            except SpecError as err:
+                _show_errors(err)
