@@ -34,6 +34,6 @@ def loss_chart(curves: pd.DataFrame, metric: str, log_y: bool = False) -> alt.Ch
                 alt.Tooltip("value:Q", format=".4g"),
             ],
         )
-        .properties(height=320)
+        .properties(height=320, width="container")
         .interactive(bind_y=False)
     )

@@ -26,8 +26,10 @@ def parse_values(text: str, field: str, kind: type = float) -> list[Any]:
                 out.append(t.lower() in ("true", "1"))
             elif kind is int:
                 out.append(int(t))
-            else:
+            elif kind is float:
                 out.append(float(t))
+            else:
+                out.append(t)
         except ValueError:
             raise SpecError(f"{field}: {t!r} is not a valid {kind.__name__}") from None
     return out

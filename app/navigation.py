@@ -1,7 +1,9 @@
 """The dashboard's pages. A page's url path is stable, so links like ``/study?study=<id>`` last.
 
-Pages are files (``app/pages/*.py``, thin scripts over ``app.views``) so Streamlit's AppTest can
-switch to them; paths are relative to ``app/main.py``.
+Pages are files (``app/screens/*.py``, thin scripts over ``app.views``) so Streamlit's AppTest can
+switch to them; paths are relative to ``app/main.py``. The folder must not be called ``pages/``:
+Streamlit would also scan it as a legacy multipage app and resolve a first deep link by file name,
+showing "Page not found" for ``/new``.
 """
 
 from __future__ import annotations
@@ -9,15 +11,16 @@ from __future__ import annotations
 import streamlit as st
 
 PAGES = {
-    "studies": ("pages/studies.py", "Studies", ":material/list:", "studies"),
-    "new": ("pages/new_study.py", "New study", ":material/add_circle:", "new"),
-    "study": ("pages/study.py", "Study", ":material/monitoring:", "study"),
+    "studies": ("screens/studies.py", "Studies", ":material/list:", "studies"),
+    "new": ("screens/new_study.py", "New study", ":material/add_circle:", "new"),
+    "study": ("screens/study.py", "Study", ":material/monitoring:", "study"),
 }
 
 
 def page(name: str) -> st.Page:
     path, title, icon, url_path = PAGES[name]
-    return st.Page(path, title=title, icon=icon, url_path=url_path, default=name == "studies")
+    # The first page listed is the default one, served at "/".
+    return st.Page(path, title=title, icon=icon, url_path=url_path)
 
 
 def all_pages() -> list[st.Page]:

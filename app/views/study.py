@@ -10,8 +10,6 @@ from app.services import get_services
 from storage.queries import Queries
 
 REFRESH_S = 2.0
-STATUS_ICON = {"queued": "⏳", "running": "▶️", "finished": "✅", "diverged": "💥",
-               "failed": "❌", "cancelled": "⏹️"}
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -32,9 +30,7 @@ def _pick_study(q: Queries) -> str | None:
 
 
 def _runs_table(runs: pd.DataFrame) -> None:
-    table = runs.assign(
-        status=[f"{STATUS_ICON.get(s, '')} {s}" for s in runs["status"]],
-    )[["label", "seed", "status", "progress", "last_step", "train_loss", "val_loss",
+    table = runs.assign(message=runs["message"].fillna(""))[["label", "seed", "status", "progress", "last_step", "train_loss", "val_loss",
        "val_accuracy", "attempt", "message", "run_id"]]
     st.dataframe(
         table, hide_index=True, width="stretch", key="runs_table",

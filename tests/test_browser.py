@@ -1,0 +1,128 @@
+"""The whole product in a real headless Chromium: submit a study from the form, watch it finish.
+
+Needs Debian's Chromium (/usr/bin/chromium). Without it the test is skipped, unless
+APPROXIMANT_REQUIRE_BROWSER=1 (set by .ci/run), where a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("APPROXIMANT_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("APPROXIMANT_TEST_ARTIFACTS", "test-artifacts"))
+
+
+def _require_browser() -> None:
+    if shutil.which(CHROMIUM) is None:
+        msg = f"headless Chromium not found at {CHROMIUM} (apt-get install chromium)"
+        if os.environ.get("APPROXIMANT_REQUIRE_BROWSER") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[str]:
+    """``approximant up`` on a free port with its own data directory; yields the URL."""
+    _require_browser()
+    port = _free_port()
+    log = open(tmp_path / "up.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "up", "--data-dir", str(tmp_path / "data"),
+         "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "APPROXIMANT_BROKER_URL": ""},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log.close()
+            raise AssertionError("dashboard did not start:\n" + (tmp_path / "up.log").read_text())
+        time.sleep(0.5)
+    yield url
+    proc.send_signal(subprocess.signal.SIGINT)
+    try:
+        proc.wait(40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    assert proc.returncode == 0, (tmp_path / "up.log").read_text()[-3000:]
+
+
+def _fill(page, label: str, value: str) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(value)
+    box.press("Enter")
+    page.wait_for_timeout(300)
+
+
+def test_submit_from_form_and_watch_it_finish(stack: str) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--headless", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--no-first-run"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(f"{stack}/new")
+            expect(page.get_by_role("heading", name="New study")).to_be_visible(timeout=30_000)
+            _fill(page, "Study name", "browser test")
+            _fill(page, "Seeds", "0")
+            _fill(page, "Steps per run", "40")
+            _fill(page, "Evaluate every", "10")
+            expect(page.get_by_text(re.compile(r"3 runs · study id"))).to_be_visible(
+                timeout=30_000)
+            page.get_by_role("button", name="Run", exact=True).click()
+
+            page.wait_for_url(re.compile(r"/study\?study=st-"), timeout=30_000)
+            expect(page.get_by_role("heading", name="browser test")).to_be_visible(
+                timeout=30_000)
+            expect(page.get_by_text("3 of 3 runs done")).to_be_visible(timeout=120_000)
+            charts = page.locator(".vega-embed")
+            expect(charts.first).to_be_visible(timeout=30_000)
+            assert charts.count() >= 2
+            page.screenshot(path=str(ARTIFACTS / "study.png"), full_page=True)
+
+            # The same URL opens the same study in a fresh browser context.
+            url = page.url
+            other = browser.new_context().new_page()
+            other.goto(url)
+            expect(other.get_by_role("heading", name="browser test")).to_be_visible(
+                timeout=30_000)
+            expect(other.get_by_text("3 of 3 runs done")).to_be_visible(timeout=30_000)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
