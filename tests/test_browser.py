@@ -44,7 +44,7 @@ def stack(tmp_path: Path) -> Iterator[str]:
     """``approximant up`` on a free port with its own data directory; yields the URL."""
     _require_browser()
     port = _free_port()
-    log = open(tmp_path / "up.log", "w")
+    log = open(tmp_path / "up.log", "w")  # noqa: SIM115 - outlives this block, closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "up", "--data-dir", str(tmp_path / "data"),
          "--port", str(port)],

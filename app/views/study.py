@@ -30,8 +30,9 @@ def _pick_study(q: Queries) -> str | None:
 
 
 def _runs_table(runs: pd.DataFrame) -> None:
-    table = runs.assign(message=runs["message"].fillna(""))[["label", "seed", "status", "progress", "last_step", "train_loss", "val_loss",
-       "val_accuracy", "attempt", "message", "run_id"]]
+    columns = ["label", "seed", "status", "progress", "last_step", "train_loss", "val_loss",
+               "val_accuracy", "attempt", "message", "run_id"]
+    table = runs.assign(message=runs["message"].fillna(""))[columns]
     st.dataframe(
         table, hide_index=True, width="stretch", key="runs_table",
         column_config={

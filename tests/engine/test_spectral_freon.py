@@ -1,0 +1,189 @@
+"""Freon's rational iteration: coefficients, caching, and accuracy against fp64 SVD.
+
+Targets (issue 6): relative spectral error ≤ 1e-4 in fp64 for every listed c on κ ≤ 1e8 within
+5 factorisations; ≤ 1e-3 in fp32 within 4 where the conditioning allows, and with the exact
+floor (GGᵀ + δ²I)^(−c)G where it does not (compared with the floored fp64 reference).
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from fractions import Fraction
+
+import pytest
+import torch
+
+from engine.spectral import apply_map
+from engine.spectral.exact import spectral_power
+from engine.spectral.freon import as_fraction, freon_power, warm_freon
+from engine.spectral.freon_coefficients import (
+    ORDERS,
+    _critical_points,
+    freon_schedule,
+    minimax_step,
+    normalise,
+    pade_guess,
+)
+from engine.spectral.qdwh import qdwh_coefficients
+from engine.spectral.testing import controlled_matrix
+from engine.spectral.testing import relative_spectral_error as rel_err
+
+C_LIST = [0.25, 1 / 3, 0.5, 2 / 3, 0.75, 1.0]
+SHAPES = [(24, 40), (40, 24), (32, 32)]
+
+
+# ------------------------------------------------------------------------- coefficients
+
+
+@pytest.mark.parametrize("lo", [1e-8, 1e-3, 0.1, 0.5])
+def test_p2_solution_is_qdwh(lo: float) -> None:
+    a, b, g, L_next = minimax_step(2, lo * lo)
+    qa, qb, qc = qdwh_coefficients(lo)
+    assert (a, b, g) == pytest.approx((qa, qb, qc), rel=1e-6)
+    assert math.sqrt(L_next) == pytest.approx(lo * (qa + qb * lo**2) / (1 + qc * lo**2), rel=1e-6)
+
+
+@pytest.mark.parametrize("p", [3, 4, 6])
+@pytest.mark.parametrize("L", [1e-16, 1e-8, 1e-4, 1e-2])
+def test_solution_equioscillates_and_beats_pade(p: int, L: float) -> None:
+    a, b, g, L_next = minimax_step(p, L)
+
+    def h(x: float) -> float:
+        return x * ((a + b * x) / (1 + g * x)) ** p
+
+    x1, x2 = _critical_points(a, b, g, p)
+    assert L < x1 < x2 < 1
+    # max 1 at x₁ and 1, min L′ at L and x₂: the equioscillation of the minimax solution.
+    assert h(1.0) == pytest.approx(1.0, rel=1e-9)
+    assert h(x1) == pytest.approx(1.0, rel=1e-7)
+    assert h(L) == pytest.approx(L_next, rel=1e-7)
+    assert h(x2) == pytest.approx(L_next, rel=1e-7)
+    grid = torch.logspace(math.log10(L), 0, 50001, dtype=torch.float64).tolist()
+    values = [h(x) for x in grid]
+    assert max(values) <= 1 + 1e-9 and min(values) >= L_next * (1 - 1e-9)
+    assert L_next > normalise(*pade_guess(L, p), p, L)[3]
+
+
+def test_schedule_is_cached_and_not_computed_at_import() -> None:
+    code = (
+        "import engine.optimizers, engine.spectral\n"
+        "from engine.spectral.freon_coefficients import freon_schedule, minimax_step\n"
+        "assert freon_schedule.cache_info().currsize == 0\n"
+        "assert minimax_step.cache_info().currsize == 0\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    warm_freon((32, 48), c=2 / 3, dtype=torch.float32)
+    before = freon_schedule.cache_info()
+    freon_power(torch.randn(32, 48), c=2 / 3)
+    after = freon_schedule.cache_info()
+    assert after.hits == before.hits + 1 and after.misses == before.misses
+
+
+def test_orders_make_the_invariant_exact() -> None:
+    for c, (p_qr, p_chol) in ORDERS.items():
+        assert p_qr % 2 == 0
+        assert (p_qr * (2 * c - 1) / 2).denominator == 1 and (c * p_chol).denominator == 1
+
+
+def test_schedule_reaches_one() -> None:
+    for c in ORDERS:
+        steps = freon_schedule(c, 1e-20, 1e-5, 1e-3, 8)
+        assert 1 - steps[-1].L_next <= 1e-5
+        assert all(s.L_next > s.L for s in steps)
+        assert [s.kind for s in steps] == sorted((s.kind for s in steps), key="qr chol".index)
+
+
+# ---------------------------------------------------------------------------- accuracy
+
+
+@pytest.mark.parametrize("kappa", [1e2, 1e4, 1e8])
+@pytest.mark.parametrize("c", C_LIST)
+def test_fp64_within_five_factorisations(kappa: float, c: float) -> None:
+    for shape in SHAPES:
+        t = controlled_matrix(*shape, 1 / kappa, seed=21)
+        Y, info = freon_power(t.G, c=c, max_steps=5)  # default l0 = 1e-10 covers κ = 1e8
+        assert info.factorisations <= 5
+        assert rel_err(Y, spectral_power(t.G, c=c)) <= 1e-4, shape
+
+
+@pytest.mark.parametrize("kappa", [1e2, 1e4])
+@pytest.mark.parametrize("c", C_LIST)
+def test_fp32_within_four_factorisations(kappa: float, c: float) -> None:
+    for shape in SHAPES:
+        t = controlled_matrix(*shape, 1 / kappa, seed=22, dtype=torch.float32)
+        Y, info = freon_power(t.G, c=c, max_steps=4)
+        assert Y.dtype == torch.float32
+        assert info.factorisations <= 4
+        assert rel_err(Y, spectral_power(t.G.double(), c=c)) <= 1e-3, shape
+
+
+@pytest.mark.parametrize(
+    ("c", "kappa", "delta"),
+    [(0.25, 1e8, 0.0), (1 / 3, 1e6, 0.0), (1 / 3, 1e8, 1e-5), (0.5, 1e6, 1e-3),
+     (2 / 3, 1e8, 1e-3), (0.75, 1e8, 1e-3), (1.0, 1e8, 1e-3)],
+)
+def test_fp32_ill_conditioned_with_exact_floor(c: float, kappa: float, delta: float) -> None:
+    t = controlled_matrix(40, 24, 1 / kappa, seed=23, dtype=torch.float32)
+    l0 = delta / 2 if delta > 0 else None  # σ_min([G, δI]) ≥ δ and ‖G‖₂ = 1
+    Y, info = freon_power(t.G, c=c, delta=delta, l0=l0, max_steps=4)
+    assert info.factorisations <= 4
+    ref = spectral_power(t.G.double(), c=c, delta=delta)
+    assert rel_err(Y, ref) <= 1e-3
+
+
+def test_floor_is_exact_in_fp64() -> None:
+    t = controlled_matrix(20, 36, 1e-10, seed=24)
+    for c in (0.5, 2 / 3, 1.0):
+        Y = apply_map("freon", t.G, c=c, delta=1e-4, l0=5e-5)
+        assert rel_err(Y, spectral_power(t.G, c=c, delta=1e-4)) <= 1e-10
+
+
+def test_rank_deficient_with_floor() -> None:
+    t = controlled_matrix(16, 30, 1e-3, rank=10, seed=25)
+    for c in (0.25, 0.75):
+        Y = apply_map("freon", t.G, c=c, delta=1e-2, l0=5e-3)
+        assert rel_err(Y, spectral_power(t.G, c=c, delta=1e-2)) <= 1e-10
+
+
+def test_norm_bound_gives_floor_lower_bound_without_estimates() -> None:
+    t = controlled_matrix(24, 40, 1e-8, seed=26)
+    G = t.G / t.G.norm()
+    Y, info = freon_power(G, c=0.75, delta=1e-3, norm_bound=1.0)
+    assert rel_err(Y, spectral_power(G, c=0.75, delta=1e-3)) <= 1e-8
+    assert info.factorisations <= 6
+
+
+def test_special_cases_c0_and_c1() -> None:
+    t = controlled_matrix(12, 20, 1e-4, seed=27)
+    Y0, info0 = freon_power(t.G, c=0)
+    assert torch.equal(Y0, t.G) and info0.factorisations == 0
+    Y1, info1 = freon_power(t.G, c=1)
+    assert info1.factorisations == 1  # one least-squares QR
+    assert rel_err(Y1, torch.linalg.pinv(t.G).mT) <= 1e-10
+
+
+def test_inverts_singular_value_order() -> None:
+    t = controlled_matrix(16, 24, 1e-3, seed=28)
+    Y = apply_map("freon", t.G, c=2 / 3)
+    gains = torch.einsum("mi,mn,ni->i", t.U, Y, t.V)  # output value per input σ (descending)
+    assert bool((gains[1:] > gains[:-1]).all())
+    Y = apply_map("freon", t.G, c=1 / 3)
+    gains = torch.einsum("mi,mn,ni->i", t.U, Y, t.V)
+    assert bool((gains[1:] < gains[:-1]).all())
+
+
+def test_bad_options() -> None:
+    G = torch.randn(4, 6)
+    with pytest.raises(ValueError, match="c: the rational iteration supports"):
+        apply_map("freon", G, c=0.6)
+    with pytest.raises(ValueError, match="c:"):
+        apply_map("freon", G, c=1.5)
+    with pytest.raises(ValueError, match="delta"):
+        apply_map("freon", G, c=0.5, delta=-1.0)
+    with pytest.raises(ValueError, match="max_steps"):
+        apply_map("freon", G, c=0.5, max_steps=0)
+    with pytest.raises(ValueError, match="l0"):
+        apply_map("freon", G, c=0.5, l0=2.0)
+    assert as_fraction(0.6666666666666666) == Fraction(2, 3)
