@@ -74,6 +74,8 @@ def spec_to_toml(spec: dict[str, Any]) -> str:
             return "[" + ", ".join(val(x) for x in v) + "]"
         return repr(v)
 
+    # TOML has no null: a field left at None is simply absent (and takes its default).
+    spec = {k: v for k, v in spec.items() if v is not None}
     lines = []
     tables = {k: v for k, v in spec.items() if isinstance(v, dict)}
     arrays = {k: v for k, v in spec.items()

@@ -1,0 +1,119 @@
+"""Study specs: validation with field-named errors, expansion, deterministic run ids."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.errors import SpecError
+from engine.specs import expand, parse_study, parse_study_toml, run_label
+
+GOOD = {
+    "name": "s",
+    "workload": {"name": "digits_mlp", "settings": {"hidden": 16}},
+    "optimizers": [
+        {"name": "adamw", "grid": {"lr": [1e-3, 3e-3]}},
+        {"name": "sgd", "grid": {"lr": 0.1, "momentum": [0.0, 0.9]}},
+    ],
+    "seeds": [0, 1, 2],
+    "steps": 10,
+}
+
+
+def with_(**changes):
+    return {**GOOD, **changes}
+
+
+def errors_of(data) -> str:
+    with pytest.raises(SpecError) as info:
+        parse_study(data)
+    return str(info.value)
+
+
+def test_good_spec_expands_in_order_with_sorted_labels():
+    spec = parse_study(GOOD)
+    runs = expand(spec)
+    assert spec.n_runs() == len(runs) == (2 + 2) * 3
+    assert [r.label for r in runs[::3]] == [
+        "adamw[lr=0.001]", "adamw[lr=0.003]",
+        "sgd[lr=0.1,momentum=0]", "sgd[lr=0.1,momentum=0.9]",
+    ]
+    assert [r.seed for r in runs[:3]] == [0, 1, 2]
+    # Defaults are resolved into the run's config, so the run records every choice.
+    assert runs[0].hparams["weight_decay"] == 0.01 and runs[0].hparams["lr"] == 1e-3
+    assert len({r.run_id for r in runs}) == len(runs)
+    assert all(r.run_id.startswith(spec.study_id + "-") for r in runs)
+
+
+def test_ids_are_deterministic_and_change_with_the_spec():
+    a, b = expand(parse_study(GOOD)), expand(parse_study(dict(GOOD)))
+    assert [r.run_id for r in a] == [r.run_id for r in b]
+    c = expand(parse_study(with_(steps=11)))
+    assert c[0].run_id != a[0].run_id
+
+
+def test_label_formats_sorted_keys():
+    assert run_label("adamw", {"weight_decay": 0.0, "lr": 0.001}) == (
+        "adamw[lr=0.001,weight_decay=0]")
+    assert run_label("sgd", {}) == "sgd"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"workload": {"name": "nope"}}, "workload.name: unknown workload 'nope'; allowed:"),
+        ({"workload": {"name": "digits_mlp", "settings": {"hidden": 0}}},
+         "workload.settings.hidden: Input should be greater than or equal to 4 (got 0)"),
+        ({"workload": {"name": "digits_mlp", "settings": {"colour": 1}}},
+         "workload.settings.colour: Extra inputs are not permitted"),
+        ({"optimizers": [{"name": "adamx"}]}, "optimizers.0.name: unknown optimizer 'adamx'"),
+        ({"optimizers": [{"name": "adamw", "grid": {"lr": [-0.1]}}]},
+         "optimizers.0.grid.lr: Input should be greater than 0 (got -0.1)"),
+        ({"optimizers": [{"name": "adamw", "grid": {"lr": [0]}}]},
+         "optimizers.0.grid.lr: Input should be greater than 0 (got 0)"),
+        ({"optimizers": [{"name": "adamw", "grid": {"lr": ["fast"]}}]},
+         "optimizers.0.grid.lr: Input should be a valid number"),
+        ({"optimizers": [{"name": "adamw", "grid": {"lr": []}}]},
+         "optimizers.0.grid.lr: empty list"),
+        ({"optimizers": [{"name": "adamw", "grid": {"betas": [0.9]}}]},
+         "optimizers.0.grid.betas: not a hyper-parameter of adamw; allowed: lr, "),
+        ({"optimizers": []}, "optimizers: List should have at least 1 item"),
+        ({"seeds": []}, "seeds: List should have at least 1 item"),
+        ({"seeds": [-1]}, "seeds: every seed must be in [0, 2^31)"),
+        ({"seeds": [1, 1]}, "seeds must be distinct"),
+        ({"steps": 0}, "steps: Input should be greater than or equal to 1 (got 0)"),
+        ({"steps": "many"}, "steps: Input should be a valid integer"),
+        ({"device": "tpu"}, "device: Input should be 'auto', 'cpu' or 'cuda'"),
+        ({"colour": "red"}, "colour: Extra inputs are not permitted"),
+        ({"optimizers": [{"name": "adamw", "grid": {"lr": [1e-3]}},
+                         {"name": "adamw", "grid": {"lr": 1e-3}}]},
+         "optimizers: the same configuration appears twice: adamw[lr=0.001]"),
+    ],
+)
+def test_bad_specs_name_the_field(change, expected):
+    assert expected in errors_of(with_(**change))
+
+
+def test_every_problem_is_reported_at_once():
+    msg = errors_of(with_(optimizers=[{"name": "adamw", "grid": {"lr": [-1], "eps": [0]}},
+                                      {"name": "nope"}]))
+    assert "optimizers.0.grid.lr" in msg
+    assert "optimizers.0.grid.eps" in msg
+    assert "optimizers.1.name" in msg
+
+
+def test_run_limit_is_configurable(monkeypatch):
+    monkeypatch.setenv("APPROXIMANT_MAX_RUNS", "5")
+    msg = errors_of(GOOD)
+    assert "12 runs exceeds the limit of 5 (APPROXIMANT_MAX_RUNS)" in msg
+    monkeypatch.setenv("APPROXIMANT_MAX_RUNS", "12")
+    assert parse_study(GOOD).n_runs() == 12
+
+
+def test_toml_round_trip_and_malformed_toml():
+    from app.forms import spec_to_toml
+
+    spec = parse_study(GOOD)
+    again = parse_study_toml(spec_to_toml(spec.model_dump(mode="json")))
+    assert again == spec and again.study_id == spec.study_id
+    with pytest.raises(SpecError, match="malformed TOML"):
+        parse_study_toml("name = 'x\nsteps = 3")

@@ -1,0 +1,169 @@
+"""Schema, recorder idempotence and crash recovery, on a real Valkey stream and DuckDB file."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from engine.specs import expand, parse_study
+from storage.db import Database
+from storage.queries import Queries
+from storage.recorder import Recorder
+from storage.schema import SCHEMA_VERSION, current_version, migrate
+from storage.stream import EventStream, connect
+
+SPEC = parse_study({
+    "name": "storage",
+    "workload": {"name": "digits_mlp"},
+    "optimizers": [{"name": "adamw", "grid": {"lr": [1e-3]}}],
+    "seeds": [0, 1],
+    "steps": 5,
+})
+RUNS = expand(SPEC)
+
+
+def study_event() -> dict:
+    return {"type": "study", "study_id": SPEC.study_id, "spec": SPEC.model_dump(mode="json"),
+            "runs": [r.model_dump(mode="json") for r in RUNS], "ts": 1.0}
+
+
+def metrics_event(run_id: str, attempt: int, steps: range) -> dict:
+    rows = [[s, "train_loss", 1.0 / s, 0.01 * s, 32 * s] for s in steps]
+    return {"type": "metrics", "run_id": run_id, "attempt": attempt, "rows": rows}
+
+
+def status_event(run_id: str, attempt: int, status: str, step: int) -> dict:
+    return {"type": "status", "run_id": run_id, "attempt": attempt, "status": status,
+            "step": step, "message": None, "worker": "w", "ts": 2.0}
+
+
+@pytest.fixture
+def stream(clean_broker: str) -> EventStream:
+    return EventStream(connect(clean_broker))
+
+
+def count(db: Database, sql: str, *args) -> int:
+    with db.read() as cur:
+        return int(cur.execute(sql, list(args)).fetchone()[0])
+
+
+def test_schema_is_created_and_migration_is_idempotent(tmp_path):
+    con = duckdb.connect(str(tmp_path / "x.duckdb"))
+    assert migrate(con) == 0
+    assert current_version(con) == SCHEMA_VERSION
+    assert migrate(con) == SCHEMA_VERSION  # nothing to do the second time
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables")
+              .fetchall()}
+    assert {"studies", "runs", "metrics", "schema_version"} <= tables
+    con.execute("INSERT INTO metrics VALUES ('r', 1, 1, 'x', 1.0, 0.0, 0)")
+    with pytest.raises(duckdb.ConstraintException):
+        con.execute("INSERT INTO metrics VALUES ('r', 1, 1, 'x', 2.0, 0.0, 0)")
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    con = duckdb.connect(str(tmp_path / "x.duckdb"))
+    migrate(con)
+    con.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION + 1])
+    with pytest.raises(RuntimeError, match="newer than this code"):
+        migrate(con)
+
+
+def test_second_process_cannot_open_the_same_file(tmp_path):
+    import subprocess
+    import sys
+
+    db = Database(tmp_path / "owned.duckdb")
+    code = ("from storage.db import Database; import sys; "
+            f"Database(r'{tmp_path / 'owned.duckdb'}')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    db.close()
+    assert proc.returncode != 0
+    assert "another Approximant process owns it" in proc.stderr
+
+
+def test_replayed_batch_leaves_one_copy(stream, db):
+    rec = Recorder(db, stream)
+    batch = metrics_event(RUNS[0].run_id, 1, range(1, 6))
+    stream.append([study_event(), batch])
+    rec.drain()
+    stream.append([batch, batch])  # the same batch published twice more
+    rec.drain()
+    assert count(db, "SELECT count(*) FROM metrics") == 5
+    assert count(db, "SELECT count(DISTINCT step) FROM metrics") == 5
+    # The stream is emptied as entries are acknowledged.
+    assert stream.client.xlen(stream.stream) == 0
+
+
+def test_crash_after_commit_before_ack_duplicates_nothing(stream, db):
+    rec = Recorder(db, stream, consumer="c1")
+    stream.append([study_event(), metrics_event(RUNS[0].run_id, 1, range(1, 4))])
+    stream.ensure_group()
+    # Simulate a recorder that read and committed but died before acknowledging.
+    entries = stream.read("c1", 100, None, pending=False)
+    original_ack = stream.ack
+    stream.ack = lambda ids: None
+    rec._apply(entries)
+    stream.ack = original_ack
+    assert stream.client.xpending(stream.stream, stream.group)["pending"] == 2
+    # A new recorder with the same consumer name re-reads its pending entries on start.
+    Recorder(db, stream, consumer="c1").drain()
+    assert stream.client.xpending(stream.stream, stream.group)["pending"] == 0
+    assert count(db, "SELECT count(*) FROM metrics") == 3
+    assert count(db, "SELECT count(*) FROM runs") == 2
+
+
+def test_crash_before_commit_loses_nothing(stream, db):
+    stream.append([study_event(), metrics_event(RUNS[1].run_id, 1, range(1, 8))])
+    stream.ensure_group()
+    stream.read("c1", 100, None, pending=False)  # read, then "crash" before applying
+    assert count(db, "SELECT count(*) FROM metrics") == 0
+    Recorder(db, stream, consumer="c1").drain()
+    assert count(db, "SELECT count(*) FROM metrics") == 7
+
+
+def test_status_moves_forward_only(stream, db):
+    rid = RUNS[0].run_id
+    rec = Recorder(db, stream)
+    stream.append([study_event(), status_event(rid, 1, "running", 2),
+                   status_event(rid, 1, "finished", 5),
+                   status_event(rid, 1, "running", 3)])  # a late replay of attempt 1
+    rec.drain()
+    q = Queries(db)
+    run = q.runs(SPEC.study_id).set_index("run_id").loc[rid]
+    assert (run["status"], run["attempt"], run["last_step"]) == ("finished", 1, 5)
+    stream.append([status_event(rid, 2, "running", 1)])  # a redelivery: a new attempt
+    rec.drain()
+    run = q.runs(SPEC.study_id).set_index("run_id").loc[rid]
+    assert (run["status"], run["attempt"], run["last_step"]) == ("running", 2, 1)
+    stream.append([status_event(rid, 1, "failed", 9)])  # an older attempt changes nothing
+    rec.drain()
+    assert q.runs(SPEC.study_id).set_index("run_id").loc[rid, "status"] == "running"
+
+
+def test_poison_entry_is_parked_not_dropped(stream, db):
+    rec = Recorder(db, stream)
+    bad = {"type": "metrics", "run_id": "r", "attempt": "one", "rows": [[1]]}
+    stream.append([study_event(), bad, metrics_event(RUNS[0].run_id, 1, range(1, 3))])
+    rec.drain()
+    assert count(db, "SELECT count(*) FROM metrics") == 2
+    assert count(db, "SELECT count(*) FROM runs") == 2
+    parked = stream.client.xrange(stream.dead_letter)
+    assert len(parked) == 1 and b'"attempt": "one"' in parked[0][1][b"e"]
+
+
+def test_queries_downsample_and_report_finals(stream, db):
+    rid = RUNS[0].run_id
+    rec = Recorder(db, stream)
+    stream.append([study_event(), metrics_event(rid, 1, range(1, 1001)),
+                   status_event(rid, 1, "finished", 1000)])
+    rec.drain()
+    q = Queries(db)
+    curves = q.curves(SPEC.study_id, ["train_loss"], max_points=100)
+    assert 90 <= len(curves) <= 101
+    assert curves["step"].max() == 1000
+    runs = q.runs(SPEC.study_id).set_index("run_id")
+    assert runs.loc[rid, "train_loss"] == pytest.approx(1 / 1000)
+    assert runs.loc[rid, "progress"] == 1.0  # clipped: the run reported past its budget
+    assert q.is_active(SPEC.study_id)  # the second run is still queued
+    studies = q.studies()
+    assert studies.loc[0, "n_runs"] == 2 and studies.loc[0, "done"] == 1
