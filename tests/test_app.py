@@ -1,0 +1,141 @@
+"""The three dashboard pages in Streamlit's AppTest, over a real broker and DuckDB file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app.services import open_services, set_services
+from engine.specs import expand, parse_study
+from storage.stream import EventStream, connect
+
+MAIN = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
+SPEC = parse_study({
+    "name": "seeded study",
+    "workload": {"name": "digits_mlp"},
+    "optimizers": [{"name": "sgd", "grid": {"lr": [0.1]}},
+                   {"name": "adamw", "grid": {"lr": [1e-3]}}],
+    "seeds": [0],
+    "steps": 50,
+    "eval_every": 10,
+})
+
+
+@pytest.fixture
+def services(tmp_path, clean_broker):
+    s = open_services(tmp_path / "data", clean_broker, start_recorder=False)
+    set_services(s)
+    yield s
+    set_services(None)
+    s.close()
+
+
+@pytest.fixture
+def seeded(services):
+    """A study with one finished run and one still running, as a worker would report them."""
+    runs = expand(SPEC)
+    events = [{"type": "study", "study_id": SPEC.study_id, "spec": SPEC.model_dump(mode="json"),
+               "runs": [r.model_dump(mode="json") for r in runs], "ts": 1.0}]
+    for run, last in zip(runs, (50, 20), strict=True):
+        rows = [[s, "train_loss", 2.0 / s, 0.01 * s, 64 * s] for s in range(1, last + 1)]
+        rows += [[s, "val_loss", 2.5 / (s + 1), 0.01 * s, 64 * s] for s in range(0, last + 1, 10)]
+        events.append({"type": "metrics", "run_id": run.run_id, "attempt": 1, "rows": rows})
+        events.append({"type": "status", "run_id": run.run_id, "attempt": 1,
+                       "status": "finished" if last == 50 else "running", "step": last,
+                       "message": None, "worker": "w", "ts": 2.0})
+    EventStream(connect(services.broker_url)).append(events)
+    services.recorder.drain()
+    return runs
+
+
+def app() -> AppTest:
+    return AppTest.from_file(MAIN, default_timeout=60)
+
+
+def test_studies_page_lists_the_study(seeded):
+    at = app().run()
+    assert not at.exception
+    assert at.title[0].value == "Studies"
+    table = at.dataframe[0].value
+    assert list(table["name"]) == ["seeded study"]
+    assert table.loc[0, "n_runs"] == 2 and table.loc[0, "running"] == 1
+
+
+def test_studies_page_when_empty(services):
+    at = app().run()
+    assert not at.exception
+    assert "No studies yet" in at.info[0].value
+
+
+def test_study_page_shows_progress_charts_and_runs(seeded):
+    at = app()
+    at.query_params["study"] = SPEC.study_id
+    at.run()
+    at.switch_page("screens/study.py").run()
+    assert not at.exception
+    assert at.title[0].value == "seeded study"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["runs"] == "2" and metrics["finished"] == "1" and metrics["running"] == "1"
+    charts = at.get("vega_lite_chart")
+    assert len(charts) == 2
+    runs = at.dataframe[0].value
+    assert list(runs["label"]) == ["sgd[lr=0.1]", "adamw[lr=0.001]"]
+    assert list(runs["status"]) == ["finished", "running"]
+    assert runs["train_loss"].iloc[0] == pytest.approx(2.0 / 50)
+
+
+def test_study_page_unknown_id(services):
+    at = app()
+    at.query_params["study"] = "st-000000000000"
+    at.run()
+    at.switch_page("screens/study.py").run()
+    assert not at.exception
+    assert "No study with id `st-000000000000`" in at.error[0].value
+
+
+def test_new_study_form_refuses_bad_input_before_submission(services):
+    at = app().run()
+    at.switch_page("screens/new_study.py").run()
+    assert not at.exception
+    assert "6 runs" in at.info[0].value  # sgd, adamw, muon at their default lr × seeds 0, 1
+    at.text_input(key="opt.adamw.lr").input("-0.1, abc").run()
+    at.text_input(key="seeds").input("0, x").run()
+    errors = at.error[0].value
+    assert "optimizers.1.grid.lr: 'abc' is not a valid float" in errors
+    assert "seeds: 'x' is not a valid int" in errors
+    assert at.button(key="run").disabled
+    at.text_input(key="opt.adamw.lr").input("-0.1").run()
+    at.text_input(key="seeds").input("0").run()
+    assert "optimizers.1.grid.lr: Input should be greater than 0 (got -0.1)" in at.error[0].value
+    assert at.button(key="run").disabled
+
+
+def test_new_study_submits_a_valid_study(services):
+    at = app().run()
+    at.switch_page("screens/new_study.py").run()
+    at.text_input(key="name").input("from the form").run()
+    at.multiselect(key="optimizers").set_value(["sgd", "adamw"]).run()
+    at.text_input(key="opt.sgd.lr").input("0.05, 0.1").run()
+    at.text_input(key="seeds").input("0, 1").run()
+    at.number_input(key="steps").set_value(20).run()
+    assert "6 runs" in at.info[0].value
+    at.button(key="run").click().run()
+    assert not at.exception
+    services.recorder.drain()
+    studies = services.queries.studies()
+    assert list(studies["name"]) == ["from the form"] and studies.loc[0, "n_runs"] == 6
+    runs = services.queries.runs(studies.loc[0, "study_id"])
+    assert set(runs["status"]) == {"queued"}
+    assert sorted(set(runs["label"])) == ["adamw[lr=0.001]", "sgd[lr=0.05]", "sgd[lr=0.1]"]
+
+
+def test_toml_tab_reports_errors(services):
+    at = app().run()
+    at.switch_page("screens/new_study.py").run()
+    at.text_area(key="toml").input('name = "x"\nsteps = -3\n').run()
+    at.button(key="run_toml").click().run()
+    errors = " ".join(e.value for e in at.error)
+    assert "steps: Input should be greater than or equal to 1 (got -3)" in errors
+    assert "workload: Field required" in errors
