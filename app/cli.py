@@ -142,7 +142,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message=".*superuser privileges.*")
     quiet = ["--quiet"] if args.loglevel.upper() in ("WARNING", "ERROR") else []
     app.worker_main([
-        "worker", *quiet, f"--concurrency={args.concurrency}", "--pool=prefork",
+        *quiet, "worker", f"--concurrency={args.concurrency}", "--pool=prefork",
         f"--loglevel={args.loglevel}", "-Q", app.conf.task_default_queue,
         "--without-gossip", "--without-mingle", "--without-heartbeat",
         f"--hostname={args.name}",
@@ -164,11 +164,15 @@ def _print_progress(runs, states: dict[str, dict[str, str]], last: dict[str, str
             last[r.run_id] = line
 
 
-def _wait_for_runs(runs, url: str, poll_s: float = 1.0) -> dict[str, dict[str, str]]:
+def _wait_for_runs(runs, url: str, worker: subprocess.Popen | None = None,
+                   poll_s: float = 1.0) -> dict[str, dict[str, str]]:
     from tasks.submit import progress
 
     last: dict[str, str] = {}
     while True:
+        if worker is not None and worker.poll() is not None:
+            raise RuntimeError(f"the local worker exited ({worker.returncode}); runs stay "
+                               "queued and resume with the next worker")
         states = progress([r.run_id for r in runs], url)
         _print_progress(runs, states, last)
         done = sum(states.get(r.run_id, {}).get("status") in TERMINAL for r in runs)
@@ -213,7 +217,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"({sub.queued} queued now)", flush=True)
         if args.no_wait:
             return 0
-        states = _wait_for_runs(sub.runs, url)
+        states = _wait_for_runs(sub.runs, url, owned.get("worker"))
         if owned:
             owned["recorder"].drain()
         failed = [r for r in sub.runs if states[r.run_id].get("status") == "failed"]

@@ -1,0 +1,115 @@
+"""``approximant run`` and ``approximant worker`` as a person uses them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from app.cli import main
+from storage.db import DB_FILENAME
+
+SPEC = """
+name = "cli study"
+seeds = [0, 1]
+steps = 15
+eval_every = 5
+
+[workload]
+name = "digits_mlp"
+[workload.settings]
+hidden = 16
+
+[[optimizers]]
+name = "sgd"
+[optimizers.grid]
+lr = [0.1]
+"""
+
+
+@pytest.fixture(autouse=True)
+def no_env_broker(monkeypatch):
+    monkeypatch.delenv("APPROXIMANT_BROKER_URL", raising=False)
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "study.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_invalid_spec_is_refused_with_the_field_named(tmp_path, capsys):
+    bad = SPEC.replace("lr = [0.1]", "lr = [-0.1]").replace("steps = 15", "steps = 'x'")
+    code = main(["run", write(tmp_path, bad), "--data-dir", str(tmp_path / "d")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "steps: Input should be a valid integer" in err
+    assert not (tmp_path / "d").exists()  # nothing was started
+
+
+def test_unknown_names_and_malformed_toml(tmp_path, capsys):
+    code = main(["run", write(tmp_path, SPEC.replace('"sgd"', '"sgdd"')),
+                 "--data-dir", str(tmp_path / "d")])
+    assert code == 2
+    assert "optimizers.0.name: unknown optimizer 'sgdd'; allowed:" in capsys.readouterr().err
+    assert main(["run", write(tmp_path, "name = [")]) == 2
+    assert "malformed TOML" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "missing.toml")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_run_owns_a_stack_when_no_dashboard_runs(tmp_path, capsys):
+    data = tmp_path / "data"
+    code = main(["run", write(tmp_path, SPEC), "--data-dir", str(data)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "started a local broker and worker" in out
+    assert "2 of 2 runs completed" in out
+    con = duckdb.connect(str(data / DB_FILENAME), read_only=True)
+    statuses = con.execute("SELECT status, attempt FROM runs").fetchall()
+    n_metrics = con.execute("SELECT count(*) FROM metrics").fetchone()[0]
+    con.close()
+    assert statuses == [("finished", 1), ("finished", 1)]
+    # 15 steps × 3 per-step metrics + evaluations at 0, 5, 10, 15 × 2 metrics, per run.
+    assert n_metrics == 2 * (15 * 3 + 4 * 2)
+    assert not (data / "stack.json").exists()
+
+
+def test_worker_needs_a_broker(tmp_path, capsys):
+    assert main(["worker", "--data-dir", str(tmp_path)]) == 2
+    assert "no broker" in capsys.readouterr().err
+
+
+def test_team_mode_worker_serves_an_external_broker(tmp_path, clean_broker, capsys):
+    """A worker started with --broker runs what ``run --broker`` submits to the same server."""
+    env = {**os.environ, "APPROXIMANT_TORCH_THREADS": "1"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker", "--broker", clean_broker,
+         "--loglevel", "WARNING", "--name", "team@test"], env=env,
+    )
+    try:
+        code = main(["run", write(tmp_path, SPEC), "--broker", clean_broker,
+                     "--data-dir", str(tmp_path / "d")])
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "2 of 2 runs completed" in out
+    # The dashboard of that team would record the rows from the shared stream.
+    from storage.db import Database
+    from storage.recorder import Recorder
+    from storage.stream import EventStream, connect
+
+    db = Database(tmp_path / "team.duckdb")
+    Recorder(db, EventStream(connect(clean_broker))).drain()
+    with db.read() as cur:
+        workers = {r[0] for r in cur.execute("SELECT worker FROM runs").fetchall()}
+        n = cur.execute("SELECT count(*) FROM metrics").fetchone()[0]
+    db.close()
+    assert workers == {"team@test"}
+    assert n == 2 * (15 * 3 + 4 * 2)
