@@ -169,6 +169,7 @@ class Recorder:
     def start(self) -> None:
         if self._thread is not None:
             return
+        self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="approximant-recorder",
                                         daemon=True)
         self._thread.start()

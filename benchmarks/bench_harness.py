@@ -1,0 +1,145 @@
+"""Harness overhead: one training run through the full path against the same loop run bare.
+
+Variants, timed in one process, interleaved over repeats (median reported):
+
+* ``bare``      a hand-written PyTorch loop (same model, data, optimizer, steps; no metrics);
+* ``engine``    ``engine.training.train`` with a sink that drops rows (the loop's own cost);
+* ``published`` the worker's code path (``tasks.run.execute_run``): rows buffered and published
+                to a Redis stream on an embedded Valkey, progress and status events, cancel polls
+                (the recorder is idle, as it lives in the dashboard's process in production);
+* ``full``      the same run submitted through Celery to a worker (thread, solo pool) while the
+                recorder drains the stream into DuckDB in this same process, competing for the
+                GIL and the two cores (pessimistic: in production they are separate processes).
+
+Run: ``python benchmarks/bench_harness.py [--steps 3000] [--repeats 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from engine.optimizers import build_optimizer
+from engine.specs import expand, parse_study
+from engine.training import train
+from engine.workloads import get_workload
+
+
+def make_run(steps: int, eval_every: int):
+    spec = parse_study({
+        "name": "bench", "workload": {"name": "digits_mlp"},
+        "optimizers": [{"name": "adamw", "grid": {"lr": [1e-3]}}],
+        "seeds": [0], "steps": steps, "eval_every": eval_every, "device": "cpu",
+    })
+    return spec, expand(spec)[0]
+
+
+def bare(run) -> float:
+    wl = get_workload(run.workload.name)
+    t0 = time.perf_counter()
+    task = wl.build(wl.settings(**run.workload.settings), run.seed, torch.device("cpu"))
+    opt = build_optimizer(run.optimizer, run.hparams, task.model.parameters(),
+                          task.matrix_params)
+    task.evaluate()
+    for step in range(1, run.steps + 1):
+        opt.zero_grad(set_to_none=True)
+        loss = task.train_loss(step)
+        loss.backward()
+        opt.step()
+        loss.item()
+        if step % run.eval_every == 0 or step == run.steps:
+            task.evaluate()
+    return time.perf_counter() - t0
+
+
+def engine_only(run) -> float:
+    t0 = time.perf_counter()
+    train(run, lambda rows: None)
+    return time.perf_counter() - t0
+
+
+def published(run, url: str) -> float:
+    from tasks.run import execute_run
+
+    t0 = time.perf_counter()
+    execute_run(run, url, worker="bench")
+    return time.perf_counter() - t0
+
+
+def full(spec, url: str, recorder) -> float:
+    import redis
+
+    from tasks.submit import submit_study
+
+    redis.Redis.from_url(url).delete(*[f"approximant:submitted:{r.run_id}"
+                                       for r in expand(spec)])
+    t0 = time.perf_counter()
+    sub = submit_study(spec, url)
+    rid = sub.runs[0].run_id
+    client = redis.Redis.from_url(url)
+    while client.hget(f"approximant:progress:{rid}", "status") != b"finished":
+        time.sleep(0.005)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (as a worker has)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from celery.contrib.testing.worker import start_worker
+
+    from storage.db import Database
+    from storage.recorder import Recorder
+    from storage.stream import EventStream, connect
+    from tasks.broker import EmbeddedBroker
+    from tasks.celery_app import app, configure
+
+    spec, run = make_run(args.steps, args.eval_every)
+    times: dict[str, list[float]] = {k: [] for k in ("bare", "engine", "published", "full")}
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(tmp) as broker:
+        url = broker.url
+        configure(url)
+        db = Database(Path(tmp) / "bench.duckdb")
+        stream = EventStream(connect(url))
+        recorder = Recorder(db, stream)
+        # Register the study first, as a submission does, so every status event has its run.
+        stream.append([{"type": "study", "study_id": spec.study_id,
+                        "spec": spec.model_dump(mode="json"),
+                        "runs": [run.model_dump(mode="json")], "ts": time.time()}])
+        bare(run)  # warm-up: imports, data loading, allocator
+        with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING",
+                          queues=[app.conf.task_default_queue]):
+            for _ in range(args.repeats):
+                times["bare"].append(bare(run))
+                times["engine"].append(engine_only(run))
+                times["published"].append(published(run, url))
+                recorder.start()
+                times["full"].append(full(spec, url, recorder))
+                recorder.stop()
+        recorder.drain()
+        with db.read() as cur:
+            rows = cur.execute("SELECT count(*) FROM metrics").fetchone()[0]
+        db.close()
+
+    base = statistics.median(times["bare"])
+    print(f"digits_mlp (default settings), AdamW, {args.steps} steps, eval every "
+          f"{args.eval_every}, torch threads {args.threads}, {args.repeats} repeats (median)")
+    print(f"{'variant':<10} {'seconds':>8} {'steps/s':>9} {'vs bare':>8}")
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        print(f"{name:<10} {t:8.3f} {args.steps / t:9.0f} {t / base:8.3f}x")
+    print(f"metric rows recorded in DuckDB: {rows}")
+
+
+if __name__ == "__main__":
+    main()
