@@ -21,7 +21,8 @@ from engine.optimizers import OPTIMIZERS
 from engine.workloads import WORKLOADS
 
 DEFAULT_MAX_RUNS = 500
-GridValue = bool | int | float
+# Categorical hyper-parameters (a schedule name, a dtype) are strings.
+GridValue = bool | int | float | str
 
 
 def max_runs() -> int:
@@ -77,6 +78,17 @@ class RunSpec(_Strict):
     steps: int
     eval_every: int
     device: str
+    # Study-level training settings added after the first release: every one has a default so
+    # that run specs already queued or stored stay valid. Bounds live on StudySpec.
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = None
+    log_grad_norm: bool = True
+    max_examples: int | None = None
+    max_seconds: float | None = None
+    diagnostics_every: int = 0
+    bf16_autocast: bool = True
 
 
 class StudySpec(_Strict):
@@ -87,6 +99,33 @@ class StudySpec(_Strict):
     steps: int = Field(200, ge=1, le=10_000_000, description="training steps per run")
     eval_every: int = Field(25, ge=1, le=10_000_000, description="steps between evaluations")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    lr_schedule: Literal["constant", "cosine", "linear"] = Field(
+        "constant", description="multiplier on every group's lr after warmup; decays over `steps`"
+    )
+    warmup_steps: int = Field(
+        0, ge=0, le=10_000_000, description="linear warmup from lr/warmup_steps to lr"
+    )
+    min_lr_ratio: float = Field(
+        0.0, ge=0, le=1, description="final lr as a fraction of the peak (cosine and linear)"
+    )
+    grad_clip: float | None = Field(
+        None, gt=0, le=1e6, description="clip the global gradient norm to this; none: off"
+    )
+    log_grad_norm: bool = Field(
+        True, description="record the global gradient norm (before clipping) every step"
+    )
+    max_examples: int | None = Field(
+        None, ge=1, le=10**15, description="stop after this many examples (tokens for LMs)"
+    )
+    max_seconds: float | None = Field(
+        None, gt=0, le=30 * 86_400, description="stop after this much timed training"
+    )
+    diagnostics_every: int = Field(
+        0, ge=0, le=10_000_000, description="steps between alignment diagnostics; 0: off"
+    )
+    bf16_autocast: bool = Field(
+        True, description="bf16 autocast on CUDA; ignored on CPU and by fp32-only workloads"
+    )
 
     @field_validator("seeds")
     @classmethod
@@ -100,14 +139,20 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _deep_check(self) -> StudySpec:
-        problems = _deep_problems(self)
+        problems = _schedule_problems(self) + _deep_problems(self)
         if problems:
             raise ValueError("\n".join(problems))
         return self
 
     @property
     def study_id(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        data = self.model_dump(mode="json")
+        # Fields added later are hashed only when set away from their default, so a spec written
+        # before they existed keeps its id and resubmitting it stays idempotent.
+        for name in _LATER_FIELDS:
+            if data[name] == StudySpec.model_fields[name].default:
+                del data[name]
+        canonical = json.dumps(data, sort_keys=True)
         return "st-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     def grid_points(self) -> list[tuple[str, dict[str, GridValue]]]:
@@ -120,6 +165,21 @@ class StudySpec(_Strict):
 
     def n_runs(self) -> int:
         return len(self.grid_points()) * len(self.seeds)
+
+
+_LATER_FIELDS = (
+    "lr_schedule", "warmup_steps", "min_lr_ratio", "grad_clip", "log_grad_norm",
+    "max_examples", "max_seconds", "diagnostics_every", "bf16_autocast",
+)
+
+
+def _schedule_problems(spec: StudySpec) -> list[str]:
+    problems = []
+    if spec.warmup_steps > spec.steps:
+        problems.append(
+            f"warmup_steps: must be at most steps ({spec.steps}) (got {spec.warmup_steps})"
+        )
+    return problems
 
 
 def _deep_problems(spec: StudySpec) -> list[str]:
@@ -155,8 +215,8 @@ def _deep_problems(spec: StudySpec) -> list[str]:
             if not values:
                 problems.append(f"{where}.grid.{key}: empty list; give at least one value")
             for v in values:
-                if isinstance(v, str | list | dict):
-                    problems.append(f"{where}.grid.{key}: must be a number (got {v!r})")
+                if isinstance(v, list | dict):
+                    problems.append(f"{where}.grid.{key}: must be a single value (got {v!r})")
                     continue
                 try:
                     d.params(**{key: v})
@@ -224,6 +284,7 @@ def expand(spec: StudySpec) -> list[RunSpec]:
                     steps=spec.steps,
                     eval_every=spec.eval_every,
                     device=spec.device,
+                    **{name: getattr(spec, name) for name in _LATER_FIELDS},
                 )
             )
     return runs

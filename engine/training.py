@@ -1,11 +1,14 @@
 """The training loop: one run spec in, metric rows out through ``sink``.
 
-Only the training step is timed; the clock pauses for evaluation and, on CUDA, the device is
-synchronised before the clock is read. A NaN or infinite loss ends the run as ``diverged``.
+Only the training step is timed; the clock pauses for evaluation and diagnostics and, on CUDA,
+the device is synchronised before the clock is read. A NaN or infinite loss ends the run as
+``diverged``. The same spec and seed give the same losses on the same machine: every random
+draw comes from generators seeded by the run's seed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -13,9 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.diagnostics import Diagnostics
 from engine.optimizers import build_optimizer
 from engine.specs import RunSpec, resolve_device
-from engine.workloads import get_workload
+from engine.workloads import Task, get_workload
 
 Row = dict[str, float | int | str]
 Sink = Callable[[list[Row]], None]
@@ -27,6 +31,7 @@ class RunResult:
     steps_done: int
     final: dict[str, float] = field(default_factory=dict)
     message: str = ""
+    info: dict[str, str | int | float] = field(default_factory=dict)  # e.g. corpus fingerprint
 
 
 def _sync(device: torch.device) -> None:
@@ -34,59 +39,143 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def lr_multiplier(
+    step: int, total_steps: int, schedule: str, warmup_steps: int = 0, min_lr_ratio: float = 0.0
+) -> float:
+    """Factor on the peak learning rate at 1-based ``step``.
+
+    Warmup rises linearly to 1 at ``warmup_steps``; then ``constant`` stays at 1 while
+    ``cosine`` and ``linear`` decay to ``min_lr_ratio`` at ``total_steps``.
+    """
+    if step <= warmup_steps:
+        return step / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    span = total_steps - warmup_steps
+    progress = min(1.0, (step - warmup_steps) / span) if span > 0 else 1.0
+    if schedule == "cosine":
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif schedule == "linear":
+        shape = 1.0 - progress
+    else:
+        raise ValueError(f"lr_schedule: must be constant, cosine or linear (got {schedule!r})")
+    return min_lr_ratio + (1.0 - min_lr_ratio) * shape
+
+
+def planned_steps(run: RunSpec, examples_per_step: int) -> int:
+    """Steps the budget allows before any time limit: the horizon of the lr schedule."""
+    if run.max_examples is None:
+        return run.steps
+    return min(run.steps, math.ceil(run.max_examples / examples_per_step))
+
+
 def train(
     run: RunSpec,
     sink: Sink,
     should_stop: Callable[[], bool] | None = None,
 ) -> RunResult:
-    """Train ``run`` to its step budget, sending metric rows to ``sink``.
+    """Train ``run`` to its budget, sending metric rows to ``sink``.
 
     Rows are ``{step, name, value, wall_s, tokens}``: ``wall_s`` is cumulative training time
-    (evaluation excluded) and ``tokens`` the examples (or tokens) seen so far. ``should_stop``
-    is polled between steps for cooperative cancellation.
+    (evaluation and diagnostics excluded) and ``tokens`` the examples (or tokens) seen so far.
+    The budget is ``steps``, cut short by ``max_examples`` or ``max_seconds`` when those are
+    set. ``should_stop`` is polled between steps for cooperative cancellation.
     """
     device = torch.device(resolve_device(run.device))
+    # Workloads seed their own generators; this covers anything that draws from the global one.
+    torch.manual_seed(run.seed)
     wl = get_workload(run.workload.name)
     task = wl.build(wl.settings(**run.workload.settings), run.seed, device)
-    params = [p for p in task.model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in task.model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     opt = build_optimizer(run.optimizer, run.hparams, params, task.matrix_params)
+    peak_lrs = [g["lr"] for g in opt.param_groups]
     per_step = task.examples_per_step
+    horizon = planned_steps(run, per_step)
+    diagnostics = None
+    if run.diagnostics_every:
+        if type(task).full_loss is Task.full_loss:
+            raise ValueError(
+                f"diagnostics_every: workload {wl.name!r} has no full-data loss, so it cannot "
+                "be measured; set diagnostics_every = 0"
+            )
+        diagnostics = Diagnostics(task, params, {id(p): n for n, p in named})
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda" and run.bf16_autocast and wl.bf16_ok
+        else contextlib.nullcontext()
+    )
     wall = 0.0
     final: dict[str, float] = {}
 
-    def evaluate(step: int) -> None:
-        metrics = task.evaluate()
-        final.update(metrics)
+    def emit(step: int, metrics: dict[str, float]) -> None:
         sink([
             {"step": step, "name": k, "value": float(v), "wall_s": wall, "tokens": step * per_step}
             for k, v in metrics.items()
         ])
 
+    def evaluate(step: int) -> None:
+        with autocast:
+            metrics = task.evaluate()
+        final.update(metrics)
+        emit(step, metrics)
+
     task.model.train()
     evaluate(0)
-    for step in range(1, run.steps + 1):
+    for step in range(1, horizon + 1):
         if should_stop is not None and should_stop():
-            return RunResult("cancelled", step - 1, final, "cancelled by request")
+            return RunResult("cancelled", step - 1, final, "cancelled by request", task.info)
+        mult = lr_multiplier(step, horizon, run.lr_schedule, run.warmup_steps, run.min_lr_ratio)
+        for group, peak in zip(opt.param_groups, peak_lrs, strict=True):
+            group["lr"] = peak * mult
+        measure = diagnostics is not None and step % run.diagnostics_every == 0
+
         _sync(device)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = task.train_loss(step)
+        with autocast:
+            loss = task.train_loss(step)
         loss.backward()
+        snapshot = None
+        if measure:
+            # Copying parameters and gradients is diagnostic work: keep it off the clock.
+            _sync(device)
+            dt_before = time.perf_counter() - t0
+            snapshot = diagnostics.snapshot()
+            _sync(device)
+            t0 = time.perf_counter() - dt_before
+        grad_norm = None
+        if run.grad_clip is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, run.grad_clip)
+        elif run.log_grad_norm:
+            grad_norm = torch.nn.utils.get_total_norm(
+                [p.grad for p in params if p.grad is not None]
+            )
         opt.step()
         loss_value = loss.item()  # a device sync point on CUDA, so the clock below is honest
         dt = time.perf_counter() - t0
         wall += dt
-        tokens = step * per_step
-        lr = opt.param_groups[0]["lr"]
-        sink([
-            {"step": step, "name": "train_loss", "value": loss_value, "wall_s": wall,
-             "tokens": tokens},
-            {"step": step, "name": "lr", "value": float(lr), "wall_s": wall, "tokens": tokens},
-            {"step": step, "name": "step_time", "value": dt, "wall_s": wall, "tokens": tokens},
-        ])
+
+        metrics = {"train_loss": loss_value, "lr": float(opt.param_groups[0]["lr"]),
+                   "step_time": dt}
+        if run.log_grad_norm and grad_norm is not None:
+            metrics["grad_norm"] = float(grad_norm)
+        emit(step, metrics)
         final["train_loss"] = loss_value
         if not math.isfinite(loss_value):
-            return RunResult("diverged", step, final, f"loss became {loss_value} at step {step}")
-        if step % run.eval_every == 0 or step == run.steps:
+            return RunResult(
+                "diverged", step, final, f"loss became {loss_value} at step {step}", task.info
+            )
+        if snapshot is not None:
+            emit(step, diagnostics.measure(snapshot))
+
+        stop = ""
+        if step == horizon and horizon < run.steps:
+            stop = f"max_examples ({run.max_examples}) reached"
+        elif run.max_seconds is not None and wall >= run.max_seconds:
+            stop = f"max_seconds ({run.max_seconds:g}) of training reached"
+        if step % run.eval_every == 0 or step == horizon or stop:
             evaluate(step)
-    return RunResult("finished", run.steps, final)
+        if stop:
+            return RunResult("finished", step, final, f"stopped at step {step}: {stop}", task.info)
+    return RunResult("finished", horizon, final, "", task.info)

@@ -122,11 +122,11 @@ class Recorder:
         rows = [
             (r["run_id"], ev["study_id"], i, r["label"], r["optimizer"], r["seed"],
              json.dumps(r["hparams"]), json.dumps(r), r["steps"], "queued", 0, 0, None, None,
-             ts, None, None, ts)
+             None, ts, None, None, ts)
             for i, r in enumerate(ev["runs"])
         ]
         cur.executemany(
-            f"INSERT OR IGNORE INTO runs VALUES ({', '.join('?' * 18)})", rows,
+            f"INSERT OR IGNORE INTO runs VALUES ({', '.join('?' * 19)})", rows,
         )
 
     @staticmethod
@@ -156,9 +156,10 @@ class Recorder:
         else:
             cur.execute(
                 "UPDATE runs SET status = ?, last_step = greatest(last_step, ?), "
-                "message = coalesce(?, message), worker = coalesce(?, worker), updated_at = ? "
-                "WHERE run_id = ?",
-                [status, step, ev.get("message"), ev.get("worker"), ts, ev["run_id"]],
+                "message = coalesce(?, message), worker = coalesce(?, worker), "
+                "info = coalesce(?, info), updated_at = ? WHERE run_id = ?",
+                [status, step, ev.get("message"), ev.get("worker"),
+                 json.dumps(ev["info"]) if ev.get("info") else None, ts, ev["run_id"]],
             )
         if status in TERMINAL:
             cur.execute(

@@ -36,6 +36,7 @@ MIGRATIONS: list[list[str]] = [
             last_step   INTEGER NOT NULL DEFAULT 0,
             message     VARCHAR,
             worker      VARCHAR,
+            info        JSON,
             created_at  TIMESTAMPTZ NOT NULL,
             started_at  TIMESTAMPTZ,
             finished_at TIMESTAMPTZ,

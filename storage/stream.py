@@ -9,6 +9,7 @@ Every entry has a single field ``e`` holding one JSON event:
 
 * ``{"type": "study", "study_id", "spec", "runs": [RunSpec JSON, ...], "ts"}``
 * ``{"type": "status", "run_id", "attempt", "status", "step", "message", "worker", "ts"}``
+  (a terminal one may carry ``"info"``: facts about the run's data, e.g. a corpus hash)
 * ``{"type": "metrics", "run_id", "attempt", "rows": [[step, name, value, wall_s, tokens]]}``
 """
 

@@ -58,13 +58,18 @@ class MetricPublisher:
         ):
             self.flush()
 
-    def status_event(self, status: str, message: str | None = None) -> dict[str, Any]:
-        return {
+    def status_event(self, status: str, message: str | None = None,
+                     info: dict[str, Any] | None = None) -> dict[str, Any]:
+        ev = {
             "type": "status", "run_id": self.run_id, "attempt": self.attempt, "status": status,
             "step": self.last_step, "message": message, "worker": self.worker, "ts": now(),
         }
+        if info:
+            ev["info"] = info
+        return ev
 
-    def flush(self, status: str = "running", message: str | None = None) -> None:
+    def flush(self, status: str = "running", message: str | None = None,
+              info: dict[str, Any] | None = None) -> None:
         """Send buffered rows then a status event; retried while the broker is unreachable."""
         rows, self._rows = self._rows, []
         for _step, name, value, _w, _t in rows:
@@ -74,7 +79,7 @@ class MetricPublisher:
         if rows:
             events.append({"type": "metrics", "run_id": self.run_id, "attempt": self.attempt,
                            "rows": rows})
-        events.append(self.status_event(status, message))
+        events.append(self.status_event(status, message, info))
         self._send(events, status)
         self.published += len(rows)
         self._last_flush = time.monotonic()

@@ -75,7 +75,7 @@ def execute_run(run: RunSpec, broker_url: str, worker: str = "") -> dict[str, An
         last = traceback.format_exception_only(err)[-1].strip()
         pub.flush("failed", last)
         return {"run_id": run.run_id, "status": "failed", "message": last}
-    pub.flush(result.status, result.message or None)
+    pub.flush(result.status, result.message or None, result.info or None)
     return {"run_id": run.run_id, "status": result.status, "steps": result.steps_done,
             "attempt": attempt}
 

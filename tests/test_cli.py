@@ -74,8 +74,8 @@ def test_run_owns_a_stack_when_no_dashboard_runs(tmp_path, capsys):
     n_metrics = con.execute("SELECT count(*) FROM metrics").fetchone()[0]
     con.close()
     assert statuses == [("finished", 1), ("finished", 1)]
-    # 15 steps × 3 per-step metrics + evaluations at 0, 5, 10, 15 × 2 metrics, per run.
-    assert n_metrics == 2 * (15 * 3 + 4 * 2)
+    # 15 steps × 4 per-step metrics + evaluations at 0, 5, 10, 15 × 2 metrics, per run.
+    assert n_metrics == 2 * (15 * 4 + 4 * 2)
     assert not (data / "stack.json").exists()
 
 
@@ -112,4 +112,4 @@ def test_team_mode_worker_serves_an_external_broker(tmp_path, clean_broker, caps
         n = cur.execute("SELECT count(*) FROM metrics").fetchone()[0]
     db.close()
     assert workers == {"team@test"}
-    assert n == 2 * (15 * 3 + 4 * 2)
+    assert n == 2 * (15 * 4 + 4 * 2)

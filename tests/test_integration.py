@@ -53,8 +53,9 @@ def test_study_runs_end_to_end_and_every_row_lands_once(worker, clean_broker, db
     assert set(runs["status"]) == {"finished"}
     assert list(runs["attempt"]) == [1, 1, 1, 1]
 
-    # Per run: 12 steps × (train_loss, lr, step_time) + evaluations at 0, 5, 10, 12 × 2 metrics.
-    expected = 12 * 3 + 4 * 2
+    # Per run: 12 steps × (train_loss, lr, step_time, grad_norm)
+    # + evaluations at 0, 5, 10, 12 × (val_loss, val_accuracy).
+    expected = 12 * 4 + 4 * 2
     with db.read() as cur:
         per_run = dict(cur.execute(
             "SELECT run_id, count(*) FROM metrics GROUP BY run_id").fetchall())

@@ -1,9 +1,13 @@
 """The one registry of workloads (training tasks)."""
 
 from engine.workloads.base import Task, Workload
-from engine.workloads.digits import DigitsMLP
+from engine.workloads.digits import DigitsCNN, DigitsMLP
+from engine.workloads.random_features import RandomFeatures
+from engine.workloads.tiny_gpt import TinyGPT
 
-WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (DigitsMLP,)}
+WORKLOADS: dict[str, type[Workload]] = {
+    w.name: w for w in (DigitsMLP, DigitsCNN, RandomFeatures, TinyGPT)
+}
 
 
 def get_workload(name: str) -> type[Workload]:

@@ -10,7 +10,7 @@ import torch
 from engine.diagnostics import alignment_figures, singular_value_summary
 from engine.specs import expand, parse_study
 from engine.training import train
-from engine.workloads import WORKLOADS
+from engine.workloads import WORKLOADS, Task
 
 RF = {"input_dim": 16, "features": 32, "outputs": 4, "n_train": 256, "n_val": 64,
       "batch_size": 32}
@@ -128,3 +128,25 @@ def test_on_a_smooth_model_the_quadratic_model_predicts_a_small_step():
     # A tiny step sees a nearly quadratic loss: prediction and realisation agree to ~1 %.
     assert got["diag_loss_change"] < 0
     assert got["diag_loss_change"] == pytest.approx(got["diag_pred_change"], rel=0.02)
+
+
+def test_a_workload_without_a_full_data_loss_is_refused_naming_the_setting(monkeypatch):
+    from engine.workloads import WORKLOADS as registry
+    from engine.workloads.random_features import RandomFeatures, RandomFeatureTask
+
+    class NoFullLoss(RandomFeatureTask):
+        full_loss = Task.full_loss
+
+    class Plain(RandomFeatures):
+        name = "plain_rf"
+
+        @classmethod
+        def build(cls, settings, seed, device):
+            task = RandomFeatures.build(settings, seed, device)
+            return NoFullLoss(**{f: getattr(task, f) for f in task.__dataclass_fields__})
+
+    monkeypatch.setitem(registry, "plain_rf", Plain)
+    spec = parse_study({"name": "d", "workload": {"name": "plain_rf", "settings": RF},
+                        "optimizers": [{"name": "sgd"}], "steps": 2, "diagnostics_every": 1})
+    with pytest.raises(ValueError, match="diagnostics_every: workload 'plain_rf' has no full"):
+        train(expand(spec)[0], lambda rows: None)

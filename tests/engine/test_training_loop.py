@@ -52,7 +52,7 @@ def test_default_metric_names_are_unchanged():
     result, rows = collect(run_spec())
     assert result.status == "finished" and result.steps_done == 10
     per_step = {r["name"] for r in rows if r["step"] == 3}
-    assert per_step == {"train_loss", "lr", "step_time"}
+    assert per_step == {"train_loss", "lr", "step_time", "grad_norm"}
     assert [r["step"] for r in rows if r["name"] == "val_loss"] == [0, 5, 10]
     assert [r["tokens"] for r in rows if r["name"] == "train_loss"] == [32 * s for s in
                                                                        range(1, 11)]
@@ -110,11 +110,11 @@ def test_clipping_caps_the_step_at_the_clip_norm():
     assert series(free, "diag_gtd_batch")[0] == pytest.approx(lr * g0 * g0, rel=1e-4)
 
 
-def test_grad_norm_is_logged_only_when_asked_and_matches_without_clipping():
-    _, rows = collect(run_spec(log_grad_norm=True))
+def test_grad_norm_is_logged_by_default_and_can_be_turned_off():
+    _, rows = collect(run_spec())
     assert len(series(rows, "grad_norm")) == 10
     assert all(v > 0 for v in series(rows, "grad_norm"))
-    _, rows = collect(run_spec())
+    _, rows = collect(run_spec(log_grad_norm=False))
     assert series(rows, "grad_norm") == []
 
 

@@ -20,7 +20,7 @@ BASE = {
 
 NEW_FIELDS = {
     "lr_schedule": "constant", "warmup_steps": 0, "min_lr_ratio": 0.0, "grad_clip": None,
-    "log_grad_norm": False, "max_examples": None, "max_seconds": None, "diagnostics_every": 0,
+    "log_grad_norm": True, "max_examples": None, "max_seconds": None, "diagnostics_every": 0,
     "bf16_autocast": True,
 }
 
@@ -42,13 +42,13 @@ def test_a_spec_without_the_new_fields_keeps_its_study_id():
 def test_expand_carries_the_settings_to_every_run():
     spec = parse_study({**BASE, "lr_schedule": "cosine", "warmup_steps": 5, "grad_clip": 2.0,
                         "max_examples": 1000, "max_seconds": 30.0, "diagnostics_every": 10,
-                        "log_grad_norm": True, "min_lr_ratio": 0.1, "bf16_autocast": False})
+                        "log_grad_norm": False, "min_lr_ratio": 0.1, "bf16_autocast": False})
     runs = expand(spec)
     assert len(runs) == 4
     for run in runs:
         assert (run.lr_schedule, run.warmup_steps, run.grad_clip, run.max_examples,
                 run.max_seconds, run.diagnostics_every, run.log_grad_norm, run.min_lr_ratio,
-                run.bf16_autocast) == ("cosine", 5, 2.0, 1000, 30.0, 10, True, 0.1, False)
+                run.bf16_autocast) == ("cosine", 5, 2.0, 1000, 30.0, 10, False, 0.1, False)
 
 
 def test_a_run_spec_stored_before_the_new_fields_still_loads():
