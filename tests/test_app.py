@@ -139,3 +139,17 @@ def test_toml_tab_reports_errors(services):
     errors = " ".join(e.value for e in at.error)
     assert "steps: Input should be greater than or equal to 1 (got -3)" in errors
     assert "workload: Field required" in errors
+
+
+def test_training_settings_reach_the_spec_and_are_validated(services):
+    at = app().run()
+    at.switch_page("screens/new_study.py").run()
+    at.number_input(key="grad_clip").set_value(-1.0).run()
+    assert "grad_clip: Input should be greater than 0 (got -1.0)" in at.error[0].value
+    at.number_input(key="grad_clip").set_value(1.0).run()
+    at.selectbox(key="lr_schedule").set_value("cosine").run()
+    at.number_input(key="warmup_steps").set_value(10).run()
+    assert not at.error
+    toml = at.code[0].value
+    assert 'lr_schedule = "cosine"' in toml and "grad_clip = 1.0" in toml
+    assert "warmup_steps = 10" in toml

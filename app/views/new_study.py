@@ -92,6 +92,7 @@ def _build_spec_dict() -> dict[str, Any]:
     except SpecError as err:
         problems.append(str(err))
         seeds = []
+    training = _training_settings()
     if problems:
         raise SpecError("\n".join(problems))
     return {
@@ -102,7 +103,37 @@ def _build_spec_dict() -> dict[str, Any]:
         "steps": int(steps),
         "eval_every": int(eval_every),
         "device": device,
+        **training,
     }
+
+
+def _training_settings() -> dict[str, Any]:
+    """Schedule, clipping, budgets and diagnostics; only values away from the defaults."""
+    fields = StudySpec.model_fields
+    out: dict[str, Any] = {}
+    with st.expander("Training settings (schedule, clipping, budget, diagnostics)"):
+        c1, c2, c3 = st.columns(3)
+        out["lr_schedule"] = c1.selectbox("lr schedule", ["constant", "cosine", "linear"],
+                                          key="lr_schedule",
+                                          help=fields["lr_schedule"].description)
+        out["warmup_steps"] = int(c2.number_input("warmup steps", value=0, step=10,
+                                                  key="warmup_steps"))
+        out["min_lr_ratio"] = float(c3.number_input("final lr ratio", value=0.0, format="%g",
+                                                    key="min_lr_ratio",
+                                                    help=fields["min_lr_ratio"].description))
+        c1, c2, c3 = st.columns(3)
+        clip = float(c1.number_input("gradient clip (0: off)", value=0.0, format="%g",
+                                     key="grad_clip"))
+        out["grad_clip"] = clip if clip != 0 else None
+        seconds = float(c2.number_input("time budget, s (0: none)", value=0.0, format="%g",
+                                        key="max_seconds"))
+        out["max_seconds"] = seconds if seconds != 0 else None
+        out["diagnostics_every"] = int(c3.number_input(
+            "diagnostics every (0: off)", value=0, step=10, key="diagnostics_every",
+            help="alignment γ, descent potential Φ and η* every k steps (costly)"))
+        out["log_grad_norm"] = st.checkbox("record the gradient norm every step", value=True,
+                                           key="log_grad_norm")
+    return {k: v for k, v in out.items() if v != fields[k].default}
 
 
 def _submit(spec: StudySpec) -> None:
