@@ -20,6 +20,13 @@ log = logging.getLogger(__name__)
 
 PROGRESS_KEY = "approximant:progress:{run_id}"
 PROGRESS_TTL_S = 30 * 24 * 3600
+# A run's lease: held by the attempt that trains it, renewed at every flush (at least every
+# ``interval_s`` while steps run), dropped when the run ends. A second delivery of the same run
+# waits for it to lapse (see ``tasks.run.claim``). Long enough to cover a slow step or a long
+# evaluation between flushes.
+LEASE_KEY = "approximant:lease:{run_id}"
+LEASE_TTL_S = 120
+TERMINAL = ("finished", "diverged", "failed", "cancelled")
 
 
 class MetricPublisher:
@@ -47,6 +54,7 @@ class MetricPublisher:
         self.last_step = 0
         self.latest: dict[str, float] = {}
         self.published = 0
+        self._beats = 0
 
     def add(self, rows: Sequence[dict[str, Any]]) -> None:
         for r in rows:
@@ -102,8 +110,15 @@ class MetricPublisher:
     def _set_progress(self, status: str) -> None:
         key = PROGRESS_KEY.format(run_id=self.run_id)
         fields = {"status": status, "step": self.last_step, "steps": self.steps,
-                  "attempt": self.attempt, **{k: repr(v) for k, v in self.latest.items()}}
+                  "attempt": self.attempt, "ts": repr(now()),
+                  **{k: repr(v) for k, v in self.latest.items()}}
+        lease = LEASE_KEY.format(run_id=self.run_id)
+        self._beats += 1
         pipe = self.stream.client.pipeline(transaction=False)
         pipe.hset(key, mapping=fields)
         pipe.expire(key, PROGRESS_TTL_S)
+        if status in TERMINAL:
+            pipe.delete(lease)
+        else:
+            pipe.set(lease, f"{self.attempt}:{self._beats}", ex=LEASE_TTL_S)
         pipe.execute()

@@ -73,3 +73,29 @@ def test_study_runs_end_to_end_and_every_row_lands_once(worker, clean_broker, db
     again = submit_study(spec, clean_broker)
     assert again.queued == 0
     assert [r.run_id for r in again.runs] == [r.run_id for r in expand(spec)]
+
+
+def test_a_second_delivery_of_an_ended_run_is_not_trained_again(worker, clean_broker, db):
+    from tasks.run import run_task
+
+    spec = parse_study({**SPEC, "optimizers": [SPEC["optimizers"][0]], "seeds": [0]})
+    recorder = Recorder(db, EventStream(connect(clean_broker)))
+    q = Queries(db)
+    run = submit_study(spec, clean_broker).runs[0]
+
+    def finished() -> bool:
+        recorder.drain()
+        return not q.is_active(spec.study_id) and len(q.runs(spec.study_id)) == 1
+
+    wait_for(finished, 120, "the run to finish")
+    rows_before = q.metric_count(run.run_id)
+    # The broker delivers the same message again (e.g. its visibility timeout passed).
+    run_task.apply_async(args=[run.model_dump(mode="json")], task_id=run.run_id + "-again")
+    client = connect(clean_broker)
+    wait_for(lambda: client.llen("approximant") == 0 and not client.hlen("unacked"), 60,
+             "the duplicate to be consumed")
+    time.sleep(0.5)
+    recorder.drain()
+    runs = q.runs(spec.study_id)
+    assert list(runs["attempt"]) == [1] and list(runs["status"]) == ["finished"]
+    assert q.metric_count(run.run_id) == rows_before
