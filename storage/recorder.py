@@ -178,7 +178,8 @@ class Recorder:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.drain_once(block_ms=500)
+                # Short blocks: a page that wants fresh rows waits for this lock at most that.
+                self.drain_once(block_ms=100)
             except Exception:  # keep recording after a broker hiccup; entries stay pending
                 log.exception("recorder: batch failed; retrying")
                 self._stop.wait(1.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 import streamlit as st
 
@@ -86,6 +88,13 @@ def render() -> None:
     if not study_id:
         return
     study = q.study(study_id)
+    for _ in range(10 if study is None and services.recorder is not None else 0):
+        # Just submitted: the registration may be a moment behind on the stream.
+        time.sleep(0.2)
+        services.refresh()
+        study = q.study(study_id)
+        if study is not None:
+            break
     if study is None:
         st.error(f"No study with id `{study_id}` in {services.data_dir}. It may still be "
                  "registering; this page refreshes when it arrives.")
