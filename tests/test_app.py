@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ def seeded(services):
         events.append({"type": "metrics", "run_id": run.run_id, "attempt": 1, "rows": rows})
         events.append({"type": "status", "run_id": run.run_id, "attempt": 1,
                        "status": "finished" if last == 50 else "running", "step": last,
-                       "message": None, "worker": "w", "ts": 2.0})
+                       "message": None, "worker": "w", "ts": time.time()})
     EventStream(connect(services.broker_url)).append(events)
     services.recorder.drain()
     return runs
@@ -153,3 +154,15 @@ def test_training_settings_reach_the_spec_and_are_validated(services):
     toml = at.code[0].value
     assert 'lr_schedule = "cosine"' in toml and "grad_clip = 1.0" in toml
     assert "warmup_steps = 10" in toml
+
+
+def test_a_running_run_that_went_silent_is_flagged(seeded, services):
+    quiet = {"type": "status", "run_id": seeded[1].run_id, "attempt": 1, "status": "running",
+             "step": 20, "message": None, "worker": "w", "ts": time.time() - 600}
+    EventStream(connect(services.broker_url)).append([quiet])
+    services.recorder.drain()
+    at = app()
+    at.query_params["study"] = SPEC.study_id
+    at.run()
+    at.switch_page("screens/study.py").run()
+    assert list(at.dataframe[0].value["status"]) == ["finished", "running? silent 10 min"]

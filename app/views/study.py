@@ -31,10 +31,24 @@ def _pick_study(q: Queries) -> str | None:
     return sid
 
 
+SILENT_S = 180  # a running run reports every second; this long without a word means trouble
+
+
+def _status_text(status: str, silent_s: float) -> str:
+    if status == "running" and silent_s > SILENT_S:
+        # Its worker was stopped or died: the run is redelivered when a worker starts again.
+        return f"running? silent {silent_s / 60:.0f} min"
+    return status
+
+
 def _runs_table(runs: pd.DataFrame) -> None:
     columns = ["label", "seed", "status", "progress", "last_step", "train_loss", "val_loss",
                "val_accuracy", "attempt", "message", "run_id"]
-    table = runs.assign(message=runs["message"].fillna(""))[columns]
+    table = runs.assign(
+        message=runs["message"].fillna(""),
+        status=[_status_text(s, q) for s, q in zip(runs["status"], runs["silent_s"],
+                                                    strict=True)],
+    )[columns]
     st.dataframe(
         table, hide_index=True, width="stretch", key="runs_table",
         column_config={
