@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from engine.spectral.freon import SUPPORTED_C
+from engine.spectral.optimizer import ConfiguredMap, SpectralOptimizer, configure_map
 
 
 class HParams(BaseModel):
@@ -37,14 +40,98 @@ class AdamWParams(HParams):
     weight_decay: float = Field(0.01, ge=0, le=1)
 
 
-class MuonParams(HParams):
+ShapeScale = Literal["original", "match_rms_adamw", "none"]
+
+
+class SpectralParams(HParams):
+    """Fields every spectral optimizer shares (matrix step, momentum, AdamW for the rest)."""
+
+    lr: float = Field(0.02, gt=0, le=100, description="learning rate of the matrix parameters")
+    momentum: float = Field(0.95, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    shape_scale: ShapeScale = Field(
+        "original", description="step scale: √max(1, rows/cols) | 0.2·√max(rows, cols) | none"
+    )
+    adamw_lr: float = Field(1e-3, gt=0, le=10, description="AdamW lr for non-matrix parameters")
+    adamw_weight_decay: float = Field(0.0, ge=0, le=1)
+
+
+class MuonParams(SpectralParams):
+    ns_steps: int = Field(5, ge=1, le=20)
+    schedule: Literal["keller", "polar_express", "cans", "classical"] = Field(
+        "keller", description="Newton–Schulz coefficient table (engine/spectral/schedules.py)"
+    )
+    ns_dtype: Literal["bfloat16", "float32"] = Field(
+        "bfloat16", description="Newton–Schulz arithmetic (bfloat16 matches torch.optim.Muon)"
+    )
+
+
+class TorchMuonParams(HParams):
     lr: float = Field(0.02, gt=0, le=100, description="learning rate of the matrix parameters")
     momentum: float = Field(0.95, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(0.0, ge=0, le=1)
     ns_steps: int = Field(5, ge=1, le=20)
+    adjust_lr_fn: Literal["original", "match_rms_adamw"] = "original"
     adamw_lr: float = Field(1e-3, gt=0, le=10, description="AdamW lr for non-matrix parameters")
     adamw_weight_decay: float = Field(0.0, ge=0, le=1)
+
+
+class FreonParams(SpectralParams):
+    c: float = Field(
+        2 / 3, ge=0, le=1,
+        description="exponent of (MMᵀ)^(−c)M; 0 SGD-momentum, ½ Muon, > ½ inverted spectrum",
+    )
+    method: Literal["rational", "svd", "gram_eigh"] = Field(
+        "rational", description="rational iteration (c in {0, 1/4, 1/3, 1/2, 2/3, 3/4, 1}), "
+        "or the exact SVD / Gram-eigh references (any c)",
+    )
+    floor: float = Field(
+        1e-3, ge=0, le=0.1,
+        description="δ in (MMᵀ + δ²I)^(−c)M, relative to ‖M‖_F; needed for c > ½",
+    )
+    dtype: Literal["float32", "float64"] = "float32"
+
+    @model_validator(mode="after")
+    def _c_supported(self) -> FreonParams:
+        if self.method == "rational" and _snap_c(self.c) is None:
+            allowed = ", ".join(str(k) for k in SUPPORTED_C)
+            raise ValueError(
+                f"c: method 'rational' supports {allowed}, to 3 decimals (got {self.c}); "
+                "use method 'svd' for other c"
+            )
+        return self
+
+
+def _snap_c(c: float) -> float | None:
+    """The supported fraction within 5e-4 of ``c`` (so TOML's 0.667 means 2/3), else None."""
+    return next((float(k) for k in SUPPORTED_C if abs(c - float(k)) < 5e-4), None)
+
+
+class KaonParams(SpectralParams):
+    form: Literal["chaos", "iid"] = Field(
+        "chaos", description="chaotic matmul map, or SVD with i.i.d. singular values"
+    )
+    steps: int = Field(5, ge=1, le=20, description="chaos iterations")
+    low: float = Field(0.5, gt=0, le=10, description="i.i.d. form: lower end of the spectrum")
+    high: float = Field(1.5, gt=0, le=10, description="i.i.d. form: upper end of the spectrum")
+    distribution: Literal["uniform", "loguniform"] = "uniform"
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the i.i.d. draws")
+
+    @model_validator(mode="after")
+    def _range(self) -> KaonParams:
+        if self.low > self.high:
+            raise ValueError(f"low: must be <= high (got low={self.low}, high={self.high})")
+        return self
+
+
+class TruncatedSGDParams(SpectralParams):
+    lr: float = Field(0.05, gt=0, le=100, description="learning rate of the matrix parameters")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    shape_scale: ShapeScale = "none"
+    fraction: float = Field(0.1, ge=0, lt=1, description="top fraction of σ set to zero")
 
 
 class RoutedOptimizer(torch.optim.Optimizer):
@@ -107,7 +194,39 @@ def _adamw(params: Iterable[torch.nn.Parameter], matrix: set[int], hp: AdamWPara
     )
 
 
+def _spectral(
+    params: Iterable[torch.nn.Parameter], matrix: set[int], hp: SpectralParams,
+    cmap: ConfiguredMap, *, schatten_c: float | None = None, schatten_floor: float = 0.0,
+    seed: int = 0,
+) -> RoutedOptimizer:
+    """Matrices to one SpectralOptimizer over ``cmap``, everything else to AdamW."""
+    params = list(params)
+    mats = [p for p in params if id(p) in matrix]
+    rest = [p for p in params if id(p) not in matrix]
+    parts: list[torch.optim.Optimizer] = []
+    if mats:
+        # "propagate": a NaN gradient reaches the parameters and the training loop records
+        # the run as diverged (a result), instead of an exception that would crash the task.
+        parts.append(SpectralOptimizer(
+            mats, cmap, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov,
+            weight_decay=hp.weight_decay, shape_scale=hp.shape_scale, schatten_c=schatten_c,
+            schatten_floor=schatten_floor, nonfinite="propagate", seed=seed,
+        ))
+    if rest:
+        parts.append(torch.optim.AdamW(rest, lr=hp.adamw_lr, weight_decay=hp.adamw_weight_decay))
+    return RoutedOptimizer(parts)
+
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+
+
 def _muon(params: Iterable[torch.nn.Parameter], matrix: set[int], hp: MuonParams):
+    cmap = configure_map("newton_schulz", schedule=hp.schedule, steps=hp.ns_steps,
+                         dtype=_DTYPES[hp.ns_dtype], eps=1e-7)
+    return _spectral(params, matrix, hp, cmap)
+
+
+def _torch_muon(params: Iterable[torch.nn.Parameter], matrix: set[int], hp: TorchMuonParams):
     params = list(params)
     mats = [p for p in params if id(p) in matrix]
     rest = [p for p in params if id(p) not in matrix]
@@ -115,11 +234,41 @@ def _muon(params: Iterable[torch.nn.Parameter], matrix: set[int], hp: MuonParams
     if mats:
         parts.append(torch.optim.Muon(
             mats, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum,
-            nesterov=hp.nesterov, ns_steps=hp.ns_steps, adjust_lr_fn="original",
+            nesterov=hp.nesterov, ns_steps=hp.ns_steps, adjust_lr_fn=hp.adjust_lr_fn,
         ))
     if rest:
         parts.append(torch.optim.AdamW(rest, lr=hp.adamw_lr, weight_decay=hp.adamw_weight_decay))
     return RoutedOptimizer(parts)
+
+
+def _freon(params: Iterable[torch.nn.Parameter], matrix: set[int], hp: FreonParams):
+    dtype = _DTYPES[hp.dtype]
+    # The map sees M/‖M‖_F (prescale), so the floor is relative and, for the rational
+    # iteration, ‖M‖_F ≤ 1 gives the scale and ℓ₀ = δ/scale from shapes alone.
+    c = hp.c
+    if hp.method == "rational":
+        c = _snap_c(hp.c)  # validated: not None
+        cmap = configure_map("freon", prescale=True, c=c, delta=hp.floor, dtype=dtype,
+                             norm_bound=1.0)
+    elif hp.method == "svd":
+        cmap = configure_map("spectral_power", prescale=True, c=c, delta=hp.floor, dtype=dtype)
+    else:
+        cmap = configure_map("gram_eigh", prescale=True, c=c, delta=hp.floor, dtype=dtype)
+    return _spectral(params, matrix, hp, cmap, schatten_c=c, schatten_floor=hp.floor)
+
+
+def _kaon(params: Iterable[torch.nn.Parameter], matrix: set[int], hp: KaonParams):
+    if hp.form == "chaos":
+        cmap = configure_map("kaon_chaos", steps=hp.steps)
+    else:
+        cmap = configure_map("kaon_iid", low=hp.low, high=hp.high,
+                             distribution=hp.distribution)
+    return _spectral(params, matrix, hp, cmap, seed=hp.seed)
+
+
+def _truncated_sgd(params: Iterable[torch.nn.Parameter], matrix: set[int],
+                   hp: TruncatedSGDParams):
+    return _spectral(params, matrix, hp, configure_map("truncated_sgd", fraction=hp.fraction))
 
 
 @dataclass(frozen=True)
@@ -139,7 +288,18 @@ OPTIMIZERS: dict[str, OptimizerDef] = {
         OptimizerDef("adamw", "AdamW", AdamWParams, _adamw,
                      "Adam with decoupled weight decay."),
         OptimizerDef("muon", "Muon", MuonParams, _muon,
-                     "torch.optim.Muon on hidden matrices (Newton–Schulz ×5, Nesterov 0.95), "
+                     "Muon on hidden matrices (Newton–Schulz ×5 in bf16, Nesterov 0.95; "
+                     "identical to torch.optim.Muon by default), AdamW on the rest."),
+        OptimizerDef("torch_muon", "torch.optim.Muon", TorchMuonParams, _torch_muon,
+                     "PyTorch's own Muon as a peer baseline, AdamW on the rest."),
+        OptimizerDef("freon", "Freon(c)", FreonParams, _freon,
+                     "Momentum direction (MMᵀ + δ²I)^(−c)M with mean-Schatten normalisation; "
+                     "c = ½ is Muon, c > ½ inverts the spectrum. AdamW on the rest."),
+        OptimizerDef("kaon", "Kaon", KaonParams, _kaon,
+                     "Singular values replaced by noise (chaotic map or i.i.d. draws), "
+                     "AdamW on the rest."),
+        OptimizerDef("truncated_sgd", "TruncatedSGD", TruncatedSGDParams, _truncated_sgd,
+                     "SGD-momentum direction with its top singular values zeroed, "
                      "AdamW on the rest."),
     )
 }

@@ -5,10 +5,23 @@ All figures are composed scalar polynomials on a dense log grid of σ ∈ [1e-3,
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from engine.spectral.schedules import SCHEDULES, get_schedule
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Small matrices: one thread is as fast and immune to OpenMP contention on a loaded
+    2-core machine (two threads were measured 5–10× slower there); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 GRID = torch.logspace(-3, 0, 200001, dtype=torch.float64)
 
@@ -29,6 +42,34 @@ def test_classical_regenerated_from_taylor_series() -> None:
     # Convergent: monotone towards 1 and never above it on [0, 1].
     y = _compose("classical", 40)
     assert y.max() <= 1 + 1e-12 and y.min() > 0.999
+
+
+def _minimax_odd_quintic(lo: float, hi: float) -> tuple[float, float, float]:
+    """Remez exchange: the odd quintic with the smallest max |1 − p| on [lo, hi]."""
+    t = torch.tensor([lo, lo * (hi / lo) ** (1 / 3), lo * (hi / lo) ** (2 / 3), hi],
+                     dtype=torch.float64)
+    sign = torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=torch.float64)
+    for _ in range(100):
+        A = torch.stack([t, t**3, t**5, sign], dim=1)
+        a, b, c, _ = torch.linalg.solve(A, torch.ones(4, dtype=torch.float64)).tolist()
+        # Interior extrema of the error: p′(x) = a + 3b x² + 5c x⁴ = 0, a quadratic in x².
+        disc = math.sqrt(9 * b * b - 20 * a * c)
+        roots = sorted(math.sqrt((-3 * b + s * disc) / (10 * c)) for s in (-1, 1))
+        new = torch.tensor([lo, roots[0], roots[1], hi], dtype=torch.float64)
+        if torch.allclose(new, t, rtol=1e-14, atol=0):
+            break
+        t = new
+    return a, b, c
+
+
+def test_cans_regenerated_by_greedy_remez() -> None:
+    sched = get_schedule("cans")
+    lo, hi = sched.params["lower"], sched.params["upper"]
+    for row in sched.rows:
+        a, b, c = _minimax_odd_quintic(lo, hi)
+        assert (a, b, c) == pytest.approx(row, abs=1e-4)
+        lo = a * lo + b * lo**3 + c * lo**5
+        hi = 2 - lo
 
 
 def test_keller_band() -> None:
