@@ -17,6 +17,8 @@ import time
 import warnings
 from pathlib import Path
 
+import redis
+
 from app.config import Stack, data_dir, read_stack, remove_stack, write_stack
 from tasks.broker import ENV_BROKER, EmbeddedBroker, check_broker, explicit_broker
 
@@ -25,8 +27,9 @@ TERMINAL = ("finished", "diverged", "failed", "cancelled")
 
 
 def _child(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    # A session of its own: Ctrl-C reaches only us, and we stop the children in order.
     return subprocess.Popen([sys.executable, "-m", "app.cli", *args],
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **(env or {})}, start_new_session=True)
 
 
 def _stop_child(proc: subprocess.Popen | None, name: str, grace_s: float,
@@ -201,9 +204,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     directory = data_dir(args.data_dir)
     url = explicit_broker(args.broker)
     stack = None if url else read_stack(directory)
+    if stack is not None and not stack.dashboard_url:
+        print(f"run: another `approximant run` (pid {stack.pid}) owns {directory}; wait for it, "
+              "or start `approximant up` and submit to it", file=sys.stderr)
+        return 1
     if stack is not None:
         url = stack.broker_url
         print(f"run: submitting to the dashboard at {stack.dashboard_url}")
+    if url is None and args.no_wait:
+        print("run: --no-wait needs a running dashboard (`approximant up`) or --broker with "
+              "workers: without them nothing would train after this command returns",
+              file=sys.stderr)
+        return 2
     owned: dict = {}
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -220,9 +232,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         states = _wait_for_runs(sub.runs, url, owned.get("worker"))
         if owned:
             owned["recorder"].drain()
-        failed = [r for r in sub.runs if states[r.run_id].get("status") == "failed"]
-        print(f"run: done — {len(sub.runs) - len(failed)} of {len(sub.runs)} runs completed"
-              + (f", {len(failed)} failed" if failed else ""))
+        ended = [states[r.run_id].get("status") for r in sub.runs]
+        counts = {s: ended.count(s) for s in TERMINAL if ended.count(s)}
+        print("run: done — " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        failed = counts.get("failed", 0)
         if stack is not None:
             print(f"run: results at {stack.dashboard_url}/study?study={spec.study_id}")
         return 1 if failed else 0
@@ -314,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         return int(args.func(args) or 0)
-    except (ConnectionError, ValueError, RuntimeError) as err:
+    except (ConnectionError, ValueError, RuntimeError, redis.RedisError) as err:
         print(f"approximant {args.command}: {err}", file=sys.stderr)
         return 2
 

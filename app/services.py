@@ -46,6 +46,7 @@ class Services:
                 self.recorder.drain()  # what the workers sent while we were stopping
             except Exception as err:
                 log.warning("final drain failed (entries stay in the stream): %s", err)
+            self.recorder.close()
         self.db.close()
 
 

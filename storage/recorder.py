@@ -16,6 +16,7 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
+import duckdb
 import pandas as pd
 
 from storage.db import Database
@@ -24,6 +25,10 @@ from storage.stream import TERMINAL, EventStream
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["run_id", "attempt", "step", "name", "value", "wall_s", "tokens"]
+# Errors that say an entry itself is malformed. Anything else (a full disk, a closed database, a
+# lost broker) leaves the entries pending, to be applied when the problem is gone.
+DATA_ERRORS = (KeyError, TypeError, ValueError, IndexError, duckdb.ConversionException,
+               duckdb.ConstraintException, duckdb.InvalidInputException)
 
 
 def _ts(ev: dict[str, Any]) -> datetime:
@@ -38,6 +43,7 @@ class Recorder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._drain_lock = threading.Lock()
+        self._closed = False
         self.applied = 0
 
     # -- one batch ---------------------------------------------------------------------------
@@ -58,9 +64,11 @@ class Recorder:
             return done
 
     def _apply_safely(self, batch: list[tuple[str, dict[str, Any]]]) -> int:
+        if self._closed:
+            raise RuntimeError("recorder is stopped")
         try:
             return self._apply(batch)
-        except Exception:
+        except DATA_ERRORS:
             if len(batch) == 1:
                 # A poison entry would block the stream forever: park it in the dead-letter
                 # stream (nothing is dropped) and move on.
@@ -183,6 +191,12 @@ class Recorder:
             except Exception:  # keep recording after a broker hiccup; entries stay pending
                 log.exception("recorder: batch failed; retrying")
                 self._stop.wait(1.0)
+
+    def close(self) -> None:
+        """No more batches: the database is about to close (entries stay in the stream)."""
+        self.stop()
+        with self._drain_lock:
+            self._closed = True
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()

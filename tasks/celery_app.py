@@ -1,8 +1,7 @@
 """The Celery application.
 
 JSON only (nothing is unpickled from the network); late acknowledgement with one task
-prefetched, so a worker that dies mid-run leaves its run to be delivered again; the broker's
-visibility timeout is above the longest run so a slow run is not delivered twice.
+prefetched, so a worker that dies mid-run leaves its run to be delivered again.
 """
 
 from __future__ import annotations
@@ -14,7 +13,11 @@ from celery.signals import worker_process_init
 
 from tasks.broker import ENV_BROKER
 
-VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
+# How long a delivered, unacknowledged run stays invisible before the broker hands it out
+# again. A worker host that dies mid-run is recovered after this long; a run still alive then
+# is protected by its lease (tasks/run.py): each period of a long run adds one small copy of its
+# message that waits for the run to end, so keep this well above a typical run.
+VISIBILITY_TIMEOUT_S = int(os.environ.get("APPROXIMANT_VISIBILITY_TIMEOUT_S", 3600))
 
 app = Celery("approximant", include=["tasks.run"])
 app.conf.update(

@@ -78,8 +78,12 @@ class MetricPublisher:
 
     def flush(self, status: str = "running", message: str | None = None,
               info: dict[str, Any] | None = None) -> None:
-        """Send buffered rows then a status event; retried while the broker is unreachable."""
-        rows, self._rows = self._rows, []
+        """Send buffered rows then a status event; retried while the broker is unreachable.
+
+        The rows leave the buffer only once sent, so a failure loses nothing that a later
+        flush could still deliver.
+        """
+        rows = self._rows
         for _step, name, value, _w, _t in rows:
             if name in ("train_loss", "val_loss", "val_accuracy"):
                 self.latest[name] = value
@@ -89,6 +93,7 @@ class MetricPublisher:
                            "rows": rows})
         events.append(self.status_event(status, message, info))
         self._send(events, status)
+        self._rows = []
         self.published += len(rows)
         self._last_flush = time.monotonic()
 
@@ -100,7 +105,7 @@ class MetricPublisher:
                 self.stream.append(events)
                 self._set_progress(status)
                 return
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.TimeoutError):
                 if time.monotonic() >= deadline:
                     raise
                 log.warning("publisher: broker unreachable, retrying in %.1fs", delay)

@@ -34,6 +34,7 @@ ATTEMPT_KEY = "approximant:attempt:{run_id}"
 CANCEL_RUN_KEY = "approximant:cancel:run:{run_id}"
 CANCEL_STUDY_KEY = "approximant:cancel:study:{study_id}"
 CANCEL_POLL_S = 0.5
+SKIPPED_KEY = "approximant:skipped"  # hash "run_id:verdict" → deliveries not trained
 
 _clients: dict[tuple[int, str], Any] = {}
 
@@ -66,33 +67,32 @@ class _CancelFlag:
 def claim(client, run_id: str, lease_ttl_s: float = LEASE_TTL_S, poll_s: float = 1.0) -> str:
     """Decide whether this delivery trains the run: ``"run"``, ``"ended"`` or ``"duplicate"``.
 
-    Waits while a lease exists; a lease that changes while we watch belongs to a live attempt.
+    ``"run"`` comes with the lease taken (atomically, so two deliveries cannot both train).
+    While another attempt's lease exists we watch it: a lease that changes belongs to a live
+    attempt (``"duplicate"``); one that lapses belonged to a dead one, and we take it.
     """
-    status = client.hget(PROGRESS_KEY.format(run_id=run_id), "status")
-    if status is not None and status.decode() in TERMINAL:
-        return "ended"
     key = LEASE_KEY.format(run_id=run_id)
-    seen = client.get(key)
     deadline = time.monotonic() + lease_ttl_s + poll_s
-    while seen is not None:
+    seen = None
+    while True:
+        status = client.hget(PROGRESS_KEY.format(run_id=run_id), "status")
+        if status is not None and status.decode() in TERMINAL:
+            return "ended"
+        if client.set(key, "0:claimed", nx=True, ex=int(max(1, lease_ttl_s))):
+            return "run"
+        now_seen = client.get(key)
+        if seen is not None and now_seen is not None and now_seen != seen:
+            return "duplicate"
         if time.monotonic() > deadline:
             return "duplicate"
-        time.sleep(poll_s)
-        now_seen = client.get(key)
-        if now_seen is not None and now_seen != seen:
-            return "duplicate"
         seen = now_seen
-    return "run"
+        time.sleep(poll_s)
 
 
 def execute_run(run: RunSpec, broker_url: str, worker: str = "") -> dict[str, Any]:
-    """Train ``run``, publishing rows and status to the stream at ``broker_url``."""
+    """Train ``run`` (its lease already claimed), publishing to the stream at ``broker_url``."""
     client = _client(broker_url)
     stream = EventStream(client)
-    verdict = claim(client, run.run_id)
-    if verdict != "run":
-        log.warning("run %s not started again: %s delivery", run.run_id, verdict)
-        return {"run_id": run.run_id, "status": verdict}
     attempt = int(client.incr(ATTEMPT_KEY.format(run_id=run.run_id)))
     pub = MetricPublisher(stream, run.run_id, attempt, run.steps, worker=worker)
     pub.flush("running")
@@ -112,8 +112,19 @@ def execute_run(run: RunSpec, broker_url: str, worker: str = "") -> dict[str, An
             "attempt": attempt}
 
 
-@app.task(name="approximant.run", bind=True, acks_late=True, ignore_result=True)
+@app.task(name="approximant.run", bind=True, acks_late=True, ignore_result=True,
+          max_retries=None)
 def run_task(self: Task, run_spec: dict[str, Any]) -> dict[str, Any]:
     run = RunSpec.model_validate(run_spec)
+    client = _client(self.app.conf.broker_url)
+    verdict = claim(client, run.run_id)
+    if verdict != "run":
+        client.hincrby(SKIPPED_KEY, f"{run.run_id}:{verdict}", 1)
+        log.warning("run %s: %s delivery, not trained again", run.run_id, verdict)
+        if verdict == "duplicate":
+            # Keep one copy of the message alive while the live attempt trains: if that attempt
+            # dies before it ends, this copy is the one that restarts the run.
+            raise self.retry(countdown=LEASE_TTL_S)
+        return {"run_id": run.run_id, "status": verdict}
     worker = self.request.hostname or socket.gethostname()
     return execute_run(run, self.app.conf.broker_url, worker=worker)

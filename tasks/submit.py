@@ -32,7 +32,9 @@ def submit_study(spec: StudySpec, broker_url: str) -> Submission:
     queued = 0
     with app.connection_for_write() as conn:
         for run in runs:
-            if not client.set(SUBMITTED_KEY.format(run_id=run.run_id), now(), nx=True):
+            # Lives as long as the run's progress record, which the CLI waits on.
+            if not client.set(SUBMITTED_KEY.format(run_id=run.run_id), now(), nx=True,
+                              ex=PROGRESS_TTL_S):
                 continue
             key = PROGRESS_KEY.format(run_id=run.run_id)
             client.hset(key, mapping={"status": "queued", "step": 0, "steps": run.steps,

@@ -9,8 +9,13 @@ from tasks.publisher import LEASE_KEY, PROGRESS_KEY
 from tasks.run import claim
 
 
-def test_free_run_is_claimed(clean_broker):
-    assert claim(connect(clean_broker), "r1", lease_ttl_s=1, poll_s=0.05) == "run"
+def test_free_run_is_claimed_and_its_lease_taken(clean_broker):
+    client = connect(clean_broker)
+    assert claim(client, "r1", lease_ttl_s=5, poll_s=0.05) == "run"
+    assert client.get(LEASE_KEY.format(run_id="r1")) == b"0:claimed"
+    # A second delivery arriving now sees a held lease; it lapses unrenewed (nobody publishes
+    # in this test), so after the TTL the second claimant takes over.
+    assert client.ttl(LEASE_KEY.format(run_id="r1")) > 0
 
 
 def test_ended_run_is_not_claimed(clean_broker):
@@ -48,4 +53,4 @@ def test_a_dead_attempts_lease_is_waited_out(clean_broker):
     client.set(key, "1:7", px=600)  # its holder died: nobody renews it, so it lapses
     assert client.exists(key)
     assert claim(client, "r1", lease_ttl_s=5, poll_s=0.1) == "run"
-    assert not client.exists(key)  # claim returned only once the lease was gone
+    assert client.get(key) == b"0:claimed"  # the dead attempt's lease lapsed; ours replaced it

@@ -68,7 +68,7 @@ def test_run_owns_a_stack_when_no_dashboard_runs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert "started a local broker and worker" in out
-    assert "2 of 2 runs completed" in out
+    assert "run: done — 2 finished" in out
     con = duckdb.connect(str(data / DB_FILENAME), read_only=True)
     statuses = con.execute("SELECT status, attempt FROM runs").fetchall()
     n_metrics = con.execute("SELECT count(*) FROM metrics").fetchone()[0]
@@ -99,7 +99,7 @@ def test_team_mode_worker_serves_an_external_broker(tmp_path, clean_broker, caps
         worker.wait(30)
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "2 of 2 runs completed" in out
+    assert "run: done — 2 finished" in out
     # The dashboard of that team would record the rows from the shared stream.
     from storage.db import Database
     from storage.recorder import Recorder
@@ -113,3 +113,16 @@ def test_team_mode_worker_serves_an_external_broker(tmp_path, clean_broker, caps
     db.close()
     assert workers == {"team@test"}
     assert n == 2 * (15 * 4 + 4 * 2)
+
+
+def test_no_wait_without_a_dashboard_is_refused(tmp_path, capsys):
+    assert main(["run", write(tmp_path, SPEC), "--no-wait", "--data-dir", str(tmp_path)]) == 2
+    assert "--no-wait needs a running dashboard" in capsys.readouterr().err
+
+
+def test_a_second_headless_run_on_the_same_data_dir_is_refused(tmp_path, capsys):
+    from app.config import Stack, write_stack
+
+    write_stack(tmp_path, Stack(os.getpid(), "redis://127.0.0.1:1/0", ""))  # a live headless run
+    assert main(["run", write(tmp_path, SPEC), "--data-dir", str(tmp_path)]) == 1
+    assert "another `approximant run`" in capsys.readouterr().err

@@ -167,3 +167,17 @@ def test_queries_downsample_and_report_finals(stream, db):
     assert q.is_active(SPEC.study_id)  # the second run is still queued
     studies = q.studies()
     assert studies.loc[0, "n_runs"] == 2 and studies.loc[0, "done"] == 1
+
+
+def test_a_database_failure_leaves_entries_pending_not_parked(stream, tmp_path):
+    db = Database(tmp_path / "closing.duckdb")
+    rec = Recorder(db, stream)
+    db.close()  # e.g. the disk went away, or the dashboard is shutting down
+    stream.append([study_event(), metrics_event(RUNS[0].run_id, 1, range(1, 4))])
+    with pytest.raises(Exception):  # noqa: B017 - whatever DuckDB raises for a closed file
+        rec.drain_once()
+    assert stream.client.xlen(stream.dead_letter) == 0
+    db2 = Database(tmp_path / "closing.duckdb")
+    Recorder(db2, stream).drain()
+    assert count(db2, "SELECT count(*) FROM metrics") == 3
+    db2.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 import streamlit as st
 
 from app import forms
@@ -143,7 +144,12 @@ def _submit(spec: StudySpec) -> None:
     if services.broker_url is None or services.broker_error:
         st.error(f"Cannot submit: {services.broker_error}")
         return
-    sub = submit_study(spec, services.broker_url)
+    try:
+        sub = submit_study(spec, services.broker_url)
+    except (redis.RedisError, OSError) as err:
+        st.error(f"Cannot submit: the broker {services.broker_url} did not answer ({err}). "
+                 "Submitting again once it is back is safe: no run is queued twice.")
+        return
     services.refresh()
     st.session_state["flash"] = (
         f"Queued {sub.queued} of {len(sub.runs)} runs."
