@@ -264,6 +264,7 @@ def _own_stack(directory: Path, args: argparse.Namespace) -> dict:
     broker = EmbeddedBroker(directory)
     url = broker.start()
     recorder = Recorder(db, EventStream(connect(url)))
+    recorder.acquire()
     recorder.start()
     worker = _child(["worker", "--broker", url, "--concurrency", str(args.workers),
                      "--loglevel", "WARNING"])

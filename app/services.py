@@ -15,7 +15,7 @@ from pathlib import Path
 from app.config import data_dir
 from storage.db import Database
 from storage.queries import Queries
-from storage.recorder import Recorder
+from storage.recorder import Recorder, RecorderBusy
 from storage.stream import EventStream, connect
 from tasks.broker import ENV_BROKER
 
@@ -47,6 +47,10 @@ class Services:
             except Exception as err:
                 log.warning("final drain failed (entries stay in the stream): %s", err)
             self.recorder.close()
+            try:
+                self.recorder.release()
+            except Exception as err:  # the broker may be gone already; the lock then lapses
+                log.debug("could not release the recorder lock: %s", err)
         self.db.close()
 
 
@@ -63,9 +67,15 @@ def open_services(directory: Path, broker_url: str | None, start_recorder: bool 
             client = connect(broker_url)
             client.ping()
             recorder = Recorder(db, EventStream(client))
+            recorder.acquire()
             if start_recorder:
                 recorder.start()
+        except RecorderBusy as err:
+            recorder = None
+            error = f"read-only: {err}"
+            log.warning(error)
         except Exception as err:
+            recorder = None
             error = f"broker {broker_url} unreachable: {err}"
             log.warning(error)
     else:

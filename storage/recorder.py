@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,7 +37,17 @@ def _ts(ev: dict[str, Any]) -> datetime:
     return datetime.fromtimestamp(float(ev.get("ts") or 0.0) or datetime.now(UTC).timestamp(), UTC)
 
 
+LOCK_KEY = "approximant:recorder"
+LOCK_TTL_S = 30
+
+
+class RecorderBusy(RuntimeError):
+    """Another database already records from this broker."""
+
+
 class Recorder:
+    """Applies the stream to one DuckDB file. One recorder per broker: see ``acquire``."""
+
     def __init__(self, db: Database, stream: EventStream, consumer: str = "recorder-1") -> None:
         self.db = db
         self.stream = stream
@@ -45,6 +57,42 @@ class Recorder:
         self._drain_lock = threading.Lock()
         self._closed = False
         self.applied = 0
+        # The owner is the database file on this host, not the process, so a dashboard that
+        # crashed can start again at once instead of waiting for its old lock to lapse.
+        self.identity = f"{socket.gethostname()}:{db.path.resolve()}"
+        self._lock_renewed = 0.0
+
+    def acquire(self) -> None:
+        """Become the broker's only recorder, or raise ``RecorderBusy`` naming the holder.
+
+        Two recorders in one consumer group would each get a share of the entries, leaving two
+        databases with half a study each.
+        """
+        client = self.stream.client
+        if client.set(LOCK_KEY, self.identity, nx=True, ex=LOCK_TTL_S):
+            self._lock_renewed = time.monotonic()
+            return
+        holder = client.get(LOCK_KEY)
+        if holder is not None and holder.decode() == self.identity:
+            client.expire(LOCK_KEY, LOCK_TTL_S)
+            self._lock_renewed = time.monotonic()
+            return
+        who = holder.decode() if holder else "?"
+        raise RecorderBusy(
+            f"another dashboard already records from this broker ({who}); its database has "
+            "the studies. Use that dashboard, or another broker"
+        )
+
+    def _renew(self) -> None:
+        if self._lock_renewed and time.monotonic() - self._lock_renewed > LOCK_TTL_S / 3:
+            self.acquire()
+
+    def release(self) -> None:
+        client = self.stream.client
+        holder = client.get(LOCK_KEY)
+        if holder is not None and holder.decode() == self.identity:
+            client.delete(LOCK_KEY)
+        self._lock_renewed = 0.0
 
     # -- one batch ---------------------------------------------------------------------------
     def drain_once(self, count: int = 1000, block_ms: int | None = None) -> int:
@@ -186,6 +234,7 @@ class Recorder:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
+                self._renew()
                 # Short blocks: a page that wants fresh rows waits for this lock at most that.
                 self.drain_once(block_ms=100)
             except Exception:  # keep recording after a broker hiccup; entries stay pending

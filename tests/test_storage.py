@@ -181,3 +181,23 @@ def test_a_database_failure_leaves_entries_pending_not_parked(stream, tmp_path):
     Recorder(db2, stream).drain()
     assert count(db2, "SELECT count(*) FROM metrics") == 3
     db2.close()
+
+
+def test_only_one_database_records_from_a_broker(stream, tmp_path):
+    from storage.recorder import RecorderBusy
+
+    first = Database(tmp_path / "a.duckdb")
+    second = Database(tmp_path / "b.duckdb")
+    try:
+        owner = Recorder(first, stream)
+        owner.acquire()
+        owner.acquire()  # the owner may renew
+        with pytest.raises(RecorderBusy, match="another dashboard already records"):
+            Recorder(second, stream).acquire()
+        # The same database file restarted (e.g. after a crash) takes the lock back at once.
+        Recorder(first, stream).acquire()
+        owner.release()
+        Recorder(second, stream).acquire()
+    finally:
+        first.close()
+        second.close()
