@@ -72,6 +72,22 @@ def _raise_interrupt(signum: int, _frame: object) -> None:
     raise _Interrupted(signal.Signals(signum).name)
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _on_stop_signals() -> dict:
+    """Ctrl-C, SIGTERM and a closed terminal all mean an orderly stop; returns the old handlers.
+
+    Set explicitly: a process started in the background by a script inherits SIGINT ignored.
+    """
+    return {sig: signal.signal(sig, _raise_interrupt) for sig in _STOP_SIGNALS}
+
+
+def _restore_signals(old: dict) -> None:
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
+
+
 def _start_broker(args: argparse.Namespace, directory: Path) -> tuple[str, EmbeddedBroker | None]:
     url = explicit_broker(getattr(args, "broker", None))
     if url:
@@ -91,7 +107,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     url, broker = _start_broker(args, directory)
     worker = dashboard = None
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    _on_stop_signals()
     try:
         if args.workers > 0:
             worker = _child(["worker", "--broker", url, "--concurrency", str(args.workers)])
@@ -217,7 +233,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     owned: dict = {}
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    old_handlers = _on_stop_signals()
     try:
         if url is None:
             owned = _own_stack(directory, args)
@@ -248,9 +264,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             _stop_child(owned["worker"], "worker", 5, cold=signal.SIGQUIT)
             owned["recorder"].stop()
             owned["recorder"].drain()
+            owned["recorder"].close()
+            owned["recorder"].release()
             owned["db"].close()
             owned["broker"].stop()
             remove_stack(directory)
+        _restore_signals(old_handlers)
 
 
 def _own_stack(directory: Path, args: argparse.Namespace) -> dict:
