@@ -7,9 +7,9 @@ Variants, timed in one process, interleaved over repeats (median reported):
 * ``published`` the worker's code path (``tasks.run.execute_run``): rows buffered and published
                 to a Redis stream on an embedded Valkey, progress and status events, cancel polls
                 (the recorder is idle, as it lives in the dashboard's process in production);
-* ``full``      the same run submitted through Celery to a worker (thread, solo pool) while the
-                recorder drains the stream into DuckDB in this same process, competing for the
-                GIL and the two cores (pessimistic: in production they are separate processes).
+* ``full``      the same run submitted through Celery to an ``approximant worker`` process while
+                the recorder drains the stream into DuckDB in this process (the dashboard's
+                role): submit → finished, as a user sees it.
 
 Run: ``python benchmarks/bench_harness.py [--steps 3000] [--repeats 3]``.
 """
@@ -106,13 +106,15 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from celery.contrib.testing.worker import start_worker
+    import os
+    import subprocess
+    import sys
 
     from storage.db import Database
     from storage.recorder import Recorder
     from storage.stream import EventStream, connect
     from tasks.broker import EmbeddedBroker
-    from tasks.celery_app import app, configure
+    from tasks.celery_app import configure
 
     spec, run = make_run(args.steps, args.eval_every)
     times: dict[str, list[float]] = {k: [] for k in ("bare", "engine", "published", "full")}
@@ -127,8 +129,12 @@ def main() -> None:
                         "spec": spec.model_dump(mode="json"),
                         "runs": [run.model_dump(mode="json")], "ts": time.time()}])
         bare(run)  # warm-up: imports, data loading, allocator
-        with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING",
-                          queues=[app.conf.task_default_queue]):
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", "--broker", url, "--loglevel", "WARNING"],
+            env={**os.environ, "APPROXIMANT_TORCH_THREADS": str(args.threads)},
+        )
+        try:
+            full(spec, url, recorder)  # warm-up of the worker process
             for _ in range(args.repeats):
                 times["bare"].append(bare(run))
                 times["engine"].append(engine_only(run))
@@ -136,6 +142,9 @@ def main() -> None:
                 recorder.start()
                 times["full"].append(full(spec, url, recorder))
                 recorder.stop()
+        finally:
+            worker.terminate()
+            worker.wait(30)
         recorder.drain()
         with db.read() as cur:
             rows = cur.execute("SELECT count(*) FROM metrics").fetchone()[0]
