@@ -103,6 +103,8 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (as a worker has)")
+    ap.add_argument("--no-recorder", action="store_true",
+                    help="leave the stream undrained during `full` (isolates the recorder's cost)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -139,7 +141,8 @@ def main() -> None:
                 times["bare"].append(bare(run))
                 times["engine"].append(engine_only(run))
                 times["published"].append(published(run, url))
-                recorder.start()
+                if not args.no_recorder:
+                    recorder.start()
                 times["full"].append(full(spec, url, recorder))
                 recorder.stop()
         finally:
