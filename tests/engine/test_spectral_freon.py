@@ -30,17 +30,6 @@ from engine.spectral.qdwh import qdwh_coefficients
 from engine.spectral.testing import controlled_matrix
 from engine.spectral.testing import relative_spectral_error as rel_err
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small matrices: one thread is as fast and immune to OpenMP contention on a loaded
-    2-core machine (two threads were measured 5–10× slower there); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 C_LIST = [0.25, 1 / 3, 0.5, 2 / 3, 0.75, 1.0]
 SHAPES = [(24, 40), (40, 24), (32, 32)]
 

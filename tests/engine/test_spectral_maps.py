@@ -25,17 +25,6 @@ from engine.spectral.testing import relative_spectral_error as rel_err
 EPS64 = torch.finfo(torch.float64).eps
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small matrices: one thread is as fast and immune to OpenMP contention on a loaded
-    2-core machine (two threads were measured 5–10× slower there); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # Options that make each registered map runnable; a new map must be added here, so the
 # contract below covers every entry of the registry.
 CONTRACT_OPTIONS: dict[str, dict] = {

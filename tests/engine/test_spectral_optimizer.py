@@ -27,16 +27,6 @@ from engine.spectral.optimizer import (
 from engine.spectral.testing import controlled_matrix
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small matrices: one thread is as fast and immune to OpenMP contention on a loaded
-    2-core machine (two threads were measured 5–10× slower there); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _mlp(seed: int = 0) -> torch.nn.Sequential:
     torch.manual_seed(seed)
     # Wide, tall and square hidden matrices, so every orientation and shape scale is used.

@@ -12,17 +12,6 @@ import torch
 
 from engine.spectral.schedules import SCHEDULES, get_schedule
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small matrices: one thread is as fast and immune to OpenMP contention on a loaded
-    2-core machine (two threads were measured 5–10× slower there); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 GRID = torch.logspace(-3, 0, 200001, dtype=torch.float64)
 
 
