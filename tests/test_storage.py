@@ -201,3 +201,15 @@ def test_only_one_database_records_from_a_broker(stream, tmp_path):
     finally:
         first.close()
         second.close()
+
+
+def test_a_terminal_status_records_the_runs_data_facts(stream, db):
+    import json
+
+    rid = RUNS[0].run_id
+    done = status_event(rid, 1, "finished", 5)
+    done["info"] = {"corpus": "stdlib", "corpus_fingerprint": "sha256:abc"}
+    stream.append([study_event(), status_event(rid, 1, "running", 1), done])
+    Recorder(db, stream).drain()
+    info = Queries(db).runs(SPEC.study_id).set_index("run_id").loc[rid, "info"]
+    assert json.loads(info) == {"corpus": "stdlib", "corpus_fingerprint": "sha256:abc"}
