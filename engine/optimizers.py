@@ -117,7 +117,8 @@ class KaonParams(SpectralParams):
     low: float = Field(0.5, gt=0, le=10, description="i.i.d. form: lower end of the spectrum")
     high: float = Field(1.5, gt=0, le=10, description="i.i.d. form: upper end of the spectrum")
     distribution: Literal["uniform", "loguniform"] = "uniform"
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the i.i.d. draws")
+    seed: int = Field(0, ge=0, le=2**31 - 1,
+                      description="seed of the i.i.d. draws; unless set, the run's seed")
 
     @model_validator(mode="after")
     def _range(self) -> KaonParams:

@@ -269,8 +269,13 @@ def expand(spec: StudySpec) -> list[RunSpec]:
     runs = []
     for name, point in spec.grid_points():
         label = run_label(name, point)
-        hparams = OPTIMIZERS[name].params(**point).model_dump()
+        params = OPTIMIZERS[name].params
+        hparams = params(**point).model_dump()
         for seed in spec.seeds:
+            if "seed" in params.model_fields and "seed" not in point:
+                # An optimizer's own randomness (Kaon's draws) follows the run's seed unless
+                # the grid fixes it, so seeds replicate the whole run.
+                hparams = {**hparams, "seed": seed}
             digest = hashlib.sha256(f"{study_id}|{label}|seed={seed}".encode()).hexdigest()
             runs.append(
                 RunSpec(
@@ -279,7 +284,7 @@ def expand(spec: StudySpec) -> list[RunSpec]:
                     label=label,
                     workload=spec.workload,
                     optimizer=name,
-                    hparams=hparams,
+                    hparams=dict(hparams),
                     seed=seed,
                     steps=spec.steps,
                     eval_every=spec.eval_every,

@@ -117,3 +117,10 @@ def test_toml_round_trip_and_malformed_toml():
     assert again == spec and again.study_id == spec.study_id
     with pytest.raises(SpecError, match="malformed TOML"):
         parse_study_toml("name = 'x\nsteps = 3")
+
+
+def test_an_optimizers_own_seed_follows_the_run_seed_unless_the_grid_fixes_it():
+    spec = parse_study(with_(optimizers=[{"name": "kaon", "grid": {"form": "iid"}},
+                                         {"name": "kaon", "grid": {"form": "chaos", "seed": 7}}]))
+    runs = expand(spec)
+    assert [r.hparams["seed"] for r in runs] == [0, 1, 2, 7, 7, 7]
