@@ -150,3 +150,15 @@ def test_should_stop_cancels_between_steps():
     result, rows = collect(run_spec(), should_stop=lambda: next(calls))
     assert result.status == "cancelled" and result.steps_done == 2
     assert len(series(rows, "train_loss")) == 2
+
+
+def test_fast_grad_norm_matches_torch():
+    import torch
+
+    from engine.training import _grad_norm
+
+    same = [torch.randn(5, 3), torch.randn(7), torch.randn(2, 2, 2)]
+    assert torch.allclose(_grad_norm(same), torch.nn.utils.get_total_norm(same))
+    mixed = [torch.randn(4), torch.randn(4, dtype=torch.float64)]  # falls back to torch's
+    assert torch.allclose(_grad_norm(mixed).double(),
+                          torch.nn.utils.get_total_norm(mixed).double())
