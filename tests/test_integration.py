@@ -98,3 +98,30 @@ def test_a_second_delivery_of_an_ended_run_is_not_trained_again(worker, clean_br
     runs = q.runs(spec.study_id)
     assert list(runs["attempt"]) == [1] and list(runs["status"]) == ["finished"]
     assert q.metric_count(run.run_id) == rows_before
+
+
+def test_cancelling_a_study_stops_its_runs_between_steps(worker, clean_broker, db):
+    from tasks.submit import cancel_study
+
+    spec = parse_study({**SPEC, "steps": 100_000, "seeds": [0]})
+    recorder = Recorder(db, EventStream(connect(clean_broker)))
+    q = Queries(db)
+    submit_study(spec, clean_broker)
+
+    def started() -> bool:
+        recorder.drain()
+        runs = q.runs(spec.study_id)
+        return bool((runs["last_step"] > 0).any())
+
+    wait_for(started, 60, "a run to start training")
+    cancel_study(spec.study_id, clean_broker)
+
+    def all_ended() -> bool:
+        recorder.drain()
+        return not q.is_active(spec.study_id)
+
+    wait_for(all_ended, 60, "the runs to stop")
+    runs = q.runs(spec.study_id)
+    assert set(runs["status"]) == {"cancelled"}
+    assert (runs["last_step"] < 100_000).all()
+    assert set(runs["message"]) <= {"cancelled by request", "cancelled before start"}
