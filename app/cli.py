@@ -20,10 +20,10 @@ from pathlib import Path
 import redis
 
 from app.config import Stack, data_dir, read_stack, remove_stack, write_stack
+from storage.stream import TERMINAL
 from tasks.broker import ENV_BROKER, EmbeddedBroker, check_broker, explicit_broker
 
 log = logging.getLogger("approximant")
-TERMINAL = ("finished", "diverged", "failed", "cancelled")
 
 
 def _child(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -81,7 +81,7 @@ def published(run, url: str) -> float:
     return time.perf_counter() - t0
 
 
-def full(spec, url: str, recorder) -> float:
+def full(spec, url: str) -> float:
     import redis
 
     from tasks.submit import submit_study
@@ -136,14 +136,14 @@ def main() -> None:
             env={**os.environ, "APPROXIMANT_TORCH_THREADS": str(args.threads)},
         )
         try:
-            full(spec, url, recorder)  # warm-up of the worker process
+            full(spec, url)  # warm-up of the worker process
             for _ in range(args.repeats):
                 times["bare"].append(bare(run))
                 times["engine"].append(engine_only(run))
                 times["published"].append(published(run, url))
                 if not args.no_recorder:
                     recorder.start()
-                times["full"].append(full(spec, url, recorder))
+                times["full"].append(full(spec, url))
                 recorder.stop()
         finally:
             worker.terminate()

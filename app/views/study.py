@@ -10,6 +10,7 @@ import streamlit as st
 from app.charts import loss_chart
 from app.services import get_services
 from storage.queries import Queries
+from storage.stream import TERMINAL
 
 REFRESH_S = 2.0
 
@@ -66,7 +67,7 @@ def _body(q: Queries, study_id: str, log_y: bool) -> bool:
     """Draw the live part; return whether runs are still active."""
     runs = q.runs(study_id)
     counts = runs["status"].value_counts()
-    done = int(sum(counts.get(s, 0) for s in ("finished", "diverged", "failed", "cancelled")))
+    done = int(sum(counts.get(s, 0) for s in TERMINAL))
     cols = st.columns(5)
     cols[0].metric("runs", len(runs))
     cols[1].metric("finished", int(counts.get("finished", 0)))
