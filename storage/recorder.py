@@ -34,7 +34,9 @@ DATA_ERRORS = (KeyError, TypeError, ValueError, IndexError, duckdb.ConversionExc
 
 
 def _ts(ev: dict[str, Any]) -> datetime:
-    return datetime.fromtimestamp(float(ev.get("ts") or 0.0) or datetime.now(UTC).timestamp(), UTC)
+    """When the event happened (its producer's clock); now, for an event without a time."""
+    ts = ev.get("ts")
+    return datetime.fromtimestamp(float(ts), UTC) if ts else datetime.now(UTC)
 
 
 LOCK_KEY = "approximant:recorder"
