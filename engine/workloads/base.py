@@ -57,6 +57,14 @@ class Workload(ABC):
     bf16_ok: ClassVar[bool] = True
 
     @classmethod
+    def check_settings(cls, settings: WorkloadSettings) -> None:
+        """Refuse settings of another workload (a programming error, not user input)."""
+        if not isinstance(settings, cls.settings):
+            raise TypeError(
+                f"{cls.name} needs {cls.settings.__name__}, got {type(settings).__name__}"
+            )
+
+    @classmethod
     @abstractmethod
     def build(cls, settings: WorkloadSettings, seed: int, device: torch.device) -> Task:
         """Make the model and data for ``seed``; all randomness comes from ``seed``."""

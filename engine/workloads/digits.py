@@ -97,8 +97,7 @@ class DigitsMLP(Workload):
 
     @classmethod
     def build(cls, settings: WorkloadSettings, seed: int, device: torch.device) -> Task:
-        if not isinstance(settings, DigitsSettings):
-            raise TypeError(f"{cls.name} needs DigitsSettings, got {type(settings).__name__}")
+        cls.check_settings(settings)
         torch.manual_seed(seed)
         layers: list[torch.nn.Module] = []
         width_in = 64
@@ -136,8 +135,7 @@ class DigitsCNN(Workload):
 
     @classmethod
     def build(cls, settings: WorkloadSettings, seed: int, device: torch.device) -> Task:
-        if not isinstance(settings, DigitsCNNSettings):
-            raise TypeError(f"{cls.name} needs DigitsCNNSettings, got {type(settings).__name__}")
+        cls.check_settings(settings)
         torch.manual_seed(seed)
         c1, c2 = settings.channels, 2 * settings.channels
         conv1 = torch.nn.Conv2d(1, c1, 3, padding=1)

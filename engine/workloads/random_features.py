@@ -121,10 +121,7 @@ class RandomFeatures(Workload):
 
     @classmethod
     def build(cls, settings: WorkloadSettings, seed: int, device: torch.device) -> Task:
-        if not isinstance(settings, RandomFeatureSettings):
-            raise TypeError(
-                f"{cls.name} needs RandomFeatureSettings, got {type(settings).__name__}"
-            )
+        cls.check_settings(settings)
         data = make_data(settings)
         torch.manual_seed(seed)
         model = torch.nn.Linear(settings.features, settings.outputs, bias=False)

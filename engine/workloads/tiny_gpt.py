@@ -204,8 +204,7 @@ class TinyGPT(Workload):
 
     @classmethod
     def build(cls, settings: WorkloadSettings, seed: int, device: torch.device) -> Task:
-        if not isinstance(settings, TinyGPTSettings):
-            raise TypeError(f"{cls.name} needs TinyGPTSettings, got {type(settings).__name__}")
+        cls.check_settings(settings)
         s = settings
         corpus = load_corpus(s)
         vocab = corpus.vocab_size or s.vocab_size
