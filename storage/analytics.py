@@ -1,0 +1,230 @@
+"""Analytics over one study or a set of studies: seed-aggregated curves, final and best values,
+time to a target, and the tables the statistics need.
+
+Millions of metric rows are reduced in DuckDB (bucketed per run on a grid shared by the whole
+selection); only per-run buckets — a few hundred per run — reach pandas, where seeds are
+aggregated into bands by ``storage.stats``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from storage import stats
+from storage.db import Database
+
+# The x axes a person can choose, and the metric column behind each: ``tokens`` holds examples
+# or tokens seen; ``wall_s`` is cumulative training time with evaluation excluded.
+X_AXES = {"step": "step", "examples": "tokens", "wall": "wall_s"}
+X_TITLES = {"step": "step", "examples": "examples / tokens seen", "wall": "training time (s)"}
+GROUP_BYS = ("config", "optimizer")
+MEASURES = ("final", "best")
+
+
+def _check(name: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)} (got {value!r})")
+
+
+def _in(ids: list[str]) -> str:
+    return ", ".join("?" for _ in ids)
+
+
+class Analytics:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def metric_names(self, study_ids: list[str]) -> list[str]:
+        """Metrics recorded in the selection, by name."""
+        if not study_ids:
+            return []
+        with self.db.read() as cur:
+            rows = cur.execute(f"""
+                SELECT DISTINCT m.name FROM metrics m
+                JOIN runs r ON m.run_id = r.run_id AND m.attempt = r.attempt
+                WHERE r.study_id IN ({_in(study_ids)}) ORDER BY 1
+            """, study_ids).fetchall()
+        return [r[0] for r in rows]
+
+    def runs(self, study_ids: list[str]) -> pd.DataFrame:
+        """Runs with their study, workload, status and hyper-parameters as columns."""
+        with self.db.read() as cur:
+            runs = cur.execute(f"""
+                SELECT r.run_id, r.study_id, s.name AS study, s.workload, r.position, r.label,
+                       r.optimizer, r.seed, r.status, r.attempt, r.last_step, r.steps,
+                       r.message, r.hparams, r.spec
+                FROM runs r JOIN studies s USING (study_id)
+                WHERE r.study_id IN ({_in(study_ids)})
+                ORDER BY s.created_at, r.study_id, r.position
+            """, study_ids).df() if study_ids else pd.DataFrame()
+        if runs.empty:
+            return runs
+        runs["hparams"] = runs["hparams"].map(json.loads)
+        runs["spec"] = runs["spec"].map(json.loads)
+        return runs
+
+    def varying_hparams(self, runs: pd.DataFrame) -> list[str]:
+        """Hyper-parameters whose value differs between runs (the columns worth showing)."""
+        if runs.empty:
+            return []
+        wide = pd.DataFrame(runs["hparams"].tolist())
+        return [c for c in wide.columns if wide[c].astype(str).nunique(dropna=False) > 1
+                and c != "seed"]
+
+    def run_curves(self, study_ids: list[str], metric: str, x: str = "step",
+                   points: int = 200) -> pd.DataFrame:
+        """Each run's ``metric`` (latest attempt) on a grid shared by every run of the selection.
+
+        Grid cells are ``width`` wide and centred on multiples of it, ``width`` chosen so no run
+        has more than ``points`` cells; a run's cell holds the mean of its values there and the
+        mean x. Seeds therefore land in the same cells and can be aggregated pointwise.
+        """
+        _check("x", x, X_AXES)
+        if not 2 <= points <= 5000:
+            raise ValueError(f"points must be in [2, 5000] (got {points})")
+        col = X_AXES[x]
+        with self.db.read() as cur:
+            return cur.execute(f"""
+                WITH m AS (
+                    SELECT m.run_id, m.{col}::DOUBLE AS x, m.value
+                    FROM metrics m JOIN runs r ON m.run_id = r.run_id AND m.attempt = r.attempt
+                    WHERE r.study_id IN ({_in(study_ids)}) AND m.name = ?
+                ), per_run AS (
+                    SELECT max(x) AS hi, count(*) AS n FROM m GROUP BY run_id
+                ), grid AS (
+                    SELECT greatest(max(hi), 1e-12) / greatest(1, least(?, max(n) - 1)) AS width
+                    FROM per_run
+                )
+                SELECT run_id, round(x / width)::BIGINT AS cell, avg(x) AS x,
+                       avg(value) AS value
+                FROM m, grid
+                GROUP BY run_id, cell
+                ORDER BY run_id, cell
+            """, [*study_ids, metric, points]).df()
+
+    def finals(self, study_ids: list[str], metric: str) -> pd.DataFrame:
+        """Per run: the last value of ``metric`` (``final``), its minimum (``best``) and the step
+        and x of the last row. NaN/inf values (a diverging run) are kept, not filtered."""
+        with self.db.read() as cur:
+            return cur.execute(f"""
+                SELECT m.run_id, arg_max(m.value, m.step) AS final,
+                       min(m.value) FILTER (WHERE isfinite(m.value)) AS best,
+                       max(m.step) AS last_step, max(m.tokens) AS last_tokens,
+                       max(m.wall_s) AS last_wall
+                FROM metrics m JOIN runs r ON m.run_id = r.run_id AND m.attempt = r.attempt
+                WHERE r.study_id IN ({_in(study_ids)}) AND m.name = ?
+                GROUP BY m.run_id
+            """, [*study_ids, metric]).df()
+
+    def time_to_target(self, study_ids: list[str], metric: str, target: float,
+                       x: str = "step") -> pd.DataFrame:
+        """Per run: the first x at which ``metric`` ≤ ``target``; ``inf`` for a run that never
+        got there (censored — it stays in the table)."""
+        _check("x", x, X_AXES)
+        col = X_AXES[x]
+        with self.db.read() as cur:
+            out = cur.execute(f"""
+                SELECT r.run_id, min(m.{col}::DOUBLE) FILTER (WHERE m.value <= ?) AS reached
+                FROM runs r LEFT JOIN metrics m
+                     ON m.run_id = r.run_id AND m.attempt = r.attempt AND m.name = ?
+                WHERE r.study_id IN ({_in(study_ids)})
+                GROUP BY r.run_id
+            """, [target, metric, *study_ids]).df()
+        out["reached"] = out["reached"].astype(float).fillna(math.inf)
+        return out
+
+
+def group_key(runs: pd.DataFrame, group_by: str) -> pd.Series:
+    """The label a run is aggregated under: its optimizer config, or its optimizer."""
+    _check("group_by", group_by, GROUP_BYS)
+    return runs["label"] if group_by == "config" else runs["optimizer"]
+
+
+def group_curves(curves: pd.DataFrame, runs: pd.DataFrame, group_by: str = "config",
+                 center: str = "mean", band: str = "std", smoothing: float = 0.0) -> pd.DataFrame:
+    """Seeds of a group aggregated per grid cell: ``group, cell, x, center, lo, hi, n`` and
+    ``raw`` (the centre before smoothing, for a faint line under the smoothed one).
+
+    Smoothing is a debiased EMA applied to each run's gridded curve before aggregation.
+    """
+    cols = ["group", "cell", "x", "center", "lo", "hi", "n", "raw"]
+    if curves.empty:
+        return pd.DataFrame(columns=cols)
+    keyed = curves.merge(runs[["run_id"]].assign(group=group_key(runs, group_by)), on="run_id")
+    if smoothing:
+        keyed = keyed.sort_values(["run_id", "cell"])
+        keyed["smooth"] = np.concatenate([
+            stats.ema(g.to_numpy(dtype=float), smoothing)
+            for _, g in keyed.groupby("run_id", sort=False)["value"]
+        ])
+    else:
+        keyed["smooth"] = keyed["value"]
+    out = stats.band_frame(keyed, ["group", "cell"], value="smooth", center=center, band=band)
+    raw = stats.band_frame(keyed, ["group", "cell"], value="value", center=center, band="none")
+    xs = keyed.groupby(["group", "cell"], observed=True)["x"].mean().rename("x")
+    out = out.merge(raw[["group", "cell", "center"]].rename(columns={"center": "raw"}),
+                    on=["group", "cell"]).merge(xs, on=["group", "cell"])
+    return out[cols]
+
+
+def group_table(runs: pd.DataFrame, finals: pd.DataFrame, group_by: str = "config",
+                measure: str = "final", baseline: str | None = None,
+                band: str = "bootstrap") -> pd.DataFrame:
+    """One row per group: n seeds, how many diverged or failed, centre ± band of the measure
+    and, against ``baseline``, the difference, bootstrap P(improvement) and Welch p-value."""
+    _check("measure", measure, MEASURES)
+    per_run = runs[["run_id", "status"]].assign(group=group_key(runs, group_by)).merge(
+        finals[["run_id", measure]], on="run_id", how="left")
+    per_run["bad"] = per_run["status"].isin(["diverged", "failed"])
+    values = per_run[~per_run["bad"]].rename(columns={measure: "value"})
+    summary = stats.band_frame(values, ["group"], band=band)
+    counts = per_run.groupby("group").agg(runs=("run_id", "count"), diverged=("bad", "sum"))
+    table = counts.join(summary.set_index("group"), how="left").reset_index()
+    if baseline is not None and baseline in set(per_run["group"]):
+        base = values.loc[values["group"] == baseline, "value"]
+        comps = {g: stats.compare(v["value"], base) for g, v in values.groupby("group")}
+        table["diff"] = table["group"].map(lambda g: comps[g].diff if g in comps else math.nan)
+        table["p_improve"] = table["group"].map(
+            lambda g: comps[g].p_improve if g in comps and g != baseline else math.nan)
+        table["p_value"] = table["group"].map(
+            lambda g: comps[g].p_value if g in comps and g != baseline else math.nan)
+    return table
+
+
+def lr_sensitivity(runs: pd.DataFrame, finals: pd.DataFrame, measure: str = "final",
+                   band: str = "std", within: float = 0.1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Measure against learning rate per optimizer (seed band at each lr), and each optimizer's
+    tuneability: decades of lr within ``within`` of its best (other grid axes: their best)."""
+    _check("measure", measure, MEASURES)
+    lr = runs["hparams"].map(lambda h: h.get("lr"))
+    per_run = runs[["run_id", "optimizer", "label", "status"]].assign(lr=lr).merge(
+        finals[["run_id", measure]], on="run_id", how="left").rename(columns={measure: "value"})
+    per_run = per_run[per_run["lr"].notna()]
+    per_run.loc[per_run["status"] == "diverged", "value"] = math.inf
+    points = stats.band_frame(per_run, ["optimizer", "label", "lr"], band=band)
+    # A diverged lr must show as a failure, not vanish: count it and give it an infinite centre.
+    total = per_run.groupby(["optimizer", "label", "lr"]).size().rename("runs")
+    points = total.reset_index().merge(points, on=["optimizer", "label", "lr"], how="left")
+    points["center"] = points["center"].fillna(math.inf)
+    best_per_lr = points.groupby(["optimizer", "lr"])["center"].min().reset_index()
+    tune = best_per_lr.groupby("optimizer").apply(
+        lambda g: stats.tuneability(g["lr"], g["center"], within), include_groups=False
+    ).rename("decades").reset_index()
+    return points, tune
+
+
+def ttt_summary(runs: pd.DataFrame, reached: pd.DataFrame,
+                group_by: str = "config") -> pd.DataFrame:
+    """Per group: runs, how many reached the target, and the censored median time."""
+    per_run = runs[["run_id"]].assign(group=group_key(runs, group_by)).merge(reached,
+                                                                              on="run_id")
+    return per_run.groupby("group").agg(
+        runs=("run_id", "count"),
+        reached=("reached", lambda s: int(np.isfinite(s).sum())),
+        median=("reached", stats.censored_median),
+    ).reset_index()

@@ -1,0 +1,238 @@
+"""Statistics of a comparison study: seed bands, tests against a baseline, tuneability,
+time-to-target and performance profiles.
+
+Pure numpy/scipy on small arrays (per group, per grid point): the heavy lifting — reducing
+millions of metric rows — happens in SQL before anything here runs. Randomised estimates
+(bootstrap) take a seed so the same data always draws the same band.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats as _sps
+
+BANDS = ("std", "sem", "minmax", "bootstrap", "none")
+CENTERS = ("mean", "median")
+BOOT_SAMPLES = 1000
+BOOT_SEED = 0
+
+
+def _as_array(values) -> np.ndarray:
+    a = np.asarray(values, dtype=float)
+    return a[np.isfinite(a)]
+
+
+def bootstrap_ci(values, level: float = 0.95, n_boot: int = BOOT_SAMPLES,
+                 seed: int = BOOT_SEED) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean. A single value has no spread: (v, v)."""
+    a = _as_array(values)
+    if a.size == 0:
+        return math.nan, math.nan
+    if a.size == 1:
+        return float(a[0]), float(a[0])
+    rng = np.random.default_rng(seed)
+    means = a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(axis=1)
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(means, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
+def band_frame(frame: pd.DataFrame, keys: list[str], value: str = "value",
+               center: str = "mean", band: str = "std", level: float = 0.95,
+               n_boot: int = BOOT_SAMPLES, seed: int = BOOT_SEED) -> pd.DataFrame:
+    """Per group of ``keys``: centre, band ``lo``/``hi`` and ``n`` (finite values that entered).
+
+    Bands: ``std`` (mean ± sample std), ``sem`` (± standard error), ``minmax``, ``bootstrap``
+    (percentile CI of the mean at ``level``) or ``none``. Non-finite values (a diverged seed)
+    are left out of the band and are not counted in ``n``; the caller counts them separately.
+    """
+    if center not in CENTERS:
+        raise ValueError(f"center must be one of {CENTERS} (got {center!r})")
+    if band not in BANDS:
+        raise ValueError(f"band must be one of {BANDS} (got {band!r})")
+    finite = frame[np.isfinite(frame[value].astype(float))]
+    g = finite.groupby(keys, sort=True, observed=True)[value]
+    out = g.agg(n="count", mean="mean", median="median", std="std", lo_mm="min", hi_mm="max")
+    out["std"] = out["std"].fillna(0.0)  # one seed: no spread, not an unknown one
+    c = out[center]
+    if band == "std":
+        out["lo"], out["hi"] = c - out["std"], c + out["std"]
+    elif band == "sem":
+        sem = out["std"] / np.sqrt(out["n"])
+        out["lo"], out["hi"] = c - sem, c + sem
+    elif band == "minmax":
+        out["lo"], out["hi"] = out["lo_mm"], out["hi_mm"]
+    elif band == "bootstrap":
+        out["lo"], out["hi"] = _bootstrap_rows(finite, keys, value, out.index, level, n_boot,
+                                               seed)
+    else:
+        out["lo"], out["hi"] = c, c
+    out["center"] = c
+    return out[["center", "lo", "hi", "n", "mean", "median", "std"]].reset_index()
+
+
+def _bootstrap_rows(finite: pd.DataFrame, keys: list[str], value: str, index: pd.Index,
+                    level: float, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    # Groups of equal size share one draw of resampling indices, so thousands of grid points
+    # cost a few vectorised gathers instead of a Python loop per point.
+    lists = finite.groupby(keys, sort=True, observed=True)[value].agg(list).reindex(index)
+    lo = np.empty(len(lists))
+    hi = np.empty(len(lists))
+    sizes = lists.map(len).to_numpy()
+    rng = np.random.default_rng(seed)
+    tail = (1 - level) / 2
+    for n in np.unique(sizes):
+        rows = np.flatnonzero(sizes == n)
+        vals = np.array(lists.iloc[rows].tolist(), dtype=float).reshape(len(rows), n)
+        if n == 1:
+            lo[rows] = hi[rows] = vals[:, 0]
+            continue
+        idx = rng.integers(0, n, size=(n_boot, n))
+        for start in range(0, len(rows), 256):  # bounds memory at 256 × n_boot × n
+            chunk = vals[start:start + 256]
+            means = chunk[:, idx].mean(axis=2)
+            q = np.quantile(means, [tail, 1 - tail], axis=1)
+            lo[rows[start:start + 256]], hi[rows[start:start + 256]] = q[0], q[1]
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A candidate against the baseline on one scalar per seed (lower is better)."""
+
+    n: int
+    n_base: int
+    diff: float  # mean(candidate) − mean(baseline); negative is an improvement
+    p_improve: float  # bootstrap probability that the candidate's mean is lower
+    t: float
+    df: float
+    p_value: float  # Welch's two-sided t-test
+
+
+def welch_t(a, b) -> tuple[float, float, float]:
+    """Welch's t statistic, its Welch–Satterthwaite degrees of freedom and two-sided p-value.
+
+    Needs two finite values per side; two constant samples give t = ±inf (p = 0) when their
+    means differ and NaN when they are equal.
+    """
+    a, b = _as_array(a), _as_array(b)
+    if a.size < 2 or b.size < 2:
+        return math.nan, math.nan, math.nan
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    diff = a.mean() - b.mean()
+    se2 = va + vb
+    if se2 == 0:
+        if diff == 0:
+            return math.nan, math.nan, math.nan
+        return math.copysign(math.inf, diff), math.nan, 0.0
+    t = diff / math.sqrt(se2)
+    df = se2**2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
+    p = 2 * _sps.t.sf(abs(t), df)
+    return float(t), float(df), float(p)
+
+
+def prob_improvement(candidate, baseline, n_boot: int = 10_000,
+                     seed: int = BOOT_SEED) -> float:
+    """P(mean of a resampled candidate < mean of a resampled baseline), ties counted half.
+
+    Seeds are resampled independently on each side (the runs are independent); lower is better.
+    """
+    a, b = _as_array(candidate), _as_array(baseline)
+    if a.size == 0 or b.size == 0:
+        return math.nan
+    rng = np.random.default_rng(seed)
+    ma = a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(axis=1)
+    mb = b[rng.integers(0, b.size, size=(n_boot, b.size))].mean(axis=1)
+    return float(np.mean(ma < mb) + 0.5 * np.mean(ma == mb))
+
+
+def compare(candidate, baseline, n_boot: int = 10_000, seed: int = BOOT_SEED) -> Comparison:
+    a, b = _as_array(candidate), _as_array(baseline)
+    t, df, p = welch_t(a, b)
+    diff = float(a.mean() - b.mean()) if a.size and b.size else math.nan
+    return Comparison(int(a.size), int(b.size), diff, prob_improvement(a, b, n_boot, seed),
+                      t, df, p)
+
+
+def tuneability(lrs, losses, within: float = 0.1) -> float:
+    """Width, in decades of learning rate, of the contiguous grid range around the best lr
+    whose loss stays within ``within`` (a fraction) of the best loss.
+
+    A single good grid point gives 0; a NaN/inf loss (a diverged lr) breaks the range. Losses
+    must be positive for "within x % of the best" to mean anything.
+    """
+    lr = np.asarray(lrs, dtype=float)
+    loss = np.asarray(losses, dtype=float)
+    if lr.size == 0 or not np.isfinite(loss).any():
+        return math.nan
+    order = np.argsort(lr)
+    lr, loss = lr[order], loss[order]
+    ok_loss = np.where(np.isfinite(loss), loss, np.inf)
+    best = int(np.argmin(ok_loss))
+    if ok_loss[best] <= 0:
+        raise ValueError("tuneability needs positive losses")
+    good = ok_loss <= ok_loss[best] * (1 + within)
+    lo = hi = best
+    while lo > 0 and good[lo - 1]:
+        lo -= 1
+    while hi < lr.size - 1 and good[hi + 1]:
+        hi += 1
+    return float(np.log10(lr[hi] / lr[lo]))
+
+
+def censored_median(times) -> float:
+    """Median of times to target where ``inf`` marks a run that never reached it.
+
+    Censored runs count (as larger than any reached time), so the median is ``inf`` when half
+    or more of the runs never got there.
+    """
+    a = np.asarray(times, dtype=float)
+    a = a[~np.isnan(a)]
+    # numpy's median averages the two middle values, so one inf among them gives inf.
+    return float(np.median(a)) if a.size else math.nan
+
+
+def performance_profile(costs: pd.DataFrame, taus, task: str = "task", solver: str = "solver",
+                        cost: str = "cost") -> pd.DataFrame:
+    """Dolan–Moré / AlgoPerf profile: for each solver and τ, the fraction of tasks on which its
+    cost is within τ× of the best solver's cost on that task.
+
+    Costs are positive and lower is better; ``inf`` (never reached the target, diverged) is
+    never within any τ. A solver absent from a task counts as ``inf`` there.
+    """
+    wide = costs.pivot_table(index=task, columns=solver, values=cost, aggfunc="min")
+    values = wide.to_numpy(dtype=float)
+    values = np.where(np.isnan(values), np.inf, values)
+    if (values <= 0).any():
+        raise ValueError("performance profiles need positive costs")
+    best = values.min(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(np.isfinite(best), values / best, np.inf)
+    taus = np.asarray(taus, dtype=float)
+    rho = (ratio[None, :, :] <= taus[:, None, None]).mean(axis=1)  # (tau, solver)
+    out = pd.DataFrame(rho, index=pd.Index(taus, name="tau"), columns=wide.columns)
+    return out.reset_index().melt(id_vars="tau", var_name=solver, value_name="rho")
+
+
+def ema(values: np.ndarray, weight: float) -> np.ndarray:
+    """TensorBoard-style debiased exponential moving average (weight 0 = no smoothing).
+
+    Non-finite points stay as they are and do not enter the average, so a gap stays a gap
+    without poisoning the rest of the curve.
+    """
+    if not 0 <= weight < 1:
+        raise ValueError(f"smoothing must be in [0, 1) (got {weight})")
+    out = np.empty(len(values))
+    acc, norm = 0.0, 0.0
+    for i, v in enumerate(values):
+        if not np.isfinite(v):
+            out[i] = v
+            continue
+        acc = weight * acc + (1 - weight) * v
+        norm = weight * norm + (1 - weight)
+        out[i] = acc / norm
+    return out

@@ -1,0 +1,140 @@
+"""Analytics queries on a real DuckDB file: gridding, seed aggregation, finals, time to target.
+
+Small hand-made runs give values that can be checked by hand; a synthetic study checks the
+shape of the output at a realistic size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+
+import pytest
+
+from storage import analytics as an
+from storage.synthetic import synthetic_study
+
+
+def _insert(db, study_id: str, runs: dict[str, tuple[str, str, int, float, str]],
+            rows: list[tuple[str, int, str, float]]) -> None:
+    """runs: run_id → (label, optimizer, seed, lr, status); rows: (run_id, step, name, value)."""
+    now = datetime.now(UTC)
+    spec = {"name": study_id, "workload": {"name": "w"}, "optimizers": [], "seeds": [0],
+            "steps": 10}
+    with db.write() as cur:
+        cur.execute("INSERT INTO studies VALUES (?, ?, 'w', ?, ?, ?)",
+                    [study_id, study_id, json.dumps(spec), len(runs), now])
+        for i, (rid, (label, opt, seed, lr, status)) in enumerate(runs.items()):
+            cur.execute(f"INSERT INTO runs VALUES ({', '.join('?' * 19)})",
+                        [rid, study_id, i, label, opt, seed, json.dumps({"lr": lr}), "{}", 10,
+                         status, 1, 10, None, None, None, now, now, now, now])
+        cur.executemany("INSERT INTO metrics VALUES (?, 1, ?, ?, ?, ?, ?)",
+                        [(rid, step, name, value, step * 0.5, step * 8)
+                         for rid, step, name, value in rows])
+
+
+RUNS = {
+    "a0": ("A", "adamw", 0, 1e-3, "finished"),
+    "a1": ("A", "adamw", 1, 1e-3, "finished"),
+    "b0": ("B", "muon", 0, 1e-2, "finished"),
+    "b1": ("B", "muon", 1, 1e-2, "diverged"),
+}
+ROWS = [
+    *[("a0", s, "val_loss", v) for s, v in [(0, 4.0), (5, 2.0), (10, 1.0)]],
+    *[("a1", s, "val_loss", v) for s, v in [(0, 4.0), (5, 3.0), (10, 2.0)]],
+    *[("b0", s, "val_loss", v) for s, v in [(0, 4.0), (5, 1.0), (10, 0.5)]],
+    *[("b1", s, "val_loss", v) for s, v in [(0, 4.0), (5, math.inf)]],
+]
+
+
+@pytest.fixture
+def small(db):
+    _insert(db, "s1", RUNS, ROWS)
+    return an.Analytics(db)
+
+
+def test_seeds_share_grid_cells_and_bands_are_pointwise(small):
+    curves = small.run_curves(["s1"], "val_loss", "step", points=200)
+    # Three evaluations 5 steps apart: cells of width 5 centred on 0, 5, 10.
+    assert sorted(curves["cell"].unique()) == [0, 1, 2]
+    runs = small.runs(["s1"])
+    grouped = an.group_curves(curves, runs, "config", band="minmax").set_index(["group", "cell"])
+    assert grouped.loc[("A", 1), ["x", "center", "lo", "hi", "n"]].tolist() == [5, 2.5, 2, 3, 2]
+    # The diverged seed's inf is not averaged in: B at step 5 has one seed.
+    assert grouped.loc[("B", 1), ["center", "n"]].tolist() == [1.0, 1]
+    assert grouped.loc[("B", 2), ["center", "n"]].tolist() == [0.5, 1]
+
+
+def test_wall_time_axis_uses_training_time(small):
+    curves = small.run_curves(["s1"], "val_loss", "wall")
+    assert sorted(curves["x"].unique()) == [0.0, 2.5, 5.0]
+
+
+def test_smoothing_is_applied_per_run_before_aggregation(small):
+    curves = small.run_curves(["s1"], "val_loss", "step")
+    runs = small.runs(["s1"])
+    g = an.group_curves(curves, runs, "config", smoothing=0.5).set_index(["group", "cell"])
+    # a0: 4, 2 → (0.5·0.5·4 + 0.5·2)/0.75 = 8/3; a1: 4, 3 → 10/3; mean 3. Raw mean stays 2.5.
+    assert g.loc[("A", 1), "center"] == pytest.approx(3.0)
+    assert g.loc[("A", 1), "raw"] == pytest.approx(2.5)
+
+
+def test_finals_group_table_and_baseline(small):
+    runs = small.runs(["s1"])
+    finals = small.finals(["s1"], "val_loss").set_index("run_id")
+    assert finals.loc["a1", ["final", "best"]].tolist() == [2.0, 2.0]
+    # The diverged run's final is its inf; its best is its best finite value.
+    assert math.isinf(finals.loc["b1", "final"]) and finals.loc["b1", "best"] == 4.0
+    table = an.group_table(runs, finals.reset_index(), "config", "final", baseline="A",
+                           band="std").set_index("group")
+    assert table.loc["A", ["runs", "diverged", "n", "center"]].tolist() == [2, 0, 2, 1.5]
+    assert table.loc["B", ["runs", "diverged", "n", "center"]].tolist() == [2, 1, 1, 0.5]
+    assert table.loc["B", "diff"] == pytest.approx(-1.0)
+    assert table.loc["B", "p_improve"] == 1.0  # 0.5 beats every resample of {1, 2}
+    assert math.isnan(table.loc["B", "p_value"])  # one seed left: no t-test
+
+
+def test_time_to_target_keeps_censored_runs(small):
+    runs = small.runs(["s1"])
+    reached = small.time_to_target(["s1"], "val_loss", 1.0, "step").set_index("run_id")
+    assert reached.loc["a0", "reached"] == 10 and reached.loc["b0", "reached"] == 5
+    assert math.isinf(reached.loc["a1", "reached"]) and math.isinf(reached.loc["b1", "reached"])
+    summary = an.ttt_summary(runs, reached.reset_index()).set_index("group")
+    assert summary.loc["A", ["runs", "reached", "median"]].tolist() == [2, 1, math.inf]
+    examples = small.time_to_target(["s1"], "val_loss", 1.0, "examples").set_index("run_id")
+    assert examples.loc["a0", "reached"] == 80
+
+
+def test_lr_sensitivity_counts_a_diverged_lr(db):
+    sid = synthetic_study(db, "lr", ["adamw", "muon"], [1e-3, 1e-2, 1e-1], [0, 1], 300,
+                          diverge={("muon", 1e-1)})
+    a = an.Analytics(db)
+    runs = a.runs([sid])
+    points, tune = an.lr_sensitivity(runs, a.finals([sid], "val_loss"), "final")
+    bad = points[(points["optimizer"] == "muon") & (points["lr"] == 1e-1)].iloc[0]
+    assert bad["runs"] == 2 and math.isinf(bad["center"])
+    ok = points[points["optimizer"] == "adamw"].sort_values("lr")
+    assert ok["center"].is_monotonic_increasing  # the synthetic optimum for adamw is 1e-3
+    assert set(tune["optimizer"]) == {"adamw", "muon"}
+
+
+def test_grid_at_scale_caps_points_per_run(db):
+    sid = synthetic_study(db, "big", ["adamw", "muon"], [1e-3, 1e-2], [0, 1, 2], 2000)
+    a = an.Analytics(db)
+    curves = a.run_curves([sid], "train_loss", "step", points=100)
+    per_run = curves.groupby("run_id").size()
+    assert len(per_run) == 12 and per_run.max() <= 101
+    grouped = an.group_curves(curves, a.runs([sid]), "optimizer", band="bootstrap")
+    assert set(grouped["group"]) == {"adamw", "muon"} and grouped["n"].max() == 6
+    assert (grouped["lo"] <= grouped["center"] + 1e-12).all()
+    assert a.varying_hparams(a.runs([sid])) == ["lr"]
+
+
+def test_bad_choices_are_named(small):
+    with pytest.raises(ValueError, match="x must be one of"):
+        small.run_curves(["s1"], "val_loss", "tokens")
+    with pytest.raises(ValueError, match=r"points must be in \[2, 5000\]"):
+        small.run_curves(["s1"], "val_loss", "step", points=1)
+    with pytest.raises(ValueError, match="group_by must be one of"):
+        an.group_key(small.runs(["s1"]), "seed")

@@ -1,0 +1,111 @@
+"""Statistics against values worked out by hand (and scipy as a peer for the t-test)."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from storage import stats
+
+
+def test_std_and_sem_bands_by_hand():
+    frame = pd.DataFrame({"g": ["a"] * 3 + ["b"], "value": [1.0, 2.0, 3.0, 5.0]})
+    std = stats.band_frame(frame, ["g"], band="std").set_index("g")
+    assert std.loc["a", ["center", "lo", "hi", "n"]].tolist() == [2.0, 1.0, 3.0, 3]
+    # One seed has no spread: the band collapses onto the value.
+    assert std.loc["b", ["center", "lo", "hi", "n"]].tolist() == [5.0, 5.0, 5.0, 1]
+    sem = stats.band_frame(frame, ["g"], band="sem").set_index("g")
+    assert sem.loc["a", "lo"] == pytest.approx(2 - 1 / math.sqrt(3))
+    assert sem.loc["a", "hi"] == pytest.approx(2 + 1 / math.sqrt(3))
+
+
+def test_minmax_median_and_diverged_seed_left_out():
+    frame = pd.DataFrame({"g": ["a"] * 4, "value": [1.0, 2.0, 10.0, math.nan]})
+    out = stats.band_frame(frame, ["g"], center="median", band="minmax").iloc[0]
+    assert (out["center"], out["lo"], out["hi"], out["n"]) == (2.0, 1.0, 10.0, 3)
+
+
+def test_bootstrap_interval_of_two_values():
+    # Resampled means of {0, 1}: 0, ½, 1 with probabilities ¼, ½, ¼; the 95 % interval is [0, 1].
+    assert stats.bootstrap_ci([0.0, 1.0]) == (0.0, 1.0)
+    frame = pd.DataFrame({"g": [1, 1, 2], "value": [0.0, 1.0, 4.0]})
+    out = stats.band_frame(frame, ["g"], band="bootstrap").set_index("g")
+    assert out.loc[1, ["lo", "hi"]].tolist() == [0.0, 1.0]
+    assert out.loc[2, ["lo", "hi"]].tolist() == [4.0, 4.0]
+
+
+def test_bootstrap_band_matches_the_scalar_interval_per_group():
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"g": np.repeat(np.arange(5), 6), "value": rng.normal(size=30)})
+    out = stats.band_frame(frame, ["g"], band="bootstrap", level=0.9)
+    for _, row in out.iterrows():
+        vals = frame.loc[frame["g"] == row["g"], "value"]
+        lo, hi = stats.bootstrap_ci(vals, level=0.9)
+        assert lo <= row["mean"] <= hi
+        assert row["lo"] == pytest.approx(lo, abs=0.15) and row["hi"] == pytest.approx(hi, abs=0.15)
+
+
+def test_welch_by_hand_and_against_scipy():
+    a, b = [1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0]
+    t, df, p = stats.welch_t(a, b)
+    # means 2.5 and 5, variances 5/3 and 20/3 → se² = 5/12 + 5/3 = 25/12
+    assert t == pytest.approx(-2.5 / math.sqrt(25 / 12))
+    assert df == pytest.approx((25 / 12) ** 2 / ((5 / 12) ** 2 / 3 + (5 / 3) ** 2 / 3))
+    ref = sps.ttest_ind(a, b, equal_var=False)
+    assert p == pytest.approx(ref.pvalue, rel=1e-12)
+    assert all(math.isnan(x) for x in stats.welch_t([1.0], b))
+    assert stats.welch_t([1.0, 1.0], [2.0, 2.0])[2] == 0.0
+    assert all(math.isnan(x) for x in stats.welch_t([1.0, 1.0], [1.0, 1.0]))
+
+
+def test_probability_of_improvement():
+    assert stats.prob_improvement([1.0, 1.0], [2.0, 2.0]) == 1.0
+    assert stats.prob_improvement([3.0, 3.0], [2.0, 2.0]) == 0.0
+    # Candidate means 1, 2, 3 w.p. ¼, ½, ¼ against a constant 2: ¼ + ½·½ = ½.
+    assert stats.prob_improvement([1.0, 3.0], [2.0, 2.0]) == pytest.approx(0.5, abs=0.02)
+    cmp = stats.compare([1.0, 1.2, 0.9], [2.0, 2.1, 1.9])
+    assert cmp.diff == pytest.approx(1.0333333 - 2.0)
+    assert cmp.p_improve == 1.0 and cmp.p_value < 0.01 and (cmp.n, cmp.n_base) == (3, 3)
+
+
+def test_tuneability_counts_decades_of_the_contiguous_good_range():
+    lrs = [1e-3, 1e-2, 1e-1, 1.0]
+    assert stats.tuneability(lrs, [1.05, 1.0, 1.08, 2.0], within=0.1) == pytest.approx(2.0)
+    assert stats.tuneability(lrs, [math.nan, 1.0, 1.08, 2.0], within=0.1) == pytest.approx(1.0)
+    assert stats.tuneability(lrs, [1.5, 1.0, 1.5, 1.0001], within=0.01) == 0.0  # not contiguous
+    assert stats.tuneability(list(reversed(lrs)), [2.0, 1.08, 1.0, 1.05]) == pytest.approx(2.0)
+
+
+def test_censored_median():
+    assert stats.censored_median([10, 20, math.inf]) == 20
+    assert stats.censored_median([10, math.inf]) == math.inf
+    assert stats.censored_median([10, 20, math.inf, math.inf]) == math.inf
+    assert stats.censored_median([10, 20, 30, math.inf]) == 25
+
+
+def test_performance_profile_by_hand():
+    costs = pd.DataFrame({
+        "task": ["A", "B", "A", "B", "A", "B"],
+        "solver": ["s1", "s1", "s2", "s2", "s3", "s3"],
+        "cost": [1.0, 4.0, 2.0, 2.0, math.inf, 2.0],
+    })
+    prof = stats.performance_profile(costs, [1.0, 1.5, 2.0, 100.0])
+    rho = prof.pivot(index="tau", columns="solver", values="rho")
+    assert rho["s1"].tolist() == [0.5, 0.5, 1.0, 1.0]
+    assert rho["s2"].tolist() == [0.5, 0.5, 1.0, 1.0]
+    assert rho["s3"].tolist() == [0.5, 0.5, 0.5, 0.5]  # never reached A: never within τ
+
+
+def test_ema_is_debiased_and_skips_gaps():
+    assert stats.ema(np.array([1.0, 3.0]), 0.5).tolist() == pytest.approx([1.0, 1.75 / 0.75])
+    out = stats.ema(np.array([1.0, math.nan, 3.0]), 0.0)
+    assert out[0] == 1.0 and math.isnan(out[1]) and out[2] == 3.0
+    with pytest.raises(ValueError, match="smoothing"):
+        stats.ema(np.array([1.0]), 1.0)
+
+
+def test_bad_band_name_is_named():
+    with pytest.raises(ValueError, match="band must be one of"):
+        stats.band_frame(pd.DataFrame({"g": [1], "value": [1.0]}), ["g"], band="iqr")
