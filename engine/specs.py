@@ -263,33 +263,42 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def _run(spec: StudySpec, name: str, point: dict[str, GridValue], seed: int) -> RunSpec:
+    label = run_label(name, point)
+    params = OPTIMIZERS[name].params
+    hparams = params(**point).model_dump()
+    if "seed" in params.model_fields and "seed" not in point:
+        # An optimizer's own randomness (Kaon's draws) follows the run's seed unless the grid
+        # fixes it, so seeds replicate the whole run.
+        hparams["seed"] = seed
+    digest = hashlib.sha256(f"{spec.study_id}|{label}|seed={seed}".encode()).hexdigest()
+    return RunSpec(
+        study_id=spec.study_id,
+        run_id=f"{spec.study_id}-{digest[:10]}",
+        label=label,
+        workload=spec.workload,
+        optimizer=name,
+        hparams=hparams,
+        seed=seed,
+        steps=spec.steps,
+        eval_every=spec.eval_every,
+        device=spec.device,
+        **{field: getattr(spec, field) for field in _LATER_FIELDS},
+    )
+
+
 def expand(spec: StudySpec) -> list[RunSpec]:
     """All runs of a study in a fixed order: optimizer entry, grid point, seed."""
-    study_id = spec.study_id
-    runs = []
+    return [_run(spec, name, point, seed)
+            for name, point in spec.grid_points() for seed in spec.seeds]
+
+
+def extra_seed_runs(spec: StudySpec, label: str, seeds: list[int]) -> list[RunSpec]:
+    """Runs of one configuration of ``spec`` at more seeds, with the ids ``expand`` would give
+    them, so adding a seed twice (or adding one the study already has) names the same run."""
     for name, point in spec.grid_points():
-        label = run_label(name, point)
-        params = OPTIMIZERS[name].params
-        hparams = params(**point).model_dump()
-        for seed in spec.seeds:
-            if "seed" in params.model_fields and "seed" not in point:
-                # An optimizer's own randomness (Kaon's draws) follows the run's seed unless
-                # the grid fixes it, so seeds replicate the whole run.
-                hparams = {**hparams, "seed": seed}
-            digest = hashlib.sha256(f"{study_id}|{label}|seed={seed}".encode()).hexdigest()
-            runs.append(
-                RunSpec(
-                    study_id=study_id,
-                    run_id=f"{study_id}-{digest[:10]}",
-                    label=label,
-                    workload=spec.workload,
-                    optimizer=name,
-                    hparams=dict(hparams),
-                    seed=seed,
-                    steps=spec.steps,
-                    eval_every=spec.eval_every,
-                    device=spec.device,
-                    **{name: getattr(spec, name) for name in _LATER_FIELDS},
-                )
-            )
-    return runs
+        if run_label(name, point) == label:
+            if any(s < 0 for s in seeds):
+                raise SpecError(f"seeds: must be ≥ 0 (got {seeds})")
+            return [_run(spec, name, point, seed) for seed in seeds]
+    raise SpecError(f"label: no configuration {label!r} in study {spec.study_id}")

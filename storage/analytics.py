@@ -228,3 +228,27 @@ def ttt_summary(runs: pd.DataFrame, reached: pd.DataFrame,
         reached=("reached", lambda s: int(np.isfinite(s).sum())),
         median=("reached", stats.censored_median),
     ).reset_index()
+
+
+def profile_costs(runs: pd.DataFrame, finals: pd.DataFrame, reached: pd.DataFrame | None = None,
+                  measure: str = "final") -> pd.DataFrame:
+    """Each optimizer's cost on each task (a study), for performance profiles: its best config's
+    median over seeds of the final/best metric, or — with ``reached`` — of the time to target.
+
+    A diverged or failed run costs ``inf``, so a config that only sometimes diverges pays for it
+    in the median rather than by being dropped.
+    """
+    _check("measure", measure, MEASURES)
+    per_run = runs[["run_id", "study", "workload", "optimizer", "label", "status"]]
+    if reached is not None:
+        per_run = per_run.merge(reached.rename(columns={"reached": "cost"}), on="run_id")
+    else:
+        per_run = per_run.merge(finals[["run_id", measure]].rename(columns={measure: "cost"}),
+                                on="run_id", how="left")
+    per_run["cost"] = per_run["cost"].astype(float).fillna(math.inf)
+    per_run.loc[per_run["status"].isin(["diverged", "failed"]), "cost"] = math.inf
+    per_run["task"] = per_run["study"] + " · " + per_run["workload"]
+    per_config = per_run.groupby(["task", "optimizer", "label"])["cost"].agg(
+        stats.censored_median).reset_index()
+    return (per_config.groupby(["task", "optimizer"])["cost"].min().reset_index()
+            .rename(columns={"optimizer": "solver"}))

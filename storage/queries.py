@@ -21,7 +21,8 @@ class Queries:
         """One row per study, newest first, with run counts by status."""
         with self.db.read() as cur:
             return cur.execute(f"""
-                SELECT s.study_id, s.name, s.workload, s.created_at, s.n_runs,
+                SELECT s.study_id, s.name, s.workload, s.created_at,
+                       count(r.run_id) AS n_runs,
                        count(*) FILTER (WHERE r.status IN {_TERMINAL_SQL}) AS done,
                        count(*) FILTER (WHERE r.status = 'running') AS running,
                        count(*) FILTER (WHERE r.status = 'queued') AS queued,

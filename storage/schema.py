@@ -57,6 +57,17 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
     ],
+    [
+        # Read-only share links: an unguessable token names one study.
+        """
+        CREATE TABLE shares (
+            token      VARCHAR PRIMARY KEY,
+            study_id   VARCHAR NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL,
+            revoked_at TIMESTAMPTZ
+        )
+        """,
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.specs import RunSpec, StudySpec, expand
+from engine.specs import RunSpec, StudySpec, expand, extra_seed_runs
 from storage.stream import EventStream, connect, now
 from tasks.celery_app import app, configure
 from tasks.publisher import PROGRESS_KEY, PROGRESS_TTL_S
@@ -20,23 +20,28 @@ class Submission:
     queued: int  # runs sent to the queue now; the rest were already submitted
 
 
-def submit_study(spec: StudySpec, broker_url: str) -> Submission:
-    """Queue every run of ``spec`` that was not queued before (resubmission is idempotent)."""
-    configure(broker_url)
-    client = connect(broker_url)
-    runs = expand(spec)
+def _register(client, spec: StudySpec, runs: list[RunSpec]) -> None:
+    # The recorder inserts what it does not have yet, so a registration that lists runs the
+    # database already holds only adds the new ones (at their position in this list).
     EventStream(client).append([{
         "type": "study", "study_id": spec.study_id, "spec": spec.model_dump(mode="json"),
         "runs": [r.model_dump(mode="json") for r in runs], "ts": now(),
     }])
+
+
+def _queue(client, runs: list[RunSpec], force: bool = False) -> int:
+    """Send each run to the queue unless it was sent before (``force``: send it again)."""
     queued = 0
     with app.connection_for_write() as conn:
         for run in runs:
+            submitted = SUBMITTED_KEY.format(run_id=run.run_id)
+            if force:
+                client.delete(submitted)
             # Lives as long as the run's progress record, which the CLI waits on.
-            if not client.set(SUBMITTED_KEY.format(run_id=run.run_id), now(), nx=True,
-                              ex=PROGRESS_TTL_S):
+            if not client.set(submitted, now(), nx=True, ex=PROGRESS_TTL_S):
                 continue
             key = PROGRESS_KEY.format(run_id=run.run_id)
+            client.delete(key)  # a re-run's old terminal status would make its claim "ended"
             client.hset(key, mapping={"status": "queued", "step": 0, "steps": run.steps,
                                       "attempt": 0})
             client.expire(key, PROGRESS_TTL_S)
@@ -45,10 +50,52 @@ def submit_study(spec: StudySpec, broker_url: str) -> Submission:
                                      connection=conn)
             except Exception:
                 # Not queued, so not submitted: a retry of the submission must send it.
-                client.delete(SUBMITTED_KEY.format(run_id=run.run_id))
+                client.delete(submitted)
                 raise
             queued += 1
-    return Submission(spec.study_id, runs, queued)
+    return queued
+
+
+def submit_study(spec: StudySpec, broker_url: str) -> Submission:
+    """Queue every run of ``spec`` that was not queued before (resubmission is idempotent)."""
+    configure(broker_url)
+    client = connect(broker_url)
+    runs = expand(spec)
+    _register(client, spec, runs)
+    return Submission(spec.study_id, runs, _queue(client, runs))
+
+
+def add_seeds(spec: StudySpec, existing: list[RunSpec], label: str, seeds: list[int],
+              broker_url: str) -> Submission:
+    """Add runs of one configuration at more ``seeds`` to a study and queue them.
+
+    ``existing`` are the study's runs in their order (the recorder keeps their positions);
+    seeds the configuration already has are left alone.
+    """
+    have = {r.run_id for r in existing}
+    new = [r for r in extra_seed_runs(spec, label, seeds) if r.run_id not in have]
+    configure(broker_url)
+    client = connect(broker_url)
+    if new:
+        _register(client, spec, [*existing, *new])
+    return Submission(spec.study_id, new, _queue(client, new))
+
+
+def rerun(runs: list[RunSpec], broker_url: str, keep_cancelled: list[str] = ()) -> int:
+    """Queue ``runs`` again (failed or cancelled ones); each trains as a new attempt.
+
+    A study-wide cancel request would stop them at once, so it is replaced by per-run
+    requests for ``keep_cancelled`` — the study's other runs that have not ended yet.
+    """
+    configure(broker_url)
+    client = connect(broker_url)
+    for run in runs:
+        client.delete(CANCEL_RUN_KEY.format(run_id=run.run_id))
+    for study_id in {r.study_id for r in runs}:
+        if client.delete(CANCEL_STUDY_KEY.format(study_id=study_id)):
+            for rid in keep_cancelled:
+                client.set(CANCEL_RUN_KEY.format(run_id=rid), now())
+    return _queue(client, runs, force=True)
 
 
 def cancel_study(study_id: str, broker_url: str) -> None:

@@ -138,3 +138,20 @@ def test_bad_choices_are_named(small):
         small.run_curves(["s1"], "val_loss", "step", points=1)
     with pytest.raises(ValueError, match="group_by must be one of"):
         an.group_key(small.runs(["s1"]), "seed")
+
+
+def test_profile_costs_take_each_optimizers_best_config_per_task(db):
+    s1 = synthetic_study(db, "t1", ["adamw", "muon"], [1e-3, 1e-1], [0, 1], 200, workload="w1")
+    s2 = synthetic_study(db, "t2", ["adamw", "muon"], [1e-3, 1e-1], [0, 1], 200, workload="w2",
+                         diverge={("muon", 1e-1), ("muon", 1e-3)})
+    a = an.Analytics(db)
+    runs = a.runs([s1, s2])
+    costs = an.profile_costs(runs, a.finals([s1, s2], "val_loss"))
+    assert len(costs) == 4
+    t2 = costs[costs["task"].str.startswith("t2")].set_index("solver")["cost"]
+    assert math.isinf(t2["muon"]) and math.isfinite(t2["adamw"])
+    from storage.stats import performance_profile
+
+    rho = performance_profile(costs, [1.0, 1e9]).pivot(index="tau", columns="solver",
+                                                       values="rho")
+    assert rho.loc[1e9, "muon"] == 0.5 and rho.loc[1e9, "adamw"] == 1.0
