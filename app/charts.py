@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import altair as alt
+import numpy as np
 import pandas as pd
 
 METRIC_TITLES = {
@@ -55,7 +56,8 @@ def band_chart(grouped: pd.DataFrame, metric: str, x_title: str, log_y: bool = F
         data["lo"] = data["lo"].where(data["lo"] > 0, data["center"])
     xs = alt.Scale(domain=list(x_domain), clamp=True) if x_domain else alt.Scale()
     x = alt.X("x:Q", title=x_title, scale=xs)
-    color = alt.Color("group:N", title="group")
+    color = alt.Color("group:N", title=None, legend=alt.Legend(orient="bottom", columns=3,
+                                                               labelLimit=260))
     tooltip = [alt.Tooltip("group:N"), alt.Tooltip("x:Q", title=x_title, format=".4g"),
                alt.Tooltip("center:Q", title=title, format=".4g"),
                alt.Tooltip("lo:Q", title=f"band low ({band_label})", format=".4g"),
@@ -73,7 +75,7 @@ def band_chart(grouped: pd.DataFrame, metric: str, x_title: str, log_y: bool = F
     layers.append(base.mark_line(strokeWidth=2).encode(x=x, y="center:Q", color=color))
     layers.append(base.mark_point(filled=True, size=18).encode(
         x=x, y="center:Q", color=color,
-        opacity=alt.Opacity("n:Q", title="seeds", scale=alt.Scale(range=[0.15, 0.9])),
+        opacity=alt.Opacity("n:Q", legend=None, scale=alt.Scale(range=[0.15, 0.9])),
         tooltip=tooltip))
     return alt.layer(*layers).properties(height=320, width="container").interactive(bind_y=False)
 
@@ -81,7 +83,7 @@ def band_chart(grouped: pd.DataFrame, metric: str, x_title: str, log_y: bool = F
 def lr_chart(points: pd.DataFrame, title: str, log_y: bool = False) -> alt.LayerChart:
     """Measure against learning rate per optimizer config family, with the seed band; a
     learning rate whose runs all diverged is drawn as a cross above the finite points."""
-    finite = points[pd.Series(points["center"]).map(lambda v: v == v and abs(v) != float("inf"))]
+    finite = points[np.isfinite(points["center"].astype(float))]
     top = float(finite["hi"].max()) * 1.1 if not finite.empty else 1.0
     bad = points.loc[~points.index.isin(finite.index)].assign(center=top)
     x = alt.X("lr:Q", title="learning rate", scale=alt.Scale(type="log"))
@@ -114,14 +116,13 @@ def ttt_chart(per_run: pd.DataFrame, x_title: str) -> alt.LayerChart:
     data["censored"] = finite.isna()
     data["x"] = finite.fillna(edge)
     data["shown"] = data["reached"].map(lambda v: "never" if v == float("inf") else f"{v:.4g}")
-    y = alt.Y("group:N", title=None)
-    return alt.Chart(data, title=f"Time to target ({x_title})").mark_point(size=70).encode(
+    chart = alt.Chart(data, title=f"Time to target ({x_title})")
+    return chart.mark_point(size=70, filled=True).encode(
         x=alt.X("x:Q", title=x_title),
-        y=y,
+        y=alt.Y("group:N", title=None),
         color=alt.Color("group:N", legend=None),
         shape=alt.Shape("censored:N", title="never reached",
                         scale=alt.Scale(domain=[False, True], range=["circle", "triangle-right"])),
-        filled=alt.value(True),
         tooltip=["group:N", "seed:N", alt.Tooltip("shown:N", title=x_title)],
     ).properties(height=max(120, 28 * data["group"].nunique()), width="container")
 

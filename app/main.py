@@ -12,13 +12,17 @@ if _root not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from app.navigation import all_pages  # noqa: E402
+from app.navigation import all_pages, shared_page  # noqa: E402
 from app.services import get_services  # noqa: E402
 
 st.set_page_config(page_title="Approximant", page_icon=":material/science:", layout="wide")
 services = get_services()
-with st.sidebar:
-    st.caption(f"Data: `{services.data_dir}`")
-    if services.broker_error:
-        st.warning(services.broker_error)
-st.navigation(all_pages()).run()
+if "token" in st.query_params:
+    # A share link shows its study and nothing else: no sidebar, no other pages.
+    st.navigation([shared_page()], position="hidden").run()
+else:
+    with st.sidebar:
+        st.caption(f"Data: `{services.data_dir}`")
+        if services.broker_error:
+            st.warning(services.broker_error)
+    st.navigation(all_pages()).run()

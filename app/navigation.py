@@ -14,7 +14,10 @@ PAGES = {
     "studies": ("screens/studies.py", "Studies", ":material/list:", "studies"),
     "new": ("screens/new_study.py", "New study", ":material/add_circle:", "new"),
     "study": ("screens/study.py", "Study", ":material/monitoring:", "study"),
+    "profiles": ("screens/profiles.py", "Profiles", ":material/leaderboard:", "profiles"),
 }
+# Reached only through a share link; the navigation then shows nothing else.
+SHARED = ("screens/shared.py", "Shared study", ":material/share:", "shared")
 
 
 def page(name: str) -> st.Page:
@@ -25,3 +28,8 @@ def page(name: str) -> st.Page:
 
 def all_pages() -> list[st.Page]:
     return [page(n) for n in PAGES]
+
+
+def shared_page() -> st.Page:
+    path, title, icon, url_path = SHARED
+    return st.Page(path, title=title, icon=icon, url_path=url_path)

@@ -70,21 +70,41 @@ def test_studies_page_when_empty(services):
     assert "No studies yet" in at.info[0].value
 
 
-def test_study_page_shows_progress_charts_and_runs(seeded):
-    at = app()
+TABLES = {"runs_table": "run_id", "group_table": "P(better)", "ttt_table": "reached",
+          "tune_table": "optimizer"}
+
+
+def _frame(at: AppTest, key: str):
+    """The page's table named ``key``, recognised by a column only it has."""
+    for df in at.dataframe:
+        if TABLES[key] in df.value.columns:
+            return df.value
+    raise AssertionError(f"no {key}; tables have {[list(d.value.columns) for d in at.dataframe]}")
+
+
+def _study_page(at: AppTest, **params: str) -> AppTest:
     at.query_params["study"] = SPEC.study_id
+    for k, v in params.items():
+        at.query_params[k] = v
     at.run()
-    at.switch_page("screens/study.py").run()
+    return at.switch_page("screens/study.py").run()
+
+
+def test_study_page_shows_progress_charts_and_runs(seeded):
+    at = _study_page(app())
     assert not at.exception
     assert at.title[0].value == "seeded study"
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["runs"] == "2" and metrics["finished"] == "1" and metrics["running"] == "1"
-    charts = at.get("vega_lite_chart")
-    assert len(charts) == 2
-    runs = at.dataframe[0].value
+    # Two curve charts, learning-rate sensitivity, time to target.
+    assert len(at.get("vega_lite_chart")) == 4
+    runs = _frame(at, "runs_table")
     assert list(runs["label"]) == ["sgd[lr=0.1]", "adamw[lr=0.001]"]
     assert list(runs["status"]) == ["finished", "running"]
     assert runs["train_loss"].iloc[0] == pytest.approx(2.0 / 50)
+    compare = _frame(at, "group_table")
+    assert set(compare["group"]) == {"sgd[lr=0.1]", "adamw[lr=0.001]"}
+    assert at.button(key="cancel").label == "Cancel study"
 
 
 def test_study_page_unknown_id(services):
@@ -161,8 +181,71 @@ def test_a_running_run_that_went_silent_is_flagged(seeded, services):
              "step": 20, "message": None, "worker": "w", "ts": time.time() - 600}
     EventStream(connect(services.broker_url)).append([quiet])
     services.recorder.drain()
-    at = app()
-    at.query_params["study"] = SPEC.study_id
-    at.run()
-    at.switch_page("screens/study.py").run()
-    assert list(at.dataframe[0].value["status"]) == ["finished", "running? silent 10 min"]
+    at = _study_page(app())
+    assert list(_frame(at, "runs_table")["status"]) == ["finished", "running? silent 10 min"]
+
+
+def test_view_settings_come_from_the_url_and_go_back_to_it(seeded):
+    at = _study_page(app(), band="bootstrap", group="optimizer", x="wall", smooth="0.5",
+                     center="nonsense")
+    assert not at.exception
+    assert at.selectbox(key="view.band").value == "bootstrap"
+    assert at.selectbox(key="view.group").value == "optimizer"
+    assert at.selectbox(key="view.x").value == "wall"
+    assert at.slider(key="view.smooth").value == 0.5
+    assert at.selectbox(key="view.center").value == "mean"  # a bad value falls back
+    assert set(_frame(at, "group_table")["group"]) == {"sgd", "adamw"}
+    at.selectbox(key="view.band").set_value("sem").run()
+    at.toggle(key="view.logy").set_value(True).run()
+    assert at.query_params["band"] == "sem" and at.query_params["logy"] == "1"
+    at.selectbox(key="view.group").set_value("config").run()
+    assert "group" not in at.query_params  # defaults are left out of the link
+
+
+def test_share_link_shows_the_study_without_edit_controls(seeded, services):
+    from storage.shares import Shares
+
+    at = _study_page(app())
+    at.button(key="share_create").click().run()
+    tokens = Shares(services.db).of_study(SPEC.study_id)["token"].tolist()
+    assert len(tokens) == 1
+    assert any(f"/shared?token={tokens[0]}" in c.value for c in at.code)
+
+    shared = app()
+    shared.query_params["token"] = tokens[0]
+    shared.run()
+    assert not shared.exception
+    assert shared.title[0].value == "seeded study"
+    keys = {b.key for b in shared.button}
+    assert not keys & {"cancel", "share_create", "rerun_runs", "cancel_runs", "seed_add"}
+    assert list(_frame(shared, "runs_table")["status"]) == ["finished", "running"]
+
+    Shares(services.db).revoke(tokens[0])
+    gone = app()
+    gone.query_params["token"] = tokens[0]
+    gone.run()
+    assert "unknown or was revoked" in gone.error[0].value
+
+
+def test_add_seeds_refuses_bad_seeds_with_the_field_named(seeded):
+    at = _study_page(app())
+    at.text_input(key="seed_new").input("3, x").run()
+    at.button(key="seed_add").click().run()
+    assert "seeds: 'x' is not a valid int" in at.error[0].value
+
+
+def test_profiles_page_compares_optimizers_across_studies(services):
+    from storage.synthetic import synthetic_study
+
+    for i, wl in enumerate(["w1", "w2", "w3"]):
+        synthetic_study(services.db, f"task {i}", ["adamw", "muon"], [1e-3, 1e-2], [0, 1],
+                        200, workload=wl)
+    at = app().run()
+    at.switch_page("screens/profiles.py").run()
+    assert not at.exception
+    assert len(at.multiselect(key="prof_studies").value) == 3
+    assert len(at.get("vega_lite_chart")) == 1
+    table = at.dataframe[0].value
+    assert list(table.columns) == ["adamw", "muon"] and len(table) == 3
+    at.selectbox(key="prof_cost").set_value("ttt").run()
+    assert not at.exception and len(at.get("vega_lite_chart")) == 1

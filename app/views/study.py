@@ -1,24 +1,434 @@
-"""Study: status and progress of every run, live loss curves, final metrics."""
+"""Study: live status, seed-aggregated curves with honest bands, comparisons against a baseline,
+learning-rate sensitivity, time to target, diagnostics, the runs, and sharing.
+
+Every view setting lives in the URL (``app.view_state``), so a link reproduces the view. The same
+page renders read-only for a share token: no cancel, re-run, add-seed or share controls.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 
+import altair as alt
+import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app.charts import loss_chart
-from app.services import get_services
+from app import charts
+from app.services import Services, get_services
+from app.snapshot import build_snapshot
+from app.view_state import Setting, ViewState, flag, optional_float, unit_interval
+from storage import analytics as an
+from storage import stats
+from storage.export import study_parquet
 from storage.queries import Queries
+from storage.shares import Shares
 from storage.stream import TERMINAL
 
 REFRESH_S = 2.0
+SILENT_S = 180  # a running run reports every second; this long without a word means trouble
+BAND_LABELS = {"std": "± std", "sem": "± standard error", "minmax": "min–max",
+               "bootstrap": "bootstrap 95 % CI", "none": "no band"}
+RERUNNABLE = ("failed", "cancelled")
+
+VIEW = {
+    "metric": Setting("val_loss", str),
+    "metric2": Setting("train_loss", str),
+    "x": Setting("step", str, tuple(an.X_AXES)),
+    "group": Setting("config", str, an.GROUP_BYS),
+    "center": Setting("mean", str, stats.CENTERS),
+    "band": Setting("std", str, stats.BANDS),
+    "smooth": Setting(0.0, unit_interval),
+    "logy": Setting(False, flag),
+    "xmin": Setting(None, optional_float),
+    "xmax": Setting(None, optional_float),
+    "measure": Setting("final", str, an.MEASURES),
+    "baseline": Setting("", str),
+    "target": Setting(None, optional_float),
+    "within": Setting(10.0, float),
+    "pause": Setting(False, flag),
+}
+
+
+# --- cached data: keyed by the study's data version, which changes with every new row -------
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def _runs(_a: an.Analytics, study_id: str, version: tuple) -> pd.DataFrame:
+    return _a.runs([study_id])
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def _metric_names(_a: an.Analytics, study_id: str, version: tuple) -> list[str]:
+    return _a.metric_names([study_id])
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def _run_curves(_a: an.Analytics, study_id: str, version: tuple, metric: str,
+                x: str) -> pd.DataFrame:
+    return _a.run_curves([study_id], metric, x)
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def _finals(_a: an.Analytics, study_id: str, version: tuple, metric: str) -> pd.DataFrame:
+    return _a.finals([study_id], metric)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _curves(_q: Queries, study_id: str, version: tuple, names: tuple[str, ...]) -> pd.DataFrame:
-    # ``version`` changes whenever the study's data does; it is the cache key, not an input.
-    return _q.curves(study_id, list(names))
+def _status_runs(_q: Queries, study_id: str, version: tuple) -> pd.DataFrame:
+    return _q.runs(study_id)
+
+
+# --- small helpers ----------------------------------------------------------------------------
+
+def _status_text(status: str, silent_s: float) -> str:
+    if status == "running" and silent_s > SILENT_S:
+        # Its worker was stopped or died: the run is redelivered when a worker starts again.
+        return f"running? silent {silent_s / 60:.0f} min"
+    return status
+
+
+def _fmt(v: float) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return "∞" if v == math.inf else f"{v:.4g}"
+
+
+def _title(metric: str) -> str:
+    return charts.METRIC_TITLES.get(metric, metric)
+
+
+# --- page parts -------------------------------------------------------------------------------
+
+def _header(runs: pd.DataFrame) -> None:
+    counts = runs["status"].value_counts()
+    done = int(sum(counts.get(s, 0) for s in TERMINAL))
+    cols = st.columns(5)
+    cols[0].metric("runs", len(runs))
+    cols[1].metric("finished", int(counts.get("finished", 0)))
+    cols[2].metric("running", int(counts.get("running", 0)))
+    cols[3].metric("queued", int(counts.get("queued", 0)))
+    cols[4].metric("diverged / failed",
+                   int(counts.get("diverged", 0)) + int(counts.get("failed", 0)))
+    st.progress(done / max(1, len(runs)), text=f"{done} of {len(runs)} runs done")
+
+
+def _controls(view: ViewState, metrics: list[str], groups: list[str]) -> None:
+    """The view settings, in the sidebar so the page itself is status and results."""
+    plain = [m for m in metrics if not m.startswith("diag_")]
+    defaults = {"metric": "val_loss", "metric2": "train_loss"}
+    for key, fallback in defaults.items():
+        if plain and view.value(key) not in plain:
+            st.session_state[view.key(key)] = fallback if fallback in plain else plain[0]
+    options = sorted(set(plain) | {view.value("metric"), view.value("metric2")})
+    sb = st.sidebar
+    sb.subheader("View")
+    sb.selectbox("Metric", options, key=view.key("metric"), format_func=_title)
+    sb.selectbox("Second metric", options, key=view.key("metric2"), format_func=_title)
+    sb.selectbox("X axis", list(an.X_AXES), key=view.key("x"),
+                 format_func=lambda x: an.X_TITLES[x])
+    sb.selectbox("Group by", list(an.GROUP_BYS), key=view.key("group"),
+                 format_func=lambda g: {"config": "optimizer config",
+                                        "optimizer": "optimizer"}[g])
+    c = sb.columns(2)
+    c[0].selectbox("Centre", list(stats.CENTERS), key=view.key("center"))
+    c[1].selectbox("Band", list(stats.BANDS), key=view.key("band"),
+                   format_func=BAND_LABELS.__getitem__)
+    sb.slider("Smoothing (EMA per run, before aggregation)", 0.0, 0.95, step=0.05,
+              key=view.key("smooth"))
+    c = sb.columns(2)
+    c[0].number_input("x from", value=None, key=view.key("xmin"), placeholder="auto")
+    c[1].number_input("x to", value=None, key=view.key("xmax"), placeholder="auto")
+    sb.toggle("log y", key=view.key("logy"))
+    sb.toggle("pause live updates", key=view.key("pause"))
+    if view.value("baseline") not in groups and groups:
+        st.session_state[view.key("baseline")] = groups[0]
+
+
+def _curve_chart(a: an.Analytics, study_id: str, version: tuple, runs: pd.DataFrame,
+                 view: ViewState, metric: str) -> alt.TopLevelMixin | None:
+    curves = _run_curves(a, study_id, version, metric, view.value("x"))
+    if curves.empty:
+        return None
+    grouped = an.group_curves(curves, runs, view.value("group"), view.value("center"),
+                              view.value("band"), view.value("smooth"))
+    lo, hi = view.value("xmin"), view.value("xmax")
+    domain = None
+    if lo is not None or hi is not None:
+        domain = (lo if lo is not None else float(grouped["x"].min()),
+                  hi if hi is not None else float(grouped["x"].max()))
+    return charts.band_chart(grouped, metric, an.X_TITLES[view.value("x")], view.value("logy"),
+                             BAND_LABELS[view.value("band")], view.value("smooth") > 0, domain)
+
+
+def _curves_tab(a, study_id, version, runs, view, out: dict) -> None:
+    left, right = st.columns(2)
+    for col, key in ((left, "metric"), (right, "metric2")):
+        metric = view.value(key)
+        chart = _curve_chart(a, study_id, version, runs, view, metric)
+        with col:
+            if chart is None:
+                st.caption(f"{_title(metric)} appears here once runs report it.")
+            else:
+                st.altair_chart(chart, width="stretch", key=f"chart_{key}")
+                out["charts"][_title(metric)] = chart
+    n_seeds = runs.groupby(an.group_key(runs, view.value("group"))).size()
+    st.caption(
+        f"Lines: {view.value('center')} over seeds; band: {BAND_LABELS[view.value('band')]}; "
+        f"point opacity: seeds at that point (groups have {n_seeds.min()}–{n_seeds.max()} "
+        "runs). Diverged seeds leave the band from the step they diverge and are counted in "
+        "the comparison table." + (" Faint line: before smoothing." if view.value("smooth")
+                                   else "")
+    )
+
+
+def _compare_tab(a, study_id, version, runs, view, groups, out: dict) -> None:
+    metric, measure = view.value("metric"), view.value("measure")
+    c = st.columns([2, 3])
+    c[0].radio("Measure", list(an.MEASURES), key=view.key("measure"), horizontal=True,
+               format_func=lambda m: {"final": "final value", "best": "best value"}[m])
+    c[1].selectbox("Baseline", groups, key=view.key("baseline"))
+    finals = _finals(a, study_id, version, metric)
+    if finals.empty:
+        st.caption("The comparison appears once runs report "
+                   f"{_title(metric).lower()}.")
+        return
+    table = an.group_table(runs, finals, view.value("group"), measure,
+                           view.value("baseline") or None, band="bootstrap")
+    table = table.rename(columns={"center": f"{measure} {metric} (mean)", "lo": "CI low",
+                                  "hi": "CI high", "n": "finite seeds",
+                                  "diverged": "diverged/failed",
+                                  "diff": "Δ vs baseline", "p_improve": "P(better)",
+                                  "p_value": "Welch p"})
+    table = table.drop(columns=["mean", "median", "std"], errors="ignore")
+    st.dataframe(table, hide_index=True, width="stretch", key="group_table",
+                 column_config={c: st.column_config.NumberColumn(format="%.4g")
+                                for c in table.columns if table[c].dtype.kind == "f"})
+    st.caption(
+        f"Lower is better. CI: bootstrap 95 % of the mean over seeds. P(better): bootstrap "
+        f"probability that the group's mean beats the baseline's "
+        f"({view.value('baseline')}); Welch p: two-sided t-test, unequal variances. Diverged "
+        "and failed runs are counted but left out of the statistics."
+    )
+    out["tables"]["Comparison"] = table
+
+
+def _lr_tab(a, study_id, version, runs, view, out: dict) -> None:
+    metric, measure = view.value("metric"), view.value("measure")
+    finals = _finals(a, study_id, version, metric)
+    if finals.empty or runs["hparams"].map(lambda h: "lr" in h).sum() == 0:
+        st.caption("Learning-rate sensitivity appears once runs report "
+                   f"{_title(metric).lower()}.")
+        return
+    band = view.value("band") if view.value("band") != "none" else "std"
+    points, tune = an.lr_sensitivity(runs, finals, measure, band, view.value("within") / 100)
+    title = f"{measure} {_title(metric).lower()}"
+    chart = charts.lr_chart(points, title, view.value("logy"))
+    st.altair_chart(chart, width="stretch", key="chart_lr")
+    out["charts"]["Learning-rate sensitivity"] = chart
+    st.number_input("Tuneability: within % of the best", min_value=0.1, max_value=1000.0,
+                    step=1.0, key=view.key("within"))
+    tune = tune.rename(columns={"decades": "lr range within x % of best (decades)"})
+    st.dataframe(tune, hide_index=True, key="tune_table")
+    st.caption("Crosses: learning rates at which every seed diverged or failed. Tuneability is "
+               "the width of the contiguous lr range around the best whose value stays within "
+               f"{view.value('within'):g} % of the best (other grid axes at their best).")
+    out["tables"]["Tuneability"] = tune
+
+
+def _ttt_tab(a, study_id, version, runs, view, out: dict) -> None:
+    metric = view.value("metric")
+    finals = _finals(a, study_id, version, metric)
+    if finals.empty:
+        st.caption(f"Time to target appears once runs report {_title(metric).lower()}.")
+        return
+    best = finals["best"].dropna()
+    # A default that separates: the median of the runs' best values.
+    auto = float(np.median(best)) if not best.empty else 1.0
+    st.number_input(f"Target {_title(metric).lower()} (reached when ≤ target)", value=None,
+                    key=view.key("target"), placeholder=f"auto: {auto:.4g}", format="%.6g")
+    target = view.value("target") if view.value("target") is not None else auto
+    x = view.value("x")
+    reached = a.time_to_target([study_id], metric, target, x)
+    per_run = runs[["run_id", "seed"]].assign(group=an.group_key(runs, view.value("group"))) \
+        .merge(reached, on="run_id")
+    chart = charts.ttt_chart(per_run, an.X_TITLES[x])
+    st.altair_chart(chart, width="stretch", key="chart_ttt")
+    out["charts"][f"Time to {_title(metric).lower()} ≤ {target:.4g}"] = chart
+    summary = an.ttt_summary(runs, reached, view.value("group"))
+    summary["median"] = summary["median"].map(_fmt)
+    summary = summary.rename(columns={"median": f"median {an.X_TITLES[x]} (∞: censored)"})
+    st.dataframe(summary, hide_index=True, key="ttt_table")
+    st.caption("Runs that never reach the target are censored (∞), not dropped: a group's "
+               "median is ∞ when half or more of its runs never got there.")
+    out["tables"]["Time to target"] = summary
+
+
+def _diagnostics_tab(a, study_id, version, runs, view, metrics, out: dict) -> None:
+    diag = [m for m in metrics if m.startswith("diag_") and "/" not in m]
+    if not diag:
+        st.caption("No diagnostics recorded. Set *diagnostics every* in the study's training "
+                   "settings to measure alignment γ, descent potential Φ and the optimal step "
+                   "η* (workloads with a full-data loss).")
+        return
+    default = [m for m in ("diag_gamma", "diag_phi") if m in diag] or diag[:1]
+    chosen = st.multiselect("Diagnostics", diag, default=default, key="diag_pick")
+    for metric in chosen:
+        chart = _curve_chart(a, study_id, version, runs, view, metric)
+        if chart is not None:
+            st.altair_chart(chart, width="stretch", key=f"chart_{metric}")
+            out["charts"][metric] = chart
+    if "diag_eta_opt" in diag and "lr" in metrics:
+        frames = []
+        for metric, name in (("diag_eta_opt", "η* (optimal step)"), ("lr", "lr used")):
+            curves = _run_curves(a, study_id, version, metric, view.value("x"))
+            g = an.group_curves(curves, runs, view.value("group"), "median", "none")
+            frames.append(g.assign(group=g["group"] + " · " + name))
+        chart = charts.band_chart(pd.concat(frames), "η* against the learning rate used",
+                                  an.X_TITLES[view.value("x")], log_y=True, band_label="none")
+        st.altair_chart(chart, width="stretch", key="chart_eta")
+        out["charts"]["η* vs lr"] = chart
+
+
+def _runs_tab(services: Services, study: dict, runs: pd.DataFrame, status: pd.DataFrame,
+              varying: list[str], readonly: bool, out: dict) -> None:
+    table = status.assign(
+        message=status["message"].fillna(""),
+        status=[_status_text(s, q) for s, q in zip(status["status"], status["silent_s"],
+                                                    strict=True)],
+    )
+    hp = pd.DataFrame(runs["hparams"].tolist(), index=runs.index)[varying] if varying else None
+    columns = ["label", *varying, "seed", "status", "progress", "last_step", "train_loss",
+               "val_loss", "val_accuracy", "attempt", "message", "run_id"]
+    if hp is not None:
+        table = table.merge(hp.assign(run_id=runs["run_id"]), on="run_id", how="left")
+    table = table[columns]
+    config = {
+        "label": st.column_config.TextColumn("config"),
+        "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1),
+        "last_step": st.column_config.NumberColumn("step"),
+        "train_loss": st.column_config.NumberColumn("train loss", format="%.4f"),
+        "val_loss": st.column_config.NumberColumn("val loss", format="%.4f"),
+        "val_accuracy": st.column_config.NumberColumn("val acc", format="%.3f"),
+    }
+    out["tables"]["Runs"] = table.drop(columns=["progress"])
+    if readonly or not services.broker_url:
+        st.dataframe(table, hide_index=True, width="stretch", key="runs_table",
+                     column_config=config)
+        return
+    event = st.dataframe(table, hide_index=True, width="stretch", key="runs_table",
+                         column_config=config, on_select="rerun", selection_mode="multi-row")
+    picked = table.iloc[event.selection.rows] if event and event.selection.rows else table[:0]
+    _run_actions(services, study, status, picked)
+
+
+def _run_actions(services: Services, study: dict, status: pd.DataFrame,
+                 picked: pd.DataFrame) -> None:
+    from engine.errors import SpecError
+    from engine.specs import RunSpec, parse_study
+    from tasks.submit import add_seeds, cancel_run, rerun
+
+    raw = status["status"]
+    active = picked[~raw.loc[picked.index].isin(TERMINAL)]
+    again = picked[raw.loc[picked.index].isin(RERUNNABLE)]
+    c = st.columns([2, 2, 3])
+    if c[0].button(f"Cancel selected ({len(active)})", key="cancel_runs",
+                   disabled=active.empty):
+        for rid in active["run_id"]:
+            cancel_run(rid, services.broker_url)
+        st.toast(f"Cancellation requested for {len(active)} run(s).")
+    if c[1].button(f"Re-run selected ({len(again)})", key="rerun_runs", disabled=again.empty,
+                   help="Failed or cancelled runs train again as a new attempt."):
+        specs = [RunSpec.model_validate(s) for s in
+                 _spec_of(services, study["study_id"], list(again["run_id"]))]
+        others = status.loc[~raw.isin(TERMINAL) & ~status["run_id"].isin(again["run_id"]),
+                            "run_id"].tolist()
+        n = rerun(specs, services.broker_url, keep_cancelled=others)
+        st.toast(f"{n} run(s) queued again.")
+    with c[2].popover("Add seeds to a config"):
+        spec = parse_study(study["spec"])
+        labels = list(dict.fromkeys(status["label"]))
+        label = st.selectbox("Config", labels, key="seed_label")
+        have = sorted(status.loc[status["label"] == label, "seed"])
+        suggestion = ", ".join(str(max(have) + 1 + i) for i in range(2)) if have else "0"
+        text = st.text_input("Seeds (comma-separated)", value=suggestion, key="seed_new")
+        if st.button("Add and queue", key="seed_add"):
+            try:
+                seeds = _parse_seeds(text)
+                existing = [RunSpec.model_validate(s) for s in
+                            _spec_of(services, study["study_id"], list(status["run_id"]))]
+                sub = add_seeds(spec, existing, label, seeds, services.broker_url)
+            except SpecError as err:
+                st.error(str(err))
+            else:
+                st.toast(f"{sub.queued} new run(s) of {label} queued.")
+
+
+def _parse_seeds(text: str) -> list[int]:
+    from engine.errors import SpecError
+
+    seeds = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            seeds.append(int(part))
+        except ValueError:
+            raise SpecError(f"seeds: {part!r} is not a valid int") from None
+    if not seeds:
+        raise SpecError("seeds: give at least one seed, e.g. 3, 4")
+    return seeds
+
+
+def _spec_of(services: Services, study_id: str, run_ids: list[str]) -> list[dict]:
+    runs = an.Analytics(services.db).runs([study_id]).set_index("run_id")
+    return [runs.at[rid, "spec"] for rid in run_ids]
+
+
+def _share(services: Services, study: dict, view: ViewState, out: dict) -> None:
+    sid = study["study_id"]
+    base = str(getattr(st.context, "url", "") or "").split("?")[0].rsplit("/", 1)[0]
+    st.markdown("**Permalink** (this view, with its settings)")
+    st.code(f"{base}/study?{view.query(study=sid)}", language=None)
+    shares = Shares(services.db)
+    tokens = shares.of_study(sid)
+    st.markdown("**Read-only links** (no cancel, re-run or share controls)")
+    for token in tokens["token"]:
+        c = st.columns([6, 1])
+        c[0].code(f"{base}/shared?{view.query(token=token)}", language=None)
+        if c[1].button("Revoke", key=f"revoke_{token}"):
+            shares.revoke(token)
+            st.rerun()
+    if st.button("Create a read-only link", key="share_create"):
+        shares.create(sid)
+        st.rerun()
+    st.markdown("**Downloads**")
+    c = st.columns(2)
+    name = "".join(ch if ch.isalnum() else "-" for ch in study["name"]).strip("-") or sid
+    c[0].download_button(
+        "Snapshot (one HTML file, opens offline)", key="snapshot",
+        data=lambda: build_snapshot(study["name"], out["meta"], out["charts"], out["tables"],
+                                    study["spec"]),
+        file_name=f"{name}-snapshot.html", mime="text/html",
+    )
+    c[1].download_button(
+        "Raw data (Parquet: every metric row)", key="parquet",
+        data=lambda: study_parquet(services.db, sid),
+        file_name=f"{name}-metrics.parquet", mime="application/vnd.apache.parquet",
+    )
+
+
+def _load_study(services: Services, study_id: str) -> dict | None:
+    q = services.queries
+    study = q.study(study_id)
+    for _ in range(10 if study is None and services.recorder is not None else 0):
+        # Just submitted: the registration may be a moment behind on the stream.
+        time.sleep(0.2)
+        services.refresh()
+        study = q.study(study_id)
+        if study is not None:
+            break
+    return study
 
 
 def _pick_study(q: Queries) -> str | None:
@@ -32,118 +442,99 @@ def _pick_study(q: Queries) -> str | None:
     return sid
 
 
-SILENT_S = 180  # a running run reports every second; this long without a word means trouble
-
-
-def _status_text(status: str, silent_s: float) -> str:
-    if status == "running" and silent_s > SILENT_S:
-        # Its worker was stopped or died: the run is redelivered when a worker starts again.
-        return f"running? silent {silent_s / 60:.0f} min"
-    return status
-
-
-def _runs_table(runs: pd.DataFrame) -> None:
-    columns = ["label", "seed", "status", "progress", "last_step", "train_loss", "val_loss",
-               "val_accuracy", "attempt", "message", "run_id"]
-    table = runs.assign(
-        message=runs["message"].fillna(""),
-        status=[_status_text(s, q) for s, q in zip(runs["status"], runs["silent_s"],
-                                                    strict=True)],
-    )[columns]
-    st.dataframe(
-        table, hide_index=True, width="stretch", key="runs_table",
-        column_config={
-            "label": st.column_config.TextColumn("config"),
-            "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1),
-            "last_step": st.column_config.NumberColumn("step"),
-            "train_loss": st.column_config.NumberColumn("train loss", format="%.4f"),
-            "val_loss": st.column_config.NumberColumn("val loss", format="%.4f"),
-            "val_accuracy": st.column_config.NumberColumn("val acc", format="%.3f"),
-        },
-    )
-
-
-def _body(q: Queries, study_id: str, log_y: bool) -> bool:
-    """Draw the live part; return whether runs are still active."""
-    runs = q.runs(study_id)
-    counts = runs["status"].value_counts()
-    done = int(sum(counts.get(s, 0) for s in TERMINAL))
-    cols = st.columns(5)
-    cols[0].metric("runs", len(runs))
-    cols[1].metric("finished", int(counts.get("finished", 0)))
-    cols[2].metric("running", int(counts.get("running", 0)))
-    cols[3].metric("queued", int(counts.get("queued", 0)))
-    cols[4].metric("diverged / failed",
-                   int(counts.get("diverged", 0)) + int(counts.get("failed", 0)))
-    st.progress(done / max(1, len(runs)), text=f"{done} of {len(runs)} runs done")
-    curves = _curves(q, study_id, q.data_version(study_id), ("train_loss", "val_loss"))
-    left, right = st.columns(2)
-    with left:
-        if (curves["name"] == "train_loss").any():
-            st.altair_chart(loss_chart(curves, "train_loss", log_y), width="stretch",
-                            key="chart_train")
-        else:
-            st.caption("Training loss appears here once runs start.")
-    with right:
-        if (curves["name"] == "val_loss").any():
-            st.altair_chart(loss_chart(curves, "val_loss", log_y), width="stretch",
-                            key="chart_val")
-        else:
-            st.caption("Validation loss appears here after the first evaluation.")
-    st.subheader("Runs")
-    _runs_table(runs)
-    return q.is_active(study_id)
-
-
-def render() -> None:
-    services = get_services()
+def show(services: Services, study: dict, readonly: bool = False) -> None:
+    """The study page body (also the read-only shared view)."""
     q = services.queries
-    services.refresh()
-    study_id = st.query_params.get("study") or _pick_study(q)
-    if not study_id:
-        return
-    study = q.study(study_id)
-    for _ in range(10 if study is None and services.recorder is not None else 0):
-        # Just submitted: the registration may be a moment behind on the stream.
-        time.sleep(0.2)
-        services.refresh()
-        study = q.study(study_id)
-        if study is not None:
-            break
-    if study is None:
-        st.error(f"No study with id `{study_id}` in {services.data_dir}. It may still be "
-                 "registering; this page refreshes when it arrives.")
-        if services.recorder is not None:
-            st.button("Check again", key="check_again")
-        return
-    if flash := st.session_state.pop("flash", None):
-        st.success(flash)
-    spec = study["spec"]
+    a = an.Analytics(services.db)
+    study_id, spec = study["study_id"], study["spec"]
+    view = ViewState(VIEW, scope=f"{study_id}:{readonly}")
+    view.load()
     st.title(study["name"])
     opts = ", ".join(sorted({o["name"] for o in spec["optimizers"]}))
-    st.caption(
-        f"`{study_id}` · workload **{spec['workload']['name']}** · optimizers {opts} · "
-        f"seeds {spec['seeds']} · {spec['steps']} steps · "
-        f"created {study['created_at']:%Y-%m-%d %H:%M}"
-    )
-    c1, c2 = st.columns([1, 5])
-    log_y = c1.toggle("log y", value=False, key="log_y")
+    meta = (f"{study_id} · workload {spec['workload']['name']} · optimizers {opts} · "
+            f"seeds {spec['seeds']} · {spec['steps']} steps · created "
+            f"{study['created_at']:%Y-%m-%d %H:%M}")
+    st.caption(meta + (" · read-only view" if readonly else ""))
+    version = q.data_version(study_id)
+    runs = _runs(a, study_id, version)
+    groups = sorted(set(an.group_key(runs, view.value("group")))) if not runs.empty else []
+    _controls(view, _metric_names(a, study_id, version), groups)
+    view.save()
     active = q.is_active(study_id)
-    if active and services.broker_url and c2.button("Cancel study", key="cancel"):
+    if active and not readonly and services.broker_url and st.button("Cancel study",
+                                                                      key="cancel"):
         from tasks.submit import cancel_study
 
         cancel_study(study_id, services.broker_url)
         st.toast("Cancellation requested: runs stop at their next step.")
+    live = active and not view.value("pause")
+    out: dict = {"charts": {}, "tables": {}, "meta": meta}
 
-    @st.fragment(run_every=REFRESH_S if active else None)
-    def live() -> None:
-        if active:
+    @st.fragment(run_every=REFRESH_S if live else None)
+    def body() -> None:
+        if live:
             services.refresh()
-        still_active = _body(q, study_id, log_y)
-        if active and not still_active:
-            # Redraw the whole page once so the fragment stops refreshing.
-            st.rerun()
+        version = q.data_version(study_id)
+        runs = _runs(a, study_id, version)
+        status = _status_runs(q, study_id, version)
+        metrics = _metric_names(a, study_id, version)
+        _header(status)
+        tabs = st.tabs(["Curves", "Compare", "Learning rate", "Time to target", "Diagnostics",
+                        "Runs"])
+        with tabs[0]:
+            _curves_tab(a, study_id, version, runs, view, out)
+        with tabs[1]:
+            _compare_tab(a, study_id, version, runs, view, groups, out)
+        with tabs[2]:
+            _lr_tab(a, study_id, version, runs, view, out)
+        with tabs[3]:
+            _ttt_tab(a, study_id, version, runs, view, out)
+        with tabs[4]:
+            _diagnostics_tab(a, study_id, version, runs, view, metrics, out)
+        with tabs[5]:
+            _runs_tab(services, study, runs, status, a.varying_hparams(runs), readonly, out)
+        view.save()  # widgets inside this fragment rerun only the fragment
+        if live and not q.is_active(study_id):
+            st.rerun()  # redraw the whole page once so the fragment stops refreshing
 
-    live()
+    body()
+    if not readonly:
+        with st.expander("Share and export"):
+            _share(services, study, view, out)
     with st.expander("Spec"):
         st.json(spec)
+
+
+def _missing(services: Services, what: str) -> None:
+    st.error(f"No study with id `{what}` in {services.data_dir}. It may still be registering; "
+             "this page refreshes when it arrives.")
+    if services.recorder is not None:
+        st.button("Check again", key="check_again")
+
+
+def render() -> None:
+    services = get_services()
+    services.refresh()
+    study_id = st.query_params.get("study") or _pick_study(services.queries)
+    if not study_id:
+        return
+    study = _load_study(services, study_id)
+    if study is None:
+        _missing(services, study_id)
+        return
+    if flash := st.session_state.pop("flash", None):
+        st.success(flash)
+    show(services, study)
+
+
+def render_shared() -> None:
+    """The read-only page behind a share token."""
+    services = get_services()
+    services.refresh()
+    token = st.query_params.get("token", "")
+    study_id = Shares(services.db).resolve(token) if token else None
+    study = services.queries.study(study_id) if study_id else None
+    if study is None:
+        st.error("This share link is unknown or was revoked.")
+        return
+    show(services, study, readonly=True)
