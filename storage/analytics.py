@@ -68,13 +68,14 @@ class Analytics:
         runs["spec"] = runs["spec"].map(json.loads)
         return runs
 
-    def varying_hparams(self, runs: pd.DataFrame) -> list[str]:
-        """Hyper-parameters whose value differs between runs (the columns worth showing)."""
+    def varying_hparams(self, runs: pd.DataFrame, among: set[str] | None = None) -> list[str]:
+        """Hyper-parameters whose value differs between the runs that have them (the columns
+        worth showing), optionally only those in ``among`` (e.g. the study's grid axes)."""
         if runs.empty:
             return []
         wide = pd.DataFrame(runs["hparams"].tolist())
-        return [c for c in wide.columns if wide[c].astype(str).nunique(dropna=False) > 1
-                and c != "seed"]
+        return [c for c in wide.columns if wide[c].dropna().astype(str).nunique() > 1
+                and c != "seed" and (among is None or c in among)]
 
     def run_curves(self, study_ids: list[str], metric: str, x: str = "step",
                    points: int = 200) -> pd.DataFrame:

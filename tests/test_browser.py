@@ -105,7 +105,7 @@ def test_submit_from_form_and_watch_it_finish(stack: str) -> None:
                 timeout=30_000)
             expect(page.get_by_text("3 of 3 runs done")).to_be_visible(timeout=120_000)
             # Training and validation loss; Vega renders asynchronously after the page settles.
-            expect(page.locator(".vega-embed")).to_have_count(2, timeout=30_000)
+            expect(page.locator(".vega-embed").nth(1)).to_be_visible(timeout=30_000)
             expect(page.locator(".vega-embed canvas, .vega-embed svg").first).to_be_visible(
                 timeout=30_000)
             page.screenshot(path=str(ARTIFACTS / "study.png"), full_page=True)
@@ -117,8 +117,41 @@ def test_submit_from_form_and_watch_it_finish(stack: str) -> None:
             expect(other.get_by_role("heading", name="browser test")).to_be_visible(
                 timeout=30_000)
             expect(other.get_by_text("3 of 3 runs done")).to_be_visible(timeout=30_000)
+
+            _share_and_snapshot(browser, page)
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
             raise
         finally:
             browser.close()
+
+
+def _share_and_snapshot(browser, page) -> None:
+    """A read-only link shows the study without edit controls; the snapshot opens offline."""
+    from playwright.sync_api import expect
+
+    page.get_by_text("Share and export").click()
+    page.get_by_role("button", name="Create a read-only link").click()
+    code = page.locator("code", has_text="/shared?token=").first
+    expect(code).to_be_visible(timeout=30_000)
+    link = code.inner_text().strip()
+    viewer = browser.new_context().new_page()
+    viewer.goto(link)
+    expect(viewer.get_by_role("heading", name="browser test")).to_be_visible(timeout=30_000)
+    expect(viewer.get_by_text("3 of 3 runs done")).to_be_visible(timeout=30_000)
+    expect(viewer.get_by_text("read-only view", exact=False)).to_be_visible()
+    expect(viewer.get_by_role("button", name="Cancel study")).to_have_count(0)
+    expect(viewer.get_by_text("Share and export")).to_have_count(0)
+
+    with page.expect_download(timeout=60_000) as download:
+        page.get_by_role("button", name=re.compile("Snapshot")).click()
+    path = ARTIFACTS / "snapshot.html"
+    download.value.save_as(path)
+    offline = browser.new_context(offline=True).new_page()
+    offline.goto(path.resolve().as_uri())
+    expect(offline.get_by_role("heading", name="browser test")).to_be_visible()
+    # Charts render from the embedded bundle and data, with the network off.
+    expect(offline.locator(".vega-embed svg, .vega-embed canvas").first).to_be_visible(
+        timeout=30_000)
+    assert offline.locator(".vega-embed").count() >= 3
+    offline.screenshot(path=str(ARTIFACTS / "snapshot.png"), full_page=True)

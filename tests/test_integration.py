@@ -125,3 +125,50 @@ def test_cancelling_a_study_stops_its_runs_between_steps(worker, clean_broker, d
     assert set(runs["status"]) == {"cancelled"}
     assert (runs["last_step"] < 100_000).all()
     assert set(runs["message"]) <= {"cancelled by request", "cancelled before start"}
+
+
+def test_a_cancelled_study_can_be_rerun_and_grow_seeds(worker, clean_broker, db):
+    from tasks.submit import add_seeds, cancel_study, rerun
+
+    spec = parse_study({**SPEC, "optimizers": [SPEC["optimizers"][0]], "seeds": [0],
+                        "steps": 8})
+    recorder = Recorder(db, EventStream(connect(clean_broker)))
+    q = Queries(db)
+    cancel_study(spec.study_id, clean_broker)  # before submission: the run cannot outrun it
+    first = submit_study(spec, clean_broker).runs
+
+    def ended() -> bool:
+        recorder.drain()
+        return len(q.runs(spec.study_id)) >= 1 and not q.is_active(spec.study_id)
+
+    wait_for(ended, 60, "the run to be cancelled")
+    assert list(q.runs(spec.study_id)["status"]) == ["cancelled"]
+
+    # Re-run: the study-wide cancel request must not stop it again; a new attempt trains.
+    assert rerun(first, clean_broker) == 1
+
+    def rerun_finished() -> bool:
+        recorder.drain()
+        runs = q.runs(spec.study_id)
+        return list(runs["status"]) == ["finished"]
+
+    wait_for(rerun_finished, 120, "the re-run to finish")
+    runs = q.runs(spec.study_id)
+    assert list(runs["attempt"]) == [2] and list(runs["last_step"]) == [8]
+
+    # Two more seeds of the one config; asking again for seed 1 adds nothing.
+    existing = list(first)
+    sub = add_seeds(spec, existing, first[0].label, [1, 2], clean_broker)
+    assert sub.queued == 2 and [r.seed for r in sub.runs] == [1, 2]
+
+    def grown() -> bool:
+        recorder.drain()
+        runs = q.runs(spec.study_id)
+        return len(runs) == 3 and not q.is_active(spec.study_id)
+
+    wait_for(grown, 120, "the added seeds to finish")
+    runs = q.runs(spec.study_id)
+    assert list(runs["seed"]) == [0, 1, 2] and set(runs["status"]) == {"finished"}
+    assert q.studies().loc[0, "n_runs"] == 3
+    again = add_seeds(spec, [*existing, *sub.runs], first[0].label, [1], clean_broker)
+    assert again.queued == 0 and again.runs == []

@@ -492,7 +492,9 @@ def show(services: Services, study: dict, readonly: bool = False) -> None:
         with tabs[4]:
             _diagnostics_tab(a, study_id, version, runs, view, metrics, out)
         with tabs[5]:
-            _runs_tab(services, study, runs, status, a.varying_hparams(runs), readonly, out)
+            grid_axes = {k for o in spec["optimizers"] for k in o.get("grid", {})}
+            _runs_tab(services, study, runs, status, a.varying_hparams(runs, grid_axes),
+                      readonly, out)
         view.save()  # widgets inside this fragment rerun only the fragment
         if live and not q.is_active(study_id):
             st.rerun()  # redraw the whole page once so the fragment stops refreshing
