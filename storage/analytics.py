@@ -24,6 +24,12 @@ X_AXES = {"step": "step", "examples": "tokens", "wall": "wall_s"}
 X_TITLES = {"step": "step", "examples": "examples / tokens seen", "wall": "training time (s)"}
 GROUP_BYS = ("config", "optimizer")
 MEASURES = ("final", "best")
+CHART_ROWS = 4000  # under Altair's 5 000-row guard, with room for a second layer's labels
+
+
+def grid_points(n_groups: int, budget: int = CHART_ROWS) -> int:
+    """Grid cells per run so that groups × cells stays within ``budget`` chart rows."""
+    return int(min(200, max(20, budget // max(1, n_groups))))
 
 
 def _check(name: str, value: Any, allowed) -> None:

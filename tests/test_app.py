@@ -249,3 +249,20 @@ def test_profiles_page_compares_optimizers_across_studies(services):
     assert list(table.columns) == ["adamw", "muon"] and len(table) == 3
     at.selectbox(key="prof_cost").set_value("ttt").run()
     assert not at.exception and len(at.get("vega_lite_chart")) == 1
+
+
+def test_diagnostics_tab_charts_recorded_diagnostics(seeded, services):
+    rows = []
+    for s in range(10, 51, 10):
+        rows += [[s, "diag_gamma", 0.9, 0.01 * s, 64 * s], [s, "diag_phi", 0.2, 0.01 * s, 64 * s],
+                 [s, "diag_eta_opt", 0.05, 0.01 * s, 64 * s]]
+    rows += [[s, "lr", 0.1, 0.01 * s, 64 * s] for s in range(1, 51)]
+    EventStream(connect(services.broker_url)).append([
+        {"type": "metrics", "run_id": seeded[0].run_id, "attempt": 1, "rows": rows}])
+    services.recorder.drain()
+    at = _study_page(app())
+    assert not at.exception
+    assert at.multiselect(key="diag_pick").value == ["diag_gamma", "diag_phi"]
+    # Two curves, lr sensitivity, time to target, γ, Φ, and η* against the lr used.
+    assert len(at.get("vega_lite_chart")) == 7
+    assert "diag_gamma" not in at.selectbox(key="view.metric").options

@@ -65,8 +65,8 @@ def _metric_names(_a: an.Analytics, study_id: str, version: tuple) -> list[str]:
 
 @st.cache_data(max_entries=128, show_spinner=False)
 def _run_curves(_a: an.Analytics, study_id: str, version: tuple, metric: str,
-                x: str) -> pd.DataFrame:
-    return _a.run_curves([study_id], metric, x)
+                x: str, points: int = 200) -> pd.DataFrame:
+    return _a.run_curves([study_id], metric, x, points)
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
@@ -147,7 +147,9 @@ def _controls(view: ViewState, metrics: list[str], groups: list[str]) -> None:
 
 def _curve_chart(a: an.Analytics, study_id: str, version: tuple, runs: pd.DataFrame,
                  view: ViewState, metric: str) -> alt.TopLevelMixin | None:
-    curves = _run_curves(a, study_id, version, metric, view.value("x"))
+    n_groups = an.group_key(runs, view.value("group")).nunique()
+    curves = _run_curves(a, study_id, version, metric, view.value("x"),
+                         an.grid_points(n_groups))
     if curves.empty:
         return None
     grouped = an.group_curves(curves, runs, view.value("group"), view.value("center"),
@@ -281,7 +283,9 @@ def _diagnostics_tab(a, study_id, version, runs, view, metrics, out: dict) -> No
     if "diag_eta_opt" in diag and "lr" in metrics:
         frames = []
         for metric, name in (("diag_eta_opt", "η* (optimal step)"), ("lr", "lr used")):
-            curves = _run_curves(a, study_id, version, metric, view.value("x"))
+            n_groups = an.group_key(runs, view.value("group")).nunique()
+            curves = _run_curves(a, study_id, version, metric, view.value("x"),
+                                 an.grid_points(2 * n_groups))
             g = an.group_curves(curves, runs, view.value("group"), "median", "none")
             frames.append(g.assign(group=g["group"] + " · " + name))
         chart = charts.band_chart(pd.concat(frames), "η* against the learning rate used",
