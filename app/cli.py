@@ -333,7 +333,58 @@ def build_parser() -> argparse.ArgumentParser:
                     help="local worker processes when no dashboard is running (default 1)")
     rn.add_argument("--no-wait", action="store_true", help="submit and return")
     rn.set_defaults(func=cmd_run)
+
+    ex = sub.add_parser("export", help="write a study's HTML snapshot and Parquet data "
+                        "(while no dashboard holds the data directory)")
+    ex.add_argument("--data-dir", help="data directory (default ./.approximant or "
+                    "$APPROXIMANT_DATA_DIR)")
+    ex.add_argument("study", help="study id or exact name")
+    ex.add_argument("--out", default=".", help="output folder (default: here)")
+    ex.add_argument("--view", default="", help="view settings as in the study page's URL, "
+                    "e.g. 'band=bootstrap&group=optimizer&x=wall'")
+    ex.set_defaults(func=cmd_export)
     return p
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a study's snapshot (HTML) and raw data (Parquet), as the study page's downloads."""
+    from urllib.parse import parse_qsl
+
+    from app.report import StudyData, View, build
+    from app.snapshot import build_snapshot
+    from storage.analytics import Analytics
+    from storage.db import Database
+    from storage.export import study_parquet
+    from storage.queries import Queries
+
+    db = Database.in_dir(data_dir(args.data_dir))  # refuses clearly if a dashboard owns it
+    try:
+        q = Queries(db)
+        studies = q.studies()
+        match = studies[(studies["study_id"] == args.study) | (studies["name"] == args.study)]
+        if len(match) != 1:
+            known = ", ".join(f"{r.study_id} ({r.name})" for r in studies.itertuples()) or "none"
+            what = "is ambiguous" if len(match) > 1 else "matches no study"
+            print(f"export: study {args.study!r} {what}; studies: {known}", file=sys.stderr)
+            return 2
+        study = q.study(match["study_id"].iloc[0])
+        view = View.from_query(dict(parse_qsl(args.view.lstrip("?"))))
+        charts, tables = build(StudyData(Analytics(db), study["study_id"]), q, study["spec"],
+                               view)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        name = "".join(ch if ch.isalnum() else "-" for ch in study["name"]).strip("-")
+        html_path = out / f"{name or study['study_id']}-snapshot.html"
+        meta = (f"{study['study_id']} · workload {study['workload']} · "
+                f"{len(q.runs(study['study_id']))} runs")
+        html_path.write_text(build_snapshot(study["name"], meta, charts, tables, study["spec"]))
+        parquet_path = html_path.with_name(html_path.name.replace("-snapshot.html",
+                                                                  "-metrics.parquet"))
+        parquet_path.write_bytes(study_parquet(db, study["study_id"]))
+    finally:
+        db.close()
+    print(f"wrote {html_path} ({len(charts)} charts, {len(tables)} tables) and {parquet_path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,6 +78,20 @@ def test_run_owns_a_stack_when_no_dashboard_runs(tmp_path, capsys):
     assert n_metrics == 2 * (15 * 4 + 4 * 2)
     assert not (data / "stack.json").exists()
 
+    # The study's snapshot and raw data from the terminal, as the page's downloads.
+    out_dir = tmp_path / "out"
+    assert main(["export", "nope", "--data-dir", str(data)]) == 2
+    assert "study 'nope' matches no study; studies: st-" in capsys.readouterr().err
+    assert main(["export", "cli study", "--data-dir", str(data), "--out", str(out_dir),
+                 "--view", "band=sem&x=wall"]) == 0
+    assert "4 charts" in capsys.readouterr().out
+    page = (out_dir / "cli-study-snapshot.html").read_text()
+    assert "vegaEmbed('#chart3'" in page and "± standard error" in page
+    assert "training time (s)" in page
+    import pandas as pd
+
+    assert len(pd.read_parquet(out_dir / "cli-study-metrics.parquet")) == n_metrics
+
 
 def test_worker_needs_a_broker(tmp_path, capsys):
     assert main(["worker", "--data-dir", str(tmp_path)]) == 2

@@ -7,18 +7,16 @@ page renders read-only for a share token: no cancel, re-run, add-seed or share c
 
 from __future__ import annotations
 
-import math
 import time
 
-import altair as alt
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import charts
+from app import report
+from app.report import BAND_LABELS, SETTINGS, View, title
 from app.services import Services, get_services
 from app.snapshot import build_snapshot
-from app.view_state import Setting, ViewState, flag, optional_float, unit_interval
+from app.view_state import ViewState
 from storage import analytics as an
 from storage import stats
 from storage.export import study_parquet
@@ -28,27 +26,7 @@ from storage.stream import TERMINAL
 
 REFRESH_S = 2.0
 SILENT_S = 180  # a running run reports every second; this long without a word means trouble
-BAND_LABELS = {"std": "± std", "sem": "± standard error", "minmax": "min–max",
-               "bootstrap": "bootstrap 95 % CI", "none": "no band"}
 RERUNNABLE = ("failed", "cancelled")
-
-VIEW = {
-    "metric": Setting("val_loss", str),
-    "metric2": Setting("train_loss", str),
-    "x": Setting("step", str, tuple(an.X_AXES)),
-    "group": Setting("config", str, an.GROUP_BYS),
-    "center": Setting("mean", str, stats.CENTERS),
-    "band": Setting("std", str, stats.BANDS),
-    "smooth": Setting(0.0, unit_interval),
-    "logy": Setting(False, flag),
-    "xmin": Setting(None, optional_float),
-    "xmax": Setting(None, optional_float),
-    "measure": Setting("final", str, an.MEASURES),
-    "baseline": Setting("", str),
-    "target": Setting(None, optional_float),
-    "within": Setting(10.0, float),
-    "pause": Setting(False, flag),
-}
 
 
 # --- cached data: keyed by the study's data version, which changes with every new row -------
@@ -79,6 +57,26 @@ def _status_runs(_q: Queries, study_id: str, version: tuple) -> pd.DataFrame:
     return _q.runs(study_id)
 
 
+class _CachedData(report.StudyData):
+    """The report's queries through Streamlit's cache, keyed by the study's data version."""
+
+    def __init__(self, a: an.Analytics, study_id: str, version: tuple) -> None:
+        super().__init__(a, study_id)
+        self.version = version
+
+    def runs(self) -> pd.DataFrame:
+        return _runs(self.a, self.study_id, self.version)
+
+    def metric_names(self) -> list[str]:
+        return _metric_names(self.a, self.study_id, self.version)
+
+    def curves(self, metric: str, x: str, points: int) -> pd.DataFrame:
+        return _run_curves(self.a, self.study_id, self.version, metric, x, points)
+
+    def finals(self, metric: str) -> pd.DataFrame:
+        return _finals(self.a, self.study_id, self.version, metric)
+
+
 # --- small helpers ----------------------------------------------------------------------------
 
 def _status_text(status: str, silent_s: float) -> str:
@@ -86,16 +84,6 @@ def _status_text(status: str, silent_s: float) -> str:
         # Its worker was stopped or died: the run is redelivered when a worker starts again.
         return f"running? silent {silent_s / 60:.0f} min"
     return status
-
-
-def _fmt(v: float) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    return "∞" if v == math.inf else f"{v:.4g}"
-
-
-def _title(metric: str) -> str:
-    return charts.METRIC_TITLES.get(metric, metric)
 
 
 # --- page parts -------------------------------------------------------------------------------
@@ -123,8 +111,8 @@ def _controls(view: ViewState, metrics: list[str], groups: list[str]) -> None:
     options = sorted(set(plain) | {view.value("metric"), view.value("metric2")})
     sb = st.sidebar
     sb.subheader("View")
-    sb.selectbox("Metric", options, key=view.key("metric"), format_func=_title)
-    sb.selectbox("Second metric", options, key=view.key("metric2"), format_func=_title)
+    sb.selectbox("Metric", options, key=view.key("metric"), format_func=title)
+    sb.selectbox("Second metric", options, key=view.key("metric2"), format_func=title)
     sb.selectbox("X axis", list(an.X_AXES), key=view.key("x"),
                  format_func=lambda x: an.X_TITLES[x])
     sb.selectbox("Group by", list(an.GROUP_BYS), key=view.key("group"),
@@ -145,129 +133,87 @@ def _controls(view: ViewState, metrics: list[str], groups: list[str]) -> None:
         st.session_state[view.key("baseline")] = groups[0]
 
 
-def _curve_chart(a: an.Analytics, study_id: str, version: tuple, runs: pd.DataFrame,
-                 view: ViewState, metric: str) -> alt.TopLevelMixin | None:
-    n_groups = an.group_key(runs, view.value("group")).nunique()
-    curves = _run_curves(a, study_id, version, metric, view.value("x"),
-                         an.grid_points(n_groups))
-    if curves.empty:
-        return None
-    grouped = an.group_curves(curves, runs, view.value("group"), view.value("center"),
-                              view.value("band"), view.value("smooth"))
-    lo, hi = view.value("xmin"), view.value("xmax")
-    domain = None
-    if lo is not None or hi is not None:
-        domain = (lo if lo is not None else float(grouped["x"].min()),
-                  hi if hi is not None else float(grouped["x"].max()))
-    return charts.band_chart(grouped, metric, an.X_TITLES[view.value("x")], view.value("logy"),
-                             BAND_LABELS[view.value("band")], view.value("smooth") > 0, domain)
-
-
-def _curves_tab(a, study_id, version, runs, view, out: dict) -> None:
+def _curves_tab(data: _CachedData, runs: pd.DataFrame, v: View, out: dict) -> None:
     left, right = st.columns(2)
-    for col, key in ((left, "metric"), (right, "metric2")):
-        metric = view.value(key)
-        chart = _curve_chart(a, study_id, version, runs, view, metric)
+    for col, metric in ((left, v.metric), (right, v.metric2)):
+        chart = report.curve_chart(data, runs, v, metric)
         with col:
             if chart is None:
-                st.caption(f"{_title(metric)} appears here once runs report it.")
+                st.caption(f"{title(metric)} appears here once runs report it.")
             else:
-                st.altair_chart(chart, width="stretch", key=f"chart_{key}")
-                out["charts"][_title(metric)] = chart
-    n_seeds = runs.groupby(an.group_key(runs, view.value("group"))).size()
+                st.altair_chart(chart, width="stretch", key=f"chart_{metric}")
+                out["charts"][title(metric)] = chart
+    n_seeds = runs.groupby(an.group_key(runs, v.group)).size()
     st.caption(
-        f"Lines: {view.value('center')} over seeds; band: {BAND_LABELS[view.value('band')]}; "
-        f"point opacity: seeds at that point (groups have {n_seeds.min()}–{n_seeds.max()} "
-        "runs). Diverged seeds leave the band from the step they diverge and are counted in "
-        "the comparison table." + (" Faint line: before smoothing." if view.value("smooth")
-                                   else "")
+        f"Lines: {v.center} over seeds; band: {BAND_LABELS[v.band]}; point opacity: seeds at "
+        f"that point (groups have {n_seeds.min()}–{n_seeds.max()} runs). Diverged seeds leave "
+        "the band from the step they diverge and are counted in the comparison table."
+        + (" Faint line: before smoothing." if v.smooth else "")
     )
 
 
-def _compare_tab(a, study_id, version, runs, view, groups, out: dict) -> None:
-    metric, measure = view.value("metric"), view.value("measure")
+def _compare_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState,
+                 groups: list[str], out: dict) -> None:
     c = st.columns([2, 3])
     c[0].radio("Measure", list(an.MEASURES), key=view.key("measure"), horizontal=True,
                format_func=lambda m: {"final": "final value", "best": "best value"}[m])
     c[1].selectbox("Baseline", groups, key=view.key("baseline"))
-    finals = _finals(a, study_id, version, metric)
-    if finals.empty:
-        st.caption("The comparison appears once runs report "
-                   f"{_title(metric).lower()}.")
+    table = report.compare_table(data, runs, v)
+    if table is None:
+        st.caption(f"The comparison appears once runs report {title(v.metric).lower()}.")
         return
-    table = an.group_table(runs, finals, view.value("group"), measure,
-                           view.value("baseline") or None, band="bootstrap")
-    table = table.rename(columns={"center": f"{measure} {metric} (mean)", "lo": "CI low",
-                                  "hi": "CI high", "n": "finite seeds",
-                                  "diverged": "diverged/failed",
-                                  "diff": "Δ vs baseline", "p_improve": "P(better)",
-                                  "p_value": "Welch p"})
-    table = table.drop(columns=["mean", "median", "std"], errors="ignore")
     st.dataframe(table, hide_index=True, width="stretch", key="group_table",
                  column_config={c: st.column_config.NumberColumn(format="%.4g")
                                 for c in table.columns if table[c].dtype.kind == "f"})
     st.caption(
-        f"Lower is better. CI: bootstrap 95 % of the mean over seeds. P(better): bootstrap "
-        f"probability that the group's mean beats the baseline's "
-        f"({view.value('baseline')}); Welch p: two-sided t-test, unequal variances. Diverged "
-        "and failed runs are counted but left out of the statistics."
+        "Lower is better. CI: bootstrap 95 % of the mean over seeds. P(better): bootstrap "
+        f"probability that the group's mean beats the baseline's ({v.baseline}); Welch p: "
+        "two-sided t-test, unequal variances. Diverged and failed runs are counted but left "
+        "out of the statistics."
     )
     out["tables"]["Comparison"] = table
 
 
-def _lr_tab(a, study_id, version, runs, view, out: dict) -> None:
-    metric, measure = view.value("metric"), view.value("measure")
-    finals = _finals(a, study_id, version, metric)
-    if finals.empty or runs["hparams"].map(lambda h: "lr" in h).sum() == 0:
+def _lr_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState,
+            out: dict) -> None:
+    figures = report.lr_figures(data, runs, v)
+    if figures is None:
         st.caption("Learning-rate sensitivity appears once runs report "
-                   f"{_title(metric).lower()}.")
+                   f"{title(v.metric).lower()}.")
         return
-    band = view.value("band") if view.value("band") != "none" else "std"
-    points, tune = an.lr_sensitivity(runs, finals, measure, band, view.value("within") / 100)
-    title = f"{measure} {_title(metric).lower()}"
-    chart = charts.lr_chart(points, title, view.value("logy"))
+    chart, tune = figures
     st.altair_chart(chart, width="stretch", key="chart_lr")
     out["charts"]["Learning-rate sensitivity"] = chart
     st.number_input("Tuneability: within % of the best", min_value=0.1, max_value=1000.0,
                     step=1.0, key=view.key("within"))
-    tune = tune.rename(columns={"decades": "lr range within x % of best (decades)"})
     st.dataframe(tune, hide_index=True, key="tune_table")
     st.caption("Crosses: learning rates at which every seed diverged or failed. Tuneability is "
                "the width of the contiguous lr range around the best whose value stays within "
-               f"{view.value('within'):g} % of the best (other grid axes at their best).")
+               f"{v.within:g} % of the best (other grid axes at their best).")
     out["tables"]["Tuneability"] = tune
 
 
-def _ttt_tab(a, study_id, version, runs, view, out: dict) -> None:
-    metric = view.value("metric")
-    finals = _finals(a, study_id, version, metric)
-    if finals.empty:
-        st.caption(f"Time to target appears once runs report {_title(metric).lower()}.")
+def _ttt_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState,
+             out: dict) -> None:
+    auto = report.auto_target(data, v.metric)
+    if auto is None:
+        st.caption(f"Time to target appears once runs report {title(v.metric).lower()}.")
         return
-    best = finals["best"].dropna()
-    # A default that separates: the median of the runs' best values.
-    auto = float(np.median(best)) if not best.empty else 1.0
-    st.number_input(f"Target {_title(metric).lower()} (reached when ≤ target)", value=None,
+    st.number_input(f"Target {title(v.metric).lower()} (reached when ≤ target)", value=None,
                     key=view.key("target"), placeholder=f"auto: {auto:.4g}", format="%.6g")
-    target = view.value("target") if view.value("target") is not None else auto
-    x = view.value("x")
-    reached = a.time_to_target([study_id], metric, target, x)
-    per_run = runs[["run_id", "seed"]].assign(group=an.group_key(runs, view.value("group"))) \
-        .merge(reached, on="run_id")
-    chart = charts.ttt_chart(per_run, an.X_TITLES[x])
+    target = v.target if v.target is not None else auto
+    chart, summary = report.ttt_figures(data, runs, v, target)
     st.altair_chart(chart, width="stretch", key="chart_ttt")
-    out["charts"][f"Time to {_title(metric).lower()} ≤ {target:.4g}"] = chart
-    summary = an.ttt_summary(runs, reached, view.value("group"))
-    summary["median"] = summary["median"].map(_fmt)
-    summary = summary.rename(columns={"median": f"median {an.X_TITLES[x]} (∞: censored)"})
+    out["charts"][f"Time to {title(v.metric).lower()} ≤ {target:.4g}"] = chart
     st.dataframe(summary, hide_index=True, key="ttt_table")
     st.caption("Runs that never reach the target are censored (∞), not dropped: a group's "
                "median is ∞ when half or more of its runs never got there.")
     out["tables"]["Time to target"] = summary
 
 
-def _diagnostics_tab(a, study_id, version, runs, view, metrics, out: dict) -> None:
-    diag = [m for m in metrics if m.startswith("diag_") and "/" not in m]
+def _diagnostics_tab(data: _CachedData, runs: pd.DataFrame, v: View, metrics: list[str],
+                     out: dict) -> None:
+    diag = report.diagnostic_names(metrics)
     if not diag:
         st.caption("No diagnostics recorded. Set *diagnostics every* in the study's training "
                    "settings to measure alignment γ, descent potential Φ and the optimal step "
@@ -276,37 +222,22 @@ def _diagnostics_tab(a, study_id, version, runs, view, metrics, out: dict) -> No
     default = [m for m in ("diag_gamma", "diag_phi") if m in diag] or diag[:1]
     chosen = st.multiselect("Diagnostics", diag, default=default, key="diag_pick")
     for metric in chosen:
-        chart = _curve_chart(a, study_id, version, runs, view, metric)
+        chart = report.curve_chart(data, runs, v, metric)
         if chart is not None:
             st.altair_chart(chart, width="stretch", key=f"chart_{metric}")
             out["charts"][metric] = chart
     if "diag_eta_opt" in diag and "lr" in metrics:
-        frames = []
-        for metric, name in (("diag_eta_opt", "η* (optimal step)"), ("lr", "lr used")):
-            n_groups = an.group_key(runs, view.value("group")).nunique()
-            curves = _run_curves(a, study_id, version, metric, view.value("x"),
-                                 an.grid_points(2 * n_groups))
-            g = an.group_curves(curves, runs, view.value("group"), "median", "none")
-            frames.append(g.assign(group=g["group"] + " · " + name))
-        chart = charts.band_chart(pd.concat(frames), "η* against the learning rate used",
-                                  an.X_TITLES[view.value("x")], log_y=True, band_label="none")
-        st.altair_chart(chart, width="stretch", key="chart_eta")
-        out["charts"]["η* vs lr"] = chart
+        chart = report.eta_chart(data, runs, v)
+        if chart is not None:
+            st.altair_chart(chart, width="stretch", key="chart_eta")
+            out["charts"]["η* vs lr"] = chart
 
 
 def _runs_tab(services: Services, study: dict, runs: pd.DataFrame, status: pd.DataFrame,
               varying: list[str], readonly: bool, out: dict) -> None:
-    table = status.assign(
-        message=status["message"].fillna(""),
-        status=[_status_text(s, q) for s, q in zip(status["status"], status["silent_s"],
-                                                    strict=True)],
-    )
-    hp = pd.DataFrame(runs["hparams"].tolist(), index=runs.index)[varying] if varying else None
-    columns = ["label", *varying, "seed", "status", "progress", "last_step", "train_loss",
-               "val_loss", "val_accuracy", "attempt", "message", "run_id"]
-    if hp is not None:
-        table = table.merge(hp.assign(run_id=runs["run_id"]), on="run_id", how="left")
-    table = table[columns]
+    table = report.runs_table(status.assign(status=[
+        _status_text(s, q) for s, q in zip(status["status"], status["silent_s"], strict=True)
+    ]), runs, varying)
     config = {
         "label": st.column_config.TextColumn("config"),
         "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1),
@@ -451,7 +382,7 @@ def show(services: Services, study: dict, readonly: bool = False) -> None:
     q = services.queries
     a = an.Analytics(services.db)
     study_id, spec = study["study_id"], study["spec"]
-    view = ViewState(VIEW, scope=f"{study_id}:{readonly}")
+    view = ViewState(SETTINGS, scope=f"{study_id}:{readonly}")
     view.load()
     st.title(study["name"])
     opts = ", ".join(sorted({o["name"] for o in spec["optimizers"]}))
@@ -478,27 +409,26 @@ def show(services: Services, study: dict, readonly: bool = False) -> None:
     def body() -> None:
         if live:
             services.refresh()
-        version = q.data_version(study_id)
-        runs = _runs(a, study_id, version)
-        status = _status_runs(q, study_id, version)
-        metrics = _metric_names(a, study_id, version)
+        data = _CachedData(a, study_id, q.data_version(study_id))
+        v = View(**{name: view.value(name) for name in View.__dataclass_fields__})
+        runs = data.runs()
+        status = _status_runs(q, study_id, data.version)
         _header(status)
         tabs = st.tabs(["Curves", "Compare", "Learning rate", "Time to target", "Diagnostics",
                         "Runs"])
         with tabs[0]:
-            _curves_tab(a, study_id, version, runs, view, out)
+            _curves_tab(data, runs, v, out)
         with tabs[1]:
-            _compare_tab(a, study_id, version, runs, view, groups, out)
+            _compare_tab(data, runs, v, view, groups, out)
         with tabs[2]:
-            _lr_tab(a, study_id, version, runs, view, out)
+            _lr_tab(data, runs, v, view, out)
         with tabs[3]:
-            _ttt_tab(a, study_id, version, runs, view, out)
+            _ttt_tab(data, runs, v, view, out)
         with tabs[4]:
-            _diagnostics_tab(a, study_id, version, runs, view, metrics, out)
+            _diagnostics_tab(data, runs, v, data.metric_names(), out)
         with tabs[5]:
-            grid_axes = {k for o in spec["optimizers"] for k in o.get("grid", {})}
-            _runs_tab(services, study, runs, status, a.varying_hparams(runs, grid_axes),
-                      readonly, out)
+            varying = a.varying_hparams(runs, report.grid_axes(spec))
+            _runs_tab(services, study, runs, status, varying, readonly, out)
         view.save()  # widgets inside this fragment rerun only the fragment
         if live and not q.is_active(study_id):
             st.rerun()  # redraw the whole page once so the fragment stops refreshing

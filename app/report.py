@@ -1,0 +1,217 @@
+"""What a study page shows, without the page: the charts and tables for one view of a study.
+
+The study page renders these with its widgets around them; ``approximant export`` writes the
+same figures into a snapshot file. Keeping them here means a snapshot from the terminal and one
+from the browser cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from app import charts
+from app.view_state import Setting, flag, optional_float, unit_interval
+from storage import analytics as an
+from storage import stats
+from storage.queries import Queries
+
+BAND_LABELS = {"std": "± std", "sem": "± standard error", "minmax": "min–max",
+               "bootstrap": "bootstrap 95 % CI", "none": "no band"}
+
+# Every setting of a view, as it appears in the URL (name, default, parser, allowed values).
+SETTINGS = {
+    "metric": Setting("val_loss", str),
+    "metric2": Setting("train_loss", str),
+    "x": Setting("step", str, tuple(an.X_AXES)),
+    "group": Setting("config", str, an.GROUP_BYS),
+    "center": Setting("mean", str, stats.CENTERS),
+    "band": Setting("std", str, stats.BANDS),
+    "smooth": Setting(0.0, unit_interval),
+    "logy": Setting(False, flag),
+    "xmin": Setting(None, optional_float),
+    "xmax": Setting(None, optional_float),
+    "measure": Setting("final", str, an.MEASURES),
+    "baseline": Setting("", str),
+    "target": Setting(None, optional_float),
+    "within": Setting(10.0, float),
+    "pause": Setting(False, flag),
+}
+
+
+@dataclass(frozen=True)
+class View:
+    metric: str = "val_loss"
+    metric2: str = "train_loss"
+    x: str = "step"
+    group: str = "config"
+    center: str = "mean"
+    band: str = "std"
+    smooth: float = 0.0
+    logy: bool = False
+    xmin: float | None = None
+    xmax: float | None = None
+    measure: str = "final"
+    baseline: str = ""
+    target: float | None = None
+    within: float = 10.0
+
+    @classmethod
+    def from_query(cls, params: dict[str, str]) -> View:
+        """From URL parameters; unknown names are ignored, bad values give the default."""
+        return cls(**{f.name: SETTINGS[f.name].read(params.get(f.name)) for f in fields(cls)})
+
+
+def title(metric: str) -> str:
+    return charts.METRIC_TITLES.get(metric, metric)
+
+
+def fmt(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return "∞" if v == math.inf else f"{v:.4g}"
+
+
+class StudyData:
+    """The queries a report needs, for one study. The page subclasses it to cache them."""
+
+    def __init__(self, analytics: an.Analytics, study_id: str) -> None:
+        self.a = analytics
+        self.study_id = study_id
+
+    def runs(self) -> pd.DataFrame:
+        return self.a.runs([self.study_id])
+
+    def metric_names(self) -> list[str]:
+        return self.a.metric_names([self.study_id])
+
+    def curves(self, metric: str, x: str, points: int) -> pd.DataFrame:
+        return self.a.run_curves([self.study_id], metric, x, points)
+
+    def finals(self, metric: str) -> pd.DataFrame:
+        return self.a.finals([self.study_id], metric)
+
+    def reached(self, metric: str, target: float, x: str) -> pd.DataFrame:
+        return self.a.time_to_target([self.study_id], metric, target, x)
+
+
+def curve_chart(data: StudyData, runs: pd.DataFrame, v: View,
+                metric: str) -> alt.TopLevelMixin | None:
+    n_groups = an.group_key(runs, v.group).nunique()
+    curves = data.curves(metric, v.x, an.grid_points(n_groups))
+    if curves.empty:
+        return None
+    grouped = an.group_curves(curves, runs, v.group, v.center, v.band, v.smooth)
+    domain = None
+    if v.xmin is not None or v.xmax is not None:
+        domain = (v.xmin if v.xmin is not None else float(grouped["x"].min()),
+                  v.xmax if v.xmax is not None else float(grouped["x"].max()))
+    return charts.band_chart(grouped, metric, an.X_TITLES[v.x], v.logy, BAND_LABELS[v.band],
+                             v.smooth > 0, domain)
+
+
+def compare_table(data: StudyData, runs: pd.DataFrame, v: View) -> pd.DataFrame | None:
+    finals = data.finals(v.metric)
+    if finals.empty:
+        return None
+    table = an.group_table(runs, finals, v.group, v.measure, v.baseline or None,
+                           band="bootstrap")
+    table = table.rename(columns={"center": f"{v.measure} {v.metric} (mean)", "lo": "CI low",
+                                  "hi": "CI high", "n": "finite seeds",
+                                  "diverged": "diverged/failed", "diff": "Δ vs baseline",
+                                  "p_improve": "P(better)", "p_value": "Welch p"})
+    return table.drop(columns=["mean", "median", "std"], errors="ignore")
+
+
+def lr_figures(data: StudyData, runs: pd.DataFrame,
+               v: View) -> tuple[alt.TopLevelMixin, pd.DataFrame] | None:
+    finals = data.finals(v.metric)
+    if finals.empty or not runs["hparams"].map(lambda h: "lr" in h).any():
+        return None
+    band = v.band if v.band != "none" else "std"
+    points, tune = an.lr_sensitivity(runs, finals, v.measure, band, v.within / 100)
+    chart = charts.lr_chart(points, f"{v.measure} {title(v.metric).lower()}", v.logy)
+    return chart, tune.rename(columns={"decades": "lr range within x % of best (decades)"})
+
+
+def auto_target(data: StudyData, metric: str) -> float | None:
+    """A default target that separates groups: the median of the runs' best values."""
+    best = data.finals(metric)["best"].dropna()
+    return float(np.median(best)) if not best.empty else None
+
+
+def ttt_figures(data: StudyData, runs: pd.DataFrame, v: View,
+                target: float) -> tuple[alt.TopLevelMixin, pd.DataFrame]:
+    reached = data.reached(v.metric, target, v.x)
+    per_run = runs[["run_id", "seed"]].assign(group=an.group_key(runs, v.group)).merge(
+        reached, on="run_id")
+    chart = charts.ttt_chart(per_run, an.X_TITLES[v.x])
+    summary = an.ttt_summary(runs, reached, v.group)
+    summary["median"] = summary["median"].map(fmt)
+    return chart, summary.rename(columns={"median": f"median {an.X_TITLES[v.x]} (∞: censored)"})
+
+
+def diagnostic_names(metrics: list[str]) -> list[str]:
+    """Study-level diagnostics (per-parameter ones, ``diag_x/param``, are left to the export)."""
+    return [m for m in metrics if m.startswith("diag_") and "/" not in m]
+
+
+def eta_chart(data: StudyData, runs: pd.DataFrame, v: View) -> alt.TopLevelMixin | None:
+    """The optimal step η* from the diagnostics beside the learning rate actually used."""
+    frames = []
+    n_groups = an.group_key(runs, v.group).nunique()
+    for metric, name in (("diag_eta_opt", "η* (optimal step)"), ("lr", "lr used")):
+        curves = data.curves(metric, v.x, an.grid_points(2 * n_groups))
+        if curves.empty:
+            return None
+        g = an.group_curves(curves, runs, v.group, "median", "none")
+        frames.append(g.assign(group=g["group"] + " · " + name))
+    return charts.band_chart(pd.concat(frames), "η* against the learning rate used",
+                             an.X_TITLES[v.x], log_y=True, band_label="none")
+
+
+def runs_table(status: pd.DataFrame, runs: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
+    """The runs with the grid axes that vary, status, progress and final metrics."""
+    table = status.assign(message=status["message"].fillna(""))
+    if varying:
+        hp = pd.DataFrame(runs["hparams"].tolist(), index=runs.index)[varying]
+        table = table.merge(hp.assign(run_id=runs["run_id"]), on="run_id", how="left")
+    return table[["label", *varying, "seed", "status", "progress", "last_step", "train_loss",
+                  "val_loss", "val_accuracy", "attempt", "message", "run_id"]]
+
+
+def grid_axes(spec: dict) -> set[str]:
+    return {k for o in spec["optimizers"] for k in o.get("grid", {})}
+
+
+def build(data: StudyData, queries: Queries, spec: dict,
+          v: View) -> tuple[dict[str, alt.TopLevelMixin], dict[str, pd.DataFrame]]:
+    """Every chart and table of the study page for view ``v``, as the snapshot holds them."""
+    runs = data.runs()
+    out_charts: dict[str, alt.TopLevelMixin] = {}
+    tables: dict[str, pd.DataFrame] = {}
+    if (table := compare_table(data, runs, v)) is not None:
+        tables["Comparison"] = table
+    for metric in dict.fromkeys((v.metric, v.metric2)):
+        if (chart := curve_chart(data, runs, v, metric)) is not None:
+            out_charts[title(metric)] = chart
+    if (lr := lr_figures(data, runs, v)) is not None:
+        out_charts["Learning-rate sensitivity"], tables["Tuneability"] = lr
+    target = v.target if v.target is not None else auto_target(data, v.metric)
+    if target is not None:
+        chart, tables["Time to target"] = ttt_figures(data, runs, v, target)
+        out_charts[f"Time to {title(v.metric).lower()} ≤ {target:.4g}"] = chart
+    diag = diagnostic_names(data.metric_names())
+    for metric in diag:
+        if (chart := curve_chart(data, runs, v, metric)) is not None:
+            out_charts[metric] = chart
+    if "diag_eta_opt" in diag and (chart := eta_chart(data, runs, v)) is not None:
+        out_charts["η* vs lr"] = chart
+    varying = data.a.varying_hparams(runs, grid_axes(spec))
+    tables["Runs"] = runs_table(queries.runs(data.study_id), runs, varying).drop(
+        columns=["progress"])
+    return out_charts, tables
