@@ -40,6 +40,10 @@ def loss_chart(curves: pd.DataFrame, metric: str, log_y: bool = False) -> alt.Ch
     )
 
 
+def _scheme(n: int) -> str:
+    return "tableau10" if n <= 10 else "tableau20"
+
+
 def _y_scale(log_y: bool) -> alt.Scale:
     return alt.Scale(type="log") if log_y else alt.Scale(zero=False)
 
@@ -56,8 +60,10 @@ def band_chart(grouped: pd.DataFrame, metric: str, x_title: str, log_y: bool = F
         data["lo"] = data["lo"].where(data["lo"] > 0, data["center"])
     xs = alt.Scale(domain=list(x_domain), clamp=True) if x_domain else alt.Scale()
     x = alt.X("x:Q", title=x_title, scale=xs)
-    color = alt.Color("group:N", title=None, legend=alt.Legend(orient="bottom", columns=3,
-                                                               labelLimit=260))
+    # On the right: a legend below the plot would share the chart's height and squash it.
+    n_groups = data["group"].nunique()
+    color = alt.Color("group:N", title=None, legend=alt.Legend(orient="right", labelLimit=220),
+                      scale=alt.Scale(scheme=_scheme(n_groups)))
     tooltip = [alt.Tooltip("group:N"), alt.Tooltip("x:Q", title=x_title, format=".4g"),
                alt.Tooltip("center:Q", title=title, format=".4g"),
                alt.Tooltip("lo:Q", title=f"band low ({band_label})", format=".4g"),
@@ -77,7 +83,9 @@ def band_chart(grouped: pd.DataFrame, metric: str, x_title: str, log_y: bool = F
         x=x, y="center:Q", color=color,
         opacity=alt.Opacity("n:Q", legend=None, scale=alt.Scale(range=[0.15, 0.9])),
         tooltip=tooltip))
-    return alt.layer(*layers).properties(height=320, width="container").interactive(bind_y=False)
+    # Tall enough for one legend row per group: a clipped legend hides which line is which.
+    return alt.layer(*layers).properties(height=max(320, 20 * n_groups), width="container") \
+        .interactive(bind_y=False)
 
 
 def lr_chart(points: pd.DataFrame, title: str, log_y: bool = False) -> alt.LayerChart:
@@ -87,7 +95,7 @@ def lr_chart(points: pd.DataFrame, title: str, log_y: bool = False) -> alt.Layer
     top = float(finite["hi"].max()) * 1.1 if not finite.empty else 1.0
     bad = points.loc[~points.index.isin(finite.index)].assign(center=top)
     x = alt.X("lr:Q", title="learning rate", scale=alt.Scale(type="log"))
-    color = alt.Color("optimizer:N", title="optimizer")
+    color = alt.Color("optimizer:N", title="optimizer", scale=alt.Scale(scheme="tableau10"))
     tooltip = ["label:N", alt.Tooltip("lr:Q", format=".3g"),
                alt.Tooltip("center:Q", title=title, format=".4g"),
                alt.Tooltip("n:Q", title="finite seeds"), alt.Tooltip("runs:Q", title="runs")]
@@ -96,7 +104,7 @@ def lr_chart(points: pd.DataFrame, title: str, log_y: bool = False) -> alt.Layer
     layers = [
         base.mark_errorbar().encode(x=x, y=alt.Y("lo:Q", title=title, scale=_y_scale(log_y)),
                                     y2="hi:Q", color=color),
-        base.mark_line(point=True).encode(x=x, y=y, color=color, detail="label:N",
+        base.mark_line(point=True).encode(x=x, y=y, color=color, detail="family:N",
                                           tooltip=tooltip),
     ]
     if not bad.empty:
@@ -113,7 +121,7 @@ def ttt_chart(per_run: pd.DataFrame, x_title: str) -> alt.LayerChart:
     data = per_run.copy()
     finite = data["reached"].replace([float("inf")], float("nan"))
     edge = float(finite.max()) * 1.08 if finite.notna().any() else 1.0
-    data["censored"] = finite.isna()
+    data["outcome"] = finite.isna().map({False: "reached", True: "never (censored)"})
     data["x"] = finite.fillna(edge)
     data["shown"] = data["reached"].map(lambda v: "never" if v == float("inf") else f"{v:.4g}")
     chart = alt.Chart(data, title=f"Time to target ({x_title})")
@@ -121,8 +129,9 @@ def ttt_chart(per_run: pd.DataFrame, x_title: str) -> alt.LayerChart:
         x=alt.X("x:Q", title=x_title),
         y=alt.Y("group:N", title=None),
         color=alt.Color("group:N", legend=None),
-        shape=alt.Shape("censored:N", title="never reached",
-                        scale=alt.Scale(domain=[False, True], range=["circle", "triangle-right"])),
+        shape=alt.Shape("outcome:N", title=None,
+                        scale=alt.Scale(domain=["reached", "never (censored)"],
+                                        range=["circle", "triangle-right"])),
         tooltip=["group:N", "seed:N", alt.Tooltip("shown:N", title=x_title)],
     ).properties(height=max(120, 28 * data["group"].nunique()), width="container")
 

@@ -218,11 +218,19 @@ def lr_sensitivity(runs: pd.DataFrame, finals: pd.DataFrame, measure: str = "fin
     total = per_run.groupby(["optimizer", "label", "lr"]).size().rename("runs")
     points = total.reset_index().merge(points, on=["optimizer", "label", "lr"], how="left")
     points["center"] = points["center"].fillna(math.inf)
+    # The config without its lr: the points a sensitivity line connects.
+    points["family"] = points["label"].map(_without_lr)
     best_per_lr = points.groupby(["optimizer", "lr"])["center"].min().reset_index()
     tune = best_per_lr.groupby("optimizer").apply(
         lambda g: stats.tuneability(g["lr"], g["center"], within), include_groups=False
     ).rename("decades").reset_index()
     return points, tune
+
+
+def _without_lr(label: str) -> str:
+    name, _, inner = label.partition("[")
+    rest = [kv for kv in inner.rstrip("]").split(",") if kv and not kv.startswith("lr=")]
+    return f"{name}[{','.join(rest)}]" if rest else name
 
 
 def ttt_summary(runs: pd.DataFrame, reached: pd.DataFrame,

@@ -155,3 +155,9 @@ def test_profile_costs_take_each_optimizers_best_config_per_task(db):
     rho = performance_profile(costs, [1.0, 1e9]).pivot(index="tau", columns="solver",
                                                        values="rho")
     assert rho.loc[1e9, "muon"] == 0.5 and rho.loc[1e9, "adamw"] == 1.0
+
+
+def test_lr_lines_connect_configs_that_differ_only_in_lr():
+    assert an._without_lr("adamw[lr=0.001]") == "adamw"
+    assert an._without_lr("muon[adamw_lr=0.001,lr=0.02,momentum=0.9]") == \
+        "muon[adamw_lr=0.001,momentum=0.9]"

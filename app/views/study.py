@@ -134,15 +134,13 @@ def _controls(view: ViewState, metrics: list[str], groups: list[str]) -> None:
 
 
 def _curves_tab(data: _CachedData, runs: pd.DataFrame, v: View, out: dict) -> None:
-    left, right = st.columns(2)
-    for col, metric in ((left, v.metric), (right, v.metric2)):
+    for metric in dict.fromkeys((v.metric, v.metric2)):
         chart = report.curve_chart(data, runs, v, metric)
-        with col:
-            if chart is None:
-                st.caption(f"{title(metric)} appears here once runs report it.")
-            else:
-                st.altair_chart(chart, width="stretch", key=f"chart_{metric}")
-                out["charts"][title(metric)] = chart
+        if chart is None:
+            st.caption(f"{title(metric)} appears here once runs report it.")
+        else:
+            st.altair_chart(chart, width="stretch", key=f"chart_{metric}")
+            out["charts"][title(metric)] = chart
     n_seeds = runs.groupby(an.group_key(runs, v.group)).size()
     st.caption(
         f"Lines: {v.center} over seeds; band: {BAND_LABELS[v.band]}; point opacity: seeds at "
@@ -281,7 +279,6 @@ def _run_actions(services: Services, study: dict, status: pd.DataFrame,
         n = rerun(specs, services.broker_url, keep_cancelled=others)
         st.toast(f"{n} run(s) queued again.")
     with c[2].popover("Add seeds to a config"):
-        spec = parse_study(study["spec"])
         labels = list(dict.fromkeys(status["label"]))
         label = st.selectbox("Config", labels, key="seed_label")
         have = sorted(status.loc[status["label"] == label, "seed"])
@@ -290,6 +287,7 @@ def _run_actions(services: Services, study: dict, status: pd.DataFrame,
         if st.button("Add and queue", key="seed_add"):
             try:
                 seeds = _parse_seeds(text)
+                spec = parse_study(study["spec"])  # may fail: a workload since removed
                 existing = [RunSpec.model_validate(s) for s in
                             _spec_of(services, study["study_id"], list(status["run_id"]))]
                 sub = add_seeds(spec, existing, label, seeds, services.broker_url)
