@@ -8,7 +8,7 @@ from engine.specs import RunSpec, StudySpec, expand, extra_seed_runs
 from storage.stream import EventStream, connect, now
 from tasks.celery_app import app, configure
 from tasks.publisher import PROGRESS_KEY, PROGRESS_TTL_S
-from tasks.run import CANCEL_RUN_KEY, CANCEL_STUDY_KEY, run_task
+from tasks.run import ATTEMPT_KEY, CANCEL_RUN_KEY, CANCEL_STUDY_KEY, run_task
 
 SUBMITTED_KEY = "approximant:submitted:{run_id}"
 
@@ -95,7 +95,23 @@ def rerun(runs: list[RunSpec], broker_url: str, keep_cancelled: list[str] = ()) 
         if client.delete(CANCEL_STUDY_KEY.format(study_id=study_id)):
             for rid in keep_cancelled:
                 client.set(CANCEL_RUN_KEY.format(run_id=rid), now())
-    return _queue(client, runs, force=True)
+    # Show the runs as queued under the attempt they will train as (the worker's counter gives
+    # the next one), so the page does not keep calling them failed until one starts. Sent
+    # before the tasks, so a worker's first event cannot arrive ahead of it.
+    stream = EventStream(client)
+    attempts = {r.run_id: int(client.get(ATTEMPT_KEY.format(run_id=r.run_id)) or 0) + 1
+                for r in runs}
+
+    def status(state: str, message: str) -> list[dict]:
+        return [{"type": "status", "run_id": rid, "status": state, "step": 0, "attempt": n,
+                 "message": message, "worker": None, "ts": now()} for rid, n in attempts.items()]
+
+    stream.append(status("queued", "re-run requested"))
+    try:
+        return _queue(client, runs, force=True)
+    except Exception as err:
+        stream.append(status("failed", f"re-run could not be queued: {err}"))
+        raise
 
 
 def cancel_study(study_id: str, broker_url: str) -> None:

@@ -146,6 +146,10 @@ def test_a_cancelled_study_can_be_rerun_and_grow_seeds(worker, clean_broker, db)
 
     # Re-run: the study-wide cancel request must not stop it again; a new attempt trains.
     assert rerun(first, clean_broker) == 1
+    recorder.drain()
+    # At once no longer "cancelled": queued (or already training) as attempt 2.
+    now = q.runs(spec.study_id)
+    assert list(now["attempt"]) == [2] and now["status"][0] in ("queued", "running", "finished")
 
     def rerun_finished() -> bool:
         recorder.drain()
