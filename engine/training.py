@@ -23,6 +23,11 @@ from engine.workloads import Task, get_workload
 
 Row = dict[str, float | int | str]
 Sink = Callable[[list[Row]], None]
+# checkpoint(step, state): called after every completed step with a thunk that builds the
+# run's full state; the caller decides how often it is worth building and keeping. The state
+# holds live tensors (the model's, the optimizer's): serialise it before training goes on.
+Checkpoint = Callable[[int, Callable[[], dict]], None]
+CHECKPOINT_VERSION = 1
 
 
 @dataclass
@@ -81,6 +86,8 @@ def train(
     run: RunSpec,
     sink: Sink,
     should_stop: Callable[[], bool] | None = None,
+    checkpoint: Checkpoint | None = None,
+    resume: dict | None = None,
 ) -> RunResult:
     """Train ``run`` to its budget, sending metric rows to ``sink``.
 
@@ -88,6 +95,10 @@ def train(
     (evaluation and diagnostics excluded) and ``tokens`` the examples (or tokens) seen so far.
     The budget is ``steps``, cut short by ``max_examples`` or ``max_seconds`` when those are
     set. ``should_stop`` is polled between steps for cooperative cancellation.
+
+    ``checkpoint`` receives the state after each step (see ``Checkpoint``); ``resume`` is such
+    a state: training continues after its step and, on the same machine, produces the rows an
+    uninterrupted run would have (model, optimizer, batch generator and global RNG restored).
     """
     device = torch.device(resolve_device(run.device))
     # Workloads seed their own generators; this covers anything that draws from the global one.
@@ -97,7 +108,7 @@ def train(
     named = [(n, p) for n, p in task.model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     opt = build_optimizer(run.optimizer, run.hparams, params, task.matrix_params)
-    peak_lrs = [g["lr"] for g in opt.param_groups]
+    peak_lrs = [g["lr"] for g in opt.param_groups]  # before a resumed state overwrites them
     per_step = task.examples_per_step
     horizon = planned_steps(run, per_step)
     diagnostics = None
@@ -115,6 +126,10 @@ def train(
     )
     wall = 0.0
     final: dict[str, float] = {}
+    start = 1
+    if resume is not None:
+        start = _restore(resume, run, task, opt) + 1
+        wall, final = float(resume["wall"]), dict(resume["final"])
 
     def emit(step: int, metrics: dict[str, float]) -> None:
         sink([
@@ -128,9 +143,16 @@ def train(
         final.update(metrics)
         emit(step, metrics)
 
+    def state(step: int) -> dict:
+        return {"version": CHECKPOINT_VERSION, "run_id": run.run_id, "step": step,
+                "wall": wall, "final": dict(final), "model": task.model.state_dict(),
+                "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                "batch_rng": _batch_rng(task).get_state() if _batch_rng(task) else None}
+
     task.model.train()
-    evaluate(0)
-    for step in range(1, horizon + 1):
+    if start == 1:
+        evaluate(0)
+    for step in range(start, horizon + 1):
         if should_stop is not None and should_stop():
             return RunResult("cancelled", step - 1, final, "cancelled by request", task.info)
         mult = lr_multiplier(step, horizon, run.lr_schedule, run.warmup_steps, run.min_lr_ratio)
@@ -184,4 +206,24 @@ def train(
             evaluate(step)
         if stop:
             return RunResult("finished", step, final, f"stopped at step {step}: {stop}", task.info)
+        if checkpoint is not None:
+            checkpoint(step, lambda step=step: state(step))
     return RunResult("finished", horizon, final, "", task.info)
+
+
+def _batch_rng(task: Task) -> torch.Generator | None:
+    return getattr(task, "generator", None)
+
+
+def _restore(state: dict, run: RunSpec, task: Task, opt: torch.optim.Optimizer) -> int:
+    """Load a checkpoint made by ``train`` for this run; return the step it was taken at."""
+    if state.get("version") != CHECKPOINT_VERSION or state.get("run_id") != run.run_id:
+        raise ValueError(f"resume: checkpoint is for run {state.get('run_id')!r} version "
+                         f"{state.get('version')!r}, not {run.run_id!r} version "
+                         f"{CHECKPOINT_VERSION}")
+    task.model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["batch_rng"] is not None:
+        _batch_rng(task).set_state(state["batch_rng"])
+    return int(state["step"])
