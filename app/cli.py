@@ -397,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     try:
+        if args.command in ("up", "worker", "run"):
+            from tasks.run import checkpoint_every_s
+
+            checkpoint_every_s()  # a bad setting fails here, not later inside every run
         return int(args.func(args) or 0)
     except (ConnectionError, ValueError, RuntimeError, redis.RedisError) as err:
         print(f"approximant {args.command}: {err}", file=sys.stderr)

@@ -9,6 +9,7 @@ draw comes from generators seeded by the run's seed.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import time
 from collections.abc import Callable
@@ -209,6 +210,17 @@ def train(
         if checkpoint is not None:
             checkpoint(step, lambda step=step: state(step))
     return RunResult("finished", horizon, final, "", task.info)
+
+
+def checkpoint_bytes(state: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def load_checkpoint(blob: bytes) -> dict:
+    """A state saved by ``checkpoint_bytes``; tensors and plain data only (no pickled code)."""
+    return torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
 
 
 def _batch_rng(task: Task) -> torch.Generator | None:

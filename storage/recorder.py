@@ -151,22 +151,30 @@ class Recorder:
                 elif kind == "study":
                     self._apply_study(cur, ev)
                 elif kind == "status":
+                    if ev.get("resumed_from") and metric_rows:
+                        # It copies rows that may be in this very batch: write them first.
+                        self._insert_metrics(cur, metric_rows)
+                        metric_rows = []
                     self._apply_status(cur, ev)
                 else:
                     log.warning("recorder: skipping unknown event %r", kind)
             if metric_rows:
-                df = pd.DataFrame(metric_rows, columns=METRIC_COLUMNS)
-                # A batch may itself repeat a row (a publisher retry); keep the first copy.
-                df = df.drop_duplicates(subset=["run_id", "attempt", "step", "name"])
-                cur.register("incoming_metrics", df)
-                cur.execute(
-                    "INSERT OR IGNORE INTO metrics SELECT run_id, attempt, step, name, value, "
-                    "wall_s, tokens FROM incoming_metrics"
-                )
-                cur.unregister("incoming_metrics")
+                self._insert_metrics(cur, metric_rows)
         self.stream.ack(eid for eid, _ in batch)
         self.applied += len(batch)
         return len(batch)
+
+    @staticmethod
+    def _insert_metrics(cur, metric_rows: list[tuple]) -> None:
+        df = pd.DataFrame(metric_rows, columns=METRIC_COLUMNS)
+        # A batch may itself repeat a row (a publisher retry); keep the first copy.
+        df = df.drop_duplicates(subset=["run_id", "attempt", "step", "name"])
+        cur.register("incoming_metrics", df)
+        cur.execute(
+            "INSERT OR IGNORE INTO metrics SELECT run_id, attempt, step, name, value, "
+            "wall_s, tokens FROM incoming_metrics"
+        )
+        cur.unregister("incoming_metrics")
 
     @staticmethod
     def _apply_study(cur, ev: dict[str, Any]) -> None:
@@ -222,6 +230,16 @@ class Recorder:
         if status in TERMINAL:
             cur.execute(
                 "UPDATE runs SET finished_at = ? WHERE run_id = ?", [ts, ev["run_id"]]
+            )
+        resumed = ev.get("resumed_from")
+        if resumed and int(resumed["attempt"]) < attempt:
+            # The attempt continues an earlier one from a checkpoint: it owns that attempt's
+            # rows up to the checkpoint as well (those were on the stream before the
+            # checkpoint existed, so they are recorded by now). Replays insert nothing new.
+            cur.execute(
+                "INSERT OR IGNORE INTO metrics SELECT run_id, ?, step, name, value, wall_s, "
+                "tokens FROM metrics WHERE run_id = ? AND attempt = ? AND step <= ?",
+                [attempt, ev["run_id"], int(resumed["attempt"]), int(resumed["step"])],
             )
 
     # -- background loop ---------------------------------------------------------------------

@@ -66,17 +66,21 @@ class MetricPublisher:
             self.flush()
 
     def status_event(self, status: str, message: str | None = None,
-                     info: dict[str, Any] | None = None) -> dict[str, Any]:
+                     info: dict[str, Any] | None = None,
+                     resumed_from: dict[str, int] | None = None) -> dict[str, Any]:
         ev = {
             "type": "status", "run_id": self.run_id, "attempt": self.attempt, "status": status,
             "step": self.last_step, "message": message, "worker": self.worker, "ts": now(),
         }
         if info:
             ev["info"] = info
+        if resumed_from:
+            ev["resumed_from"] = resumed_from
         return ev
 
     def flush(self, status: str = "running", message: str | None = None,
-              info: dict[str, Any] | None = None) -> None:
+              info: dict[str, Any] | None = None,
+              resumed_from: dict[str, int] | None = None) -> None:
         """Send buffered rows then a status event; retried while the broker is unreachable.
 
         The rows leave the buffer only once sent, so a failure loses nothing that a later
@@ -90,7 +94,7 @@ class MetricPublisher:
         if rows:
             events.append({"type": "metrics", "run_id": self.run_id, "attempt": self.attempt,
                            "rows": rows})
-        events.append(self.status_event(status, message, info))
+        events.append(self.status_event(status, message, info, resumed_from))
         self._send(events, status)
         self._rows = []
         self.published += len(rows)

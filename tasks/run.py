@@ -23,10 +23,16 @@ from typing import Any
 from celery import Task
 
 from engine.specs import RunSpec
-from engine.training import train
+from engine.training import checkpoint_bytes, load_checkpoint, train
 from storage.stream import TERMINAL, EventStream, connect
 from tasks.celery_app import app
-from tasks.publisher import LEASE_KEY, LEASE_TTL_S, PROGRESS_KEY, MetricPublisher
+from tasks.publisher import (
+    LEASE_KEY,
+    LEASE_TTL_S,
+    PROGRESS_KEY,
+    PROGRESS_TTL_S,
+    MetricPublisher,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,11 @@ CANCEL_RUN_KEY = "approximant:cancel:run:{run_id}"
 CANCEL_STUDY_KEY = "approximant:cancel:study:{study_id}"
 CANCEL_POLL_S = 0.5
 SKIPPED_KEY = "approximant:skipped"  # hash "run_id:verdict" → deliveries not trained
+# The latest checkpoint of a run that has not ended, in the broker so that whichever worker
+# gets the run again (any machine in team mode) resumes it instead of starting over.
+CHECKPOINT_KEY = "approximant:checkpoint:{run_id}"
+ENV_CHECKPOINT_S = "APPROXIMANT_CHECKPOINT_S"
+DEFAULT_CHECKPOINT_S = 60.0
 
 _clients: dict[tuple[int, str], Any] = {}
 
@@ -89,25 +100,88 @@ def claim(client, run_id: str, lease_ttl_s: float = LEASE_TTL_S, poll_s: float =
         time.sleep(poll_s)
 
 
+def checkpoint_every_s() -> float:
+    raw = os.environ.get(ENV_CHECKPOINT_S, "")
+    try:
+        return float(raw) if raw else DEFAULT_CHECKPOINT_S
+    except ValueError:
+        raise ValueError(f"{ENV_CHECKPOINT_S}: must be a number of seconds, ≤ 0 to turn "
+                         f"checkpoints off (got {raw!r})") from None
+
+
+class _Checkpointer:
+    """Keeps the run's latest state in the broker, at most every ``every_s`` seconds."""
+
+    def __init__(self, client, pub: MetricPublisher, run_id: str, every_s: float) -> None:
+        self.client, self.pub, self.every_s = client, pub, every_s
+        self.key = CHECKPOINT_KEY.format(run_id=run_id)
+        self._next = time.monotonic() + every_s
+
+    def __call__(self, step: int, make) -> None:
+        if time.monotonic() < self._next:
+            return
+        # Rows up to this step go onto the stream first: a resumed attempt copies them from
+        # this one, so they must be recorded before anything can resume from here.
+        self.pub.flush("running")
+        state = {**make(), "attempt": self.pub.attempt}
+        self.client.set(self.key, checkpoint_bytes(state), ex=PROGRESS_TTL_S)
+        self._next = time.monotonic() + self.every_s
+
+
+def _resume_state(client, run: RunSpec) -> dict | None:
+    blob = client.get(CHECKPOINT_KEY.format(run_id=run.run_id))
+    if blob is None:
+        return None
+    try:
+        state = load_checkpoint(blob)
+    except Exception as err:  # a checkpoint of an older version, or damaged: start over
+        log.warning("run %s: unreadable checkpoint ignored (%s)", run.run_id, err)
+        return None
+    return state if state.get("run_id") == run.run_id else None
+
+
 def execute_run(run: RunSpec, broker_url: str, worker: str = "") -> dict[str, Any]:
-    """Train ``run`` (its lease already claimed), publishing to the stream at ``broker_url``."""
+    """Train ``run`` (its lease already claimed), publishing to the stream at ``broker_url``.
+
+    A run that an earlier attempt checkpointed resumes from there: the new attempt starts
+    with the earlier attempt's rows up to the checkpoint (the recorder copies them) and trains
+    only the steps after it.
+    """
     client = _client(broker_url)
     stream = EventStream(client)
     attempt = int(client.incr(ATTEMPT_KEY.format(run_id=run.run_id)))
     pub = MetricPublisher(stream, run.run_id, attempt, run.steps, worker=worker)
-    pub.flush("running")
+    resume = _resume_state(client, run)
+    resumed_from = None
+    if resume is not None:
+        resumed_from = {"attempt": int(resume["attempt"]), "step": int(resume["step"])}
+        pub.last_step = resumed_from["step"]
+    pub.flush("running", f"resumed from step {resumed_from['step']}" if resumed_from else None,
+              resumed_from=resumed_from)
     cancel = _CancelFlag(client, run)
+    try:
+        every_s = checkpoint_every_s()  # the CLI refuses a bad value before workers start
+    except ValueError as err:
+        log.warning("%s; using %g s", err, DEFAULT_CHECKPOINT_S)
+        every_s = DEFAULT_CHECKPOINT_S
+    checkpoint = _Checkpointer(client, pub, run.run_id, every_s) if every_s > 0 else None
+
+    def end(status: str, message: str | None, info: dict | None = None) -> None:
+        pub.flush(status, message, info)
+        # Only a run that ended drops its checkpoint; a killed worker never gets here.
+        client.delete(CHECKPOINT_KEY.format(run_id=run.run_id))
+
     if cancel():
-        pub.flush("cancelled", "cancelled before start")
+        end("cancelled", "cancelled before start")
         return {"run_id": run.run_id, "status": "cancelled"}
     try:
-        result = train(run, pub.add, should_stop=cancel)
+        result = train(run, pub.add, should_stop=cancel, checkpoint=checkpoint, resume=resume)
     except Exception as err:
         log.exception("run %s failed", run.run_id)
         last = traceback.format_exception_only(err)[-1].strip()
-        pub.flush("failed", last)
+        end("failed", last)
         return {"run_id": run.run_id, "status": "failed", "message": last}
-    pub.flush(result.status, result.message or None, result.info or None)
+    end(result.status, result.message or None, result.info or None)
     return {"run_id": run.run_id, "status": result.status, "steps": result.steps_done,
             "attempt": attempt}
 

@@ -140,3 +140,11 @@ def test_a_second_headless_run_on_the_same_data_dir_is_refused(tmp_path, capsys)
     write_stack(tmp_path, Stack(os.getpid(), "redis://127.0.0.1:1/0", ""))  # a live headless run
     assert main(["run", write(tmp_path, SPEC), "--data-dir", str(tmp_path)]) == 1
     assert "another `approximant run`" in capsys.readouterr().err
+
+
+def test_a_bad_checkpoint_interval_is_refused_before_anything_starts(tmp_path, capsys,
+                                                                      monkeypatch):
+    monkeypatch.setenv("APPROXIMANT_CHECKPOINT_S", "often")
+    assert main(["run", write(tmp_path, SPEC), "--data-dir", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "APPROXIMANT_CHECKPOINT_S: must be a number of seconds" in err and "'often'" in err
