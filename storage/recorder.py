@@ -206,6 +206,14 @@ class Recorder:
             log.warning("recorder: status for unknown run %s", ev["run_id"])
             return
         cur_attempt, cur_status = row
+        if ev.get("requeued"):
+            # A re-run asked for: it moves the ended attempt back to "queued" (or to "failed"
+            # when it could not be queued), and nothing else; the attempt that then trains the
+            # run takes over with its own events.
+            if attempt == cur_attempt and (cur_status in TERMINAL or cur_status == "queued"):
+                cur.execute("UPDATE runs SET status = ?, message = ?, updated_at = ? "
+                            "WHERE run_id = ?", [status, ev.get("message"), ts, ev["run_id"]])
+            return
         # Status only moves forward: an older attempt, or a non-terminal event after the
         # attempt's terminal one (a replay), changes nothing.
         if attempt < cur_attempt:

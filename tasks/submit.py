@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.specs import RunSpec, StudySpec, expand, extra_seed_runs
-from storage.stream import EventStream, connect, now
+from storage.stream import TERMINAL, EventStream, connect, now
 from tasks.celery_app import app, configure
 from tasks.publisher import PROGRESS_KEY, PROGRESS_TTL_S
 from tasks.run import ATTEMPT_KEY, CANCEL_RUN_KEY, CANCEL_STUDY_KEY, run_task
@@ -66,52 +67,69 @@ def submit_study(spec: StudySpec, broker_url: str) -> Submission:
 
 
 def add_seeds(spec: StudySpec, existing: list[RunSpec], label: str, seeds: list[int],
-              broker_url: str) -> Submission:
+              broker_url: str, keep_cancelled: Sequence[str] = ()) -> Submission:
     """Add runs of one configuration at more ``seeds`` to a study and queue them.
 
     ``existing`` are the study's runs in their order (the recorder keeps their positions);
-    seeds the configuration already has are left alone.
+    seeds the configuration already has are left alone. A study-wide cancel request is lifted
+    as in ``rerun`` (``keep_cancelled``: the study's other runs still going), or the new runs
+    would stop before their first step.
     """
     have = {r.run_id for r in existing}
     new = [r for r in extra_seed_runs(spec, label, seeds) if r.run_id not in have]
     configure(broker_url)
     client = connect(broker_url)
     if new:
+        _lift_study_cancel(client, spec.study_id, keep_cancelled)
         _register(client, spec, [*existing, *new])
     return Submission(spec.study_id, new, _queue(client, new))
 
 
-def rerun(runs: list[RunSpec], broker_url: str, keep_cancelled: list[str] = ()) -> int:
+def _lift_study_cancel(client, study_id: str, keep_cancelled: Sequence[str]) -> None:
+    """Replace a study-wide cancel request by per-run requests for ``keep_cancelled``."""
+    key = CANCEL_STUDY_KEY.format(study_id=study_id)
+    if client.exists(key):
+        # The per-run requests first: no moment passes in which those runs may go on.
+        for rid in keep_cancelled:
+            client.set(CANCEL_RUN_KEY.format(run_id=rid), now())
+        client.delete(key)
+
+
+def rerun(runs: list[RunSpec], broker_url: str, keep_cancelled: Sequence[str] = ()) -> int:
     """Queue ``runs`` again (failed or cancelled ones); each trains as a new attempt.
 
-    A study-wide cancel request would stop them at once, so it is replaced by per-run
-    requests for ``keep_cancelled`` — the study's other runs that have not ended yet.
+    Idempotent: a run whose broker record says it is queued or running (a re-run already
+    requested, perhaps by a second click) is left alone. Returns how many were queued.
     """
     configure(broker_url)
     client = connect(broker_url)
+    ended = []
     for run in runs:
-        client.delete(CANCEL_RUN_KEY.format(run_id=run.run_id))
-    for study_id in {r.study_id for r in runs}:
-        if client.delete(CANCEL_STUDY_KEY.format(study_id=study_id)):
-            for rid in keep_cancelled:
-                client.set(CANCEL_RUN_KEY.format(run_id=rid), now())
-    # Show the runs as queued under the attempt they will train as (the worker's counter gives
-    # the next one), so the page does not keep calling them failed until one starts. Sent
-    # before the tasks, so a worker's first event cannot arrive ahead of it.
+        status = client.hget(PROGRESS_KEY.format(run_id=run.run_id), "status")
+        if status is None or status.decode() in TERMINAL:
+            ended.append(run)
+    for study_id in {r.study_id for r in ended}:
+        _lift_study_cancel(client, study_id, keep_cancelled)
     stream = EventStream(client)
-    attempts = {r.run_id: int(client.get(ATTEMPT_KEY.format(run_id=r.run_id)) or 0) + 1
-                for r in runs}
+    queued = 0
+    for i, run in enumerate(ended):
+        client.delete(CANCEL_RUN_KEY.format(run_id=run.run_id))
+        # Shown as queued at once (before the task, so a worker's first event comes after it),
+        # under the attempt the page knows; the attempt that trains it supersedes that.
+        stream.append([_requeued(client, run.run_id, "queued", "re-run requested")])
+        try:
+            queued += _queue(client, [run], force=True)
+        except Exception as err:
+            stream.append([_requeued(client, r.run_id, "failed",
+                                     f"re-run could not be queued: {err}") for r in ended[i:]])
+            raise
+    return queued
 
-    def status(state: str, message: str) -> list[dict]:
-        return [{"type": "status", "run_id": rid, "status": state, "step": 0, "attempt": n,
-                 "message": message, "worker": None, "ts": now()} for rid, n in attempts.items()]
 
-    stream.append(status("queued", "re-run requested"))
-    try:
-        return _queue(client, runs, force=True)
-    except Exception as err:
-        stream.append(status("failed", f"re-run could not be queued: {err}"))
-        raise
+def _requeued(client, run_id: str, status: str, message: str) -> dict:
+    attempt = int(client.get(ATTEMPT_KEY.format(run_id=run_id)) or 0)
+    return {"type": "status", "run_id": run_id, "status": status, "step": 0, "attempt": attempt,
+            "message": message, "worker": None, "ts": now(), "requeued": True}
 
 
 def cancel_study(study_id: str, broker_url: str) -> None:

@@ -144,35 +144,28 @@ def test_a_cancelled_study_can_be_rerun_and_grow_seeds(worker, clean_broker, db)
     wait_for(ended, 60, "the run to be cancelled")
     assert list(q.runs(spec.study_id)["status"]) == ["cancelled"]
 
-    # Re-run: the study-wide cancel request must not stop it again; a new attempt trains.
-    assert rerun(first, clean_broker) == 1
-    recorder.drain()
-    # At once no longer "cancelled": queued (or already training) as attempt 2.
-    now = q.runs(spec.study_id)
-    assert list(now["attempt"]) == [2] and now["status"][0] in ("queued", "running", "finished")
-
-    def rerun_finished() -> bool:
-        recorder.drain()
-        runs = q.runs(spec.study_id)
-        return list(runs["status"]) == ["finished"]
-
-    wait_for(rerun_finished, 120, "the re-run to finish")
-    runs = q.runs(spec.study_id)
-    assert list(runs["attempt"]) == [2] and list(runs["last_step"]) == [8]
-
-    # Two more seeds of the one config; asking again for seed 1 adds nothing.
+    # Seeds added after a study was cancelled train: the study-wide request is lifted.
     existing = list(first)
     sub = add_seeds(spec, existing, first[0].label, [1, 2], clean_broker)
     assert sub.queued == 2 and [r.seed for r in sub.runs] == [1, 2]
 
-    def grown() -> bool:
+    # Re-run: a new attempt trains; a second click while it is queued or running adds nothing.
+    assert rerun(first, clean_broker) == 1
+    assert rerun(first, clean_broker) == 0
+    recorder.drain()
+    now = q.runs(spec.study_id).set_index("seed")
+    assert now.at[0, "status"] in ("queued", "running", "finished")  # no longer "cancelled"
+
+    def all_finished() -> bool:
         recorder.drain()
         runs = q.runs(spec.study_id)
-        return len(runs) == 3 and not q.is_active(spec.study_id)
+        return len(runs) == 3 and list(runs["status"]) == ["finished"] * 3
 
-    wait_for(grown, 120, "the added seeds to finish")
+    wait_for(all_finished, 120, "the re-run and the added seeds to finish")
     runs = q.runs(spec.study_id)
-    assert list(runs["seed"]) == [0, 1, 2] and set(runs["status"]) == {"finished"}
+    assert list(runs["seed"]) == [0, 1, 2]
+    assert list(runs["attempt"]) == [2, 1, 1] and list(runs["last_step"]) == [8, 8, 8]
     assert q.studies().loc[0, "n_runs"] == 3
+    # Asking again for a seed the config has adds nothing.
     again = add_seeds(spec, [*existing, *sub.runs], first[0].label, [1], clean_broker)
     assert again.queued == 0 and again.runs == []
