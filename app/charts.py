@@ -116,12 +116,14 @@ def lr_chart(points: pd.DataFrame, title: str, log_y: bool = False) -> alt.Layer
 
 
 def ttt_chart(per_run: pd.DataFrame, x_title: str) -> alt.LayerChart:
-    """Time to target per run and group; runs that never reached it sit at the right edge as
-    hollow marks labelled "never" (censored), so they are counted, not dropped."""
+    """Time to target per run and group (``outcome`` from ``analytics.ttt_outcome``); runs that
+    have not reached it sit at the right edge, marked "never" (censored: they ended) or "not
+    yet" (still going), so they are counted, not dropped."""
     data = per_run.copy()
     finite = data["reached"].replace([float("inf")], float("nan"))
     edge = float(finite.max()) * 1.08 if finite.notna().any() else 1.0
-    data["outcome"] = finite.isna().map({False: "reached", True: "never (censored)"})
+    labels = {"reached": "reached", "never": "never (censored)", "not yet": "not yet (running)"}
+    data["outcome"] = data["outcome"].map(labels)
     data["x"] = finite.fillna(edge)
     data["shown"] = data["reached"].map(lambda v: "never" if v == float("inf") else f"{v:.4g}")
     chart = alt.Chart(data, title=f"Time to target ({x_title})")
@@ -130,8 +132,8 @@ def ttt_chart(per_run: pd.DataFrame, x_title: str) -> alt.LayerChart:
         y=alt.Y("group:N", title=None),
         color=alt.Color("group:N", legend=None),
         shape=alt.Shape("outcome:N", title=None,
-                        scale=alt.Scale(domain=["reached", "never (censored)"],
-                                        range=["circle", "triangle-right"])),
+                        scale=alt.Scale(domain=list(labels.values()),
+                                        range=["circle", "triangle-right", "diamond"])),
         tooltip=["group:N", "seed:N", alt.Tooltip("shown:N", title=x_title)],
     ).properties(height=max(120, 28 * data["group"].nunique()), width="container")
 

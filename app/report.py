@@ -20,8 +20,8 @@ from storage import analytics as an
 from storage import stats
 from storage.queries import Queries
 
-BAND_LABELS = {"std": "± std", "sem": "± standard error", "minmax": "min–max",
-               "bootstrap": "bootstrap 95 % CI", "none": "no band"}
+BAND_LABELS = {"std": "± std", "sem": "± standard error", "t": "95 % CI (Student t)",
+               "minmax": "min–max", "bootstrap": "bootstrap 95 % CI", "none": "no band"}
 
 # Every setting of a view, as it appears in the URL (name, default, parser, allowed values).
 SETTINGS = {
@@ -38,7 +38,7 @@ SETTINGS = {
     "measure": Setting("final", str, an.MEASURES),
     "baseline": Setting("", str),
     "target": Setting(None, optional_float),
-    "within": Setting(10.0, float),
+    "within": Setting(10.0, float, bounds=(0.1, 1000.0)),
     "pause": Setting(False, flag),
 }
 
@@ -118,10 +118,9 @@ def compare_table(data: StudyData, runs: pd.DataFrame, v: View) -> pd.DataFrame 
     finals = data.finals(v.metric)
     if finals.empty:
         return None
-    table = an.group_table(runs, finals, v.group, v.measure, v.baseline or None,
-                           band="bootstrap")
+    table = an.group_table(runs, finals, v.group, v.measure, v.baseline or None, band="t")
     table = table.rename(columns={"center": f"{v.measure} {v.metric} (mean)", "lo": "CI low",
-                                  "hi": "CI high", "n": "finite seeds",
+                                  "hi": "CI high", "n": "finished seeds",
                                   "diverged": "diverged/failed", "diff": "Δ vs baseline",
                                   "p_improve": "P(better)", "p_value": "Welch p"})
     return table.drop(columns=["mean", "median", "std"], errors="ignore")
@@ -147,12 +146,15 @@ def auto_target(data: StudyData, metric: str) -> float | None:
 def ttt_figures(data: StudyData, runs: pd.DataFrame, v: View,
                 target: float) -> tuple[alt.TopLevelMixin, pd.DataFrame]:
     reached = data.reached(v.metric, target, v.x)
-    per_run = runs[["run_id", "seed"]].assign(group=an.group_key(runs, v.group)).merge(
+    per_run = runs[["run_id", "seed", "status"]].assign(group=an.group_key(runs, v.group)).merge(
         reached, on="run_id")
+    per_run["outcome"] = [an.ttt_outcome(s, r) for s, r in zip(per_run["status"],
+                                                                per_run["reached"], strict=True)]
     chart = charts.ttt_chart(per_run, an.X_TITLES[v.x])
     summary = an.ttt_summary(runs, reached, v.group)
     summary["median"] = summary["median"].map(fmt)
-    return chart, summary.rename(columns={"median": f"median {an.X_TITLES[v.x]} (∞: censored)"})
+    return chart, summary.rename(columns={
+        "median": f"median {an.X_TITLES[v.x]} (∞: not reached)", "not_yet": "still going"})
 
 
 def diagnostic_names(metrics: list[str]) -> list[str]:

@@ -20,6 +20,7 @@ class Setting:
     default: Any
     parse: Callable[[str], Any]
     allowed: tuple | None = None
+    bounds: tuple[float, float] | None = None
 
     def read(self, raw: str | None) -> Any:
         if raw is None:
@@ -29,6 +30,8 @@ class Setting:
         except (TypeError, ValueError):
             return self.default
         if self.allowed is not None and value not in self.allowed:
+            return self.default
+        if self.bounds is not None and not self.bounds[0] <= value <= self.bounds[1]:
             return self.default
         return value
 
@@ -66,20 +69,28 @@ class ViewState:
         return f"view.{name}"
 
     def load(self) -> None:
-        """Seed the widgets from the URL the first time this scope is shown in the session."""
-        if st.session_state.get("view.scope") == self.scope:
-            return
+        """Seed the widgets: from the URL when this scope is new to the session, otherwise
+        only those Streamlit dropped (it forgets a page's widget keys once the page is left),
+        from the URL or else from what this scope last showed."""
+        memory = st.session_state.setdefault("view.memory", {}).setdefault(self.scope, {})
+        fresh = st.session_state.get("view.scope") != self.scope
         st.session_state["view.scope"] = self.scope
         for name, setting in self.settings.items():
-            st.session_state[self.key(name)] = setting.read(st.query_params.get(name))
+            key = self.key(name)
+            if fresh or key not in st.session_state:
+                raw = st.query_params.get(name)
+                st.session_state[key] = (setting.read(raw) if raw is not None or fresh
+                                         else memory.get(name, setting.default))
 
     def value(self, name: str) -> Any:
         return st.session_state.get(self.key(name), self.settings[name].default)
 
     def save(self) -> None:
         """Put every non-default setting in the URL and drop the defaults."""
+        memory = st.session_state.setdefault("view.memory", {}).setdefault(self.scope, {})
         for name, setting in self.settings.items():
             value = self.value(name)
+            memory[name] = value
             if value == setting.default or value is None:
                 if name in st.query_params:
                     del st.query_params[name]

@@ -296,9 +296,11 @@ def expand(spec: StudySpec) -> list[RunSpec]:
 def extra_seed_runs(spec: StudySpec, label: str, seeds: list[int]) -> list[RunSpec]:
     """Runs of one configuration of ``spec`` at more seeds, with the ids ``expand`` would give
     them, so adding a seed twice (or adding one the study already has) names the same run."""
+    try:
+        seeds = StudySpec._seeds_in_range(list(seeds))  # the study's own rule for seeds
+    except ValueError as err:
+        raise SpecError(f"seeds: {err}") from None
     for name, point in spec.grid_points():
         if run_label(name, point) == label:
-            if any(s < 0 for s in seeds):
-                raise SpecError(f"seeds: must be ≥ 0 (got {seeds})")
             return [_run(spec, name, point, seed) for seed in seeds]
     raise SpecError(f"label: no configuration {label!r} in study {spec.study_id}")

@@ -24,12 +24,16 @@ X_AXES = {"step": "step", "examples": "tokens", "wall": "wall_s"}
 X_TITLES = {"step": "step", "examples": "examples / tokens seen", "wall": "training time (s)"}
 GROUP_BYS = ("config", "optimizer")
 MEASURES = ("final", "best")
+# A run's final value is a result only once it finished; one that diverged or failed is a
+# result too (a failure). Queued, running and cancelled runs are counted but not used.
+DONE = ("finished",)
+BROKEN = ("diverged", "failed")
 CHART_ROWS = 4000  # under Altair's 5 000-row guard, with room for a second layer's labels
 
 
 def grid_points(n_groups: int, budget: int = CHART_ROWS) -> int:
     """Grid cells per run so that groups × cells stays within ``budget`` chart rows."""
-    return int(min(200, max(20, budget // max(1, n_groups))))
+    return int(min(200, max(5, budget // max(1, n_groups))))
 
 
 def _check(name: str, value: Any, allowed) -> None:
@@ -181,16 +185,19 @@ def group_curves(curves: pd.DataFrame, runs: pd.DataFrame, group_by: str = "conf
 
 def group_table(runs: pd.DataFrame, finals: pd.DataFrame, group_by: str = "config",
                 measure: str = "final", baseline: str | None = None,
-                band: str = "bootstrap") -> pd.DataFrame:
-    """One row per group: n seeds, how many diverged or failed, centre ± band of the measure
-    and, against ``baseline``, the difference, bootstrap P(improvement) and Welch p-value."""
+                band: str = "t") -> pd.DataFrame:
+    """One row per group: runs, how many diverged or failed and how many have not finished,
+    centre ± band of the measure over the finished runs and, against ``baseline``, the
+    difference, bootstrap P(improvement) and Welch p-value."""
     _check("measure", measure, MEASURES)
     per_run = runs[["run_id", "status"]].assign(group=group_key(runs, group_by)).merge(
         finals[["run_id", measure]], on="run_id", how="left")
-    per_run["bad"] = per_run["status"].isin(["diverged", "failed"])
-    values = per_run[~per_run["bad"]].rename(columns={measure: "value"})
+    per_run["bad"] = per_run["status"].isin(BROKEN)
+    per_run["open"] = ~per_run["status"].isin(DONE + BROKEN)
+    values = per_run[per_run["status"].isin(DONE)].rename(columns={measure: "value"})
     summary = stats.band_frame(values, ["group"], band=band)
-    counts = per_run.groupby("group").agg(runs=("run_id", "count"), diverged=("bad", "sum"))
+    counts = per_run.groupby("group").agg(runs=("run_id", "count"), diverged=("bad", "sum"),
+                                          unfinished=("open", "sum"))
     table = counts.join(summary.set_index("group"), how="left").reset_index()
     if baseline is not None and baseline in set(per_run["group"]):
         base = values.loc[values["group"] == baseline, "value"]
@@ -211,16 +218,21 @@ def lr_sensitivity(runs: pd.DataFrame, finals: pd.DataFrame, measure: str = "fin
     lr = runs["hparams"].map(lambda h: h.get("lr"))
     per_run = runs[["run_id", "optimizer", "label", "status"]].assign(lr=lr).merge(
         finals[["run_id", measure]], on="run_id", how="left").rename(columns={measure: "value"})
-    per_run = per_run[per_run["lr"].notna()]
-    per_run.loc[per_run["status"] == "diverged", "value"] = math.inf
+    per_run = per_run[per_run["lr"].notna() & per_run["status"].isin(DONE + BROKEN)]
+    per_run.loc[per_run["status"].isin(BROKEN), "value"] = math.inf
     points = stats.band_frame(per_run, ["optimizer", "label", "lr"], band=band)
     # A diverged lr must show as a failure, not vanish: count it and give it an infinite centre.
     total = per_run.groupby(["optimizer", "label", "lr"]).size().rename("runs")
     points = total.reset_index().merge(points, on=["optimizer", "label", "lr"], how="left")
+    points["n"] = points["n"].fillna(0).astype(int)
     points["center"] = points["center"].fillna(math.inf)
     # The config without its lr: the points a sensitivity line connects.
     points["family"] = points["label"].map(_without_lr)
-    best_per_lr = points.groupby(["optimizer", "lr"])["center"].min().reset_index()
+    # For tuneability an lr counts only if every seed of it trained: a seed that diverged
+    # makes it unsafe, however good the survivors' mean.
+    points["safe"] = points["center"].where(points["n"] == points["runs"], math.inf)
+    best_per_lr = points.groupby(["optimizer", "lr"])["safe"].min().rename("center") \
+        .reset_index()
     tune = best_per_lr.groupby("optimizer").apply(
         lambda g: stats.tuneability(g["lr"], g["center"], within), include_groups=False
     ).rename("decades").reset_index()
@@ -233,36 +245,50 @@ def _without_lr(label: str) -> str:
     return f"{name}[{','.join(rest)}]" if rest else name
 
 
+def ttt_outcome(status: str, reached: float) -> str:
+    """How a run stands against the target: reached, never (it ended without), or not yet."""
+    if math.isfinite(reached):
+        return "reached"
+    return "never" if status in DONE + BROKEN + ("cancelled",) else "not yet"
+
+
 def ttt_summary(runs: pd.DataFrame, reached: pd.DataFrame,
                 group_by: str = "config") -> pd.DataFrame:
-    """Per group: runs, how many reached the target, and the censored median time."""
-    per_run = runs[["run_id"]].assign(group=group_key(runs, group_by)).merge(reached,
-                                                                              on="run_id")
+    """Per group: runs, how many reached the target, how many are still going without having
+    reached it, and the median time where every run not there (yet) counts as ∞."""
+    per_run = runs[["run_id", "status"]].assign(group=group_key(runs, group_by)).merge(
+        reached, on="run_id")
+    per_run["pending"] = [ttt_outcome(s, r) == "not yet"
+                          for s, r in zip(per_run["status"], per_run["reached"], strict=True)]
     return per_run.groupby("group").agg(
         runs=("run_id", "count"),
         reached=("reached", lambda s: int(np.isfinite(s).sum())),
+        not_yet=("pending", "sum"),
         median=("reached", stats.censored_median),
     ).reset_index()
 
 
 def profile_costs(runs: pd.DataFrame, finals: pd.DataFrame, reached: pd.DataFrame | None = None,
                   measure: str = "final") -> pd.DataFrame:
-    """Each optimizer's cost on each task (a study), for performance profiles: its best config's
-    median over seeds of the final/best metric, or — with ``reached`` — of the time to target.
+    """Each optimizer's cost on each task (a study, by id), for performance profiles: its best
+    config's median over seeds of the final/best metric, or — with ``reached`` — of the time
+    to target. Only runs that ended count; cancelled and unfinished runs are left out.
 
     A diverged or failed run costs ``inf``, so a config that only sometimes diverges pays for it
     in the median rather than by being dropped.
     """
     _check("measure", measure, MEASURES)
-    per_run = runs[["run_id", "study", "workload", "optimizer", "label", "status"]]
+    per_run = runs[["run_id", "study_id", "optimizer", "label", "status"]]
     if reached is not None:
         per_run = per_run.merge(reached.rename(columns={"reached": "cost"}), on="run_id")
     else:
         per_run = per_run.merge(finals[["run_id", measure]].rename(columns={measure: "cost"}),
                                 on="run_id", how="left")
+    per_run = per_run[per_run["status"].isin(DONE + BROKEN)].copy()
     per_run["cost"] = per_run["cost"].astype(float).fillna(math.inf)
-    per_run.loc[per_run["status"].isin(["diverged", "failed"]), "cost"] = math.inf
-    per_run["task"] = per_run["study"] + " · " + per_run["workload"]
+    per_run.loc[per_run["status"].isin(BROKEN), "cost"] = math.inf
+    # Two studies may share a name and a workload; each is its own task.
+    per_run["task"] = per_run["study_id"]
     per_config = per_run.groupby(["task", "optimizer", "label"])["cost"].agg(
         stats.censored_median).reset_index()
     return (per_config.groupby(["task", "optimizer"])["cost"].min().reset_index()

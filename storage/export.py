@@ -22,6 +22,6 @@ def study_parquet(db: Database, study_id: str) -> bytes:
                     FROM metrics m JOIN runs r ON m.run_id = r.run_id AND m.attempt = r.attempt
                     WHERE r.study_id = ?
                     ORDER BY r.position, m.name, m.step
-                ) TO '{path}' (FORMAT parquet, COMPRESSION zstd)
+                ) TO '{str(path).replace("'", "''")}' (FORMAT parquet, COMPRESSION zstd)
             """, [study_id])
         return path.read_bytes()

@@ -91,8 +91,22 @@ def test_finals_group_table_and_baseline(small):
     assert table.loc["A", ["runs", "diverged", "n", "center"]].tolist() == [2, 0, 2, 1.5]
     assert table.loc["B", ["runs", "diverged", "n", "center"]].tolist() == [2, 1, 1, 0.5]
     assert table.loc["B", "diff"] == pytest.approx(-1.0)
-    assert table.loc["B", "p_improve"] == 1.0  # 0.5 beats every resample of {1, 2}
-    assert math.isnan(table.loc["B", "p_value"])  # one seed left: no t-test
+    # One finished seed: no spread, so neither a probability nor a t-test, not a confident 1.
+    assert math.isnan(table.loc["B", "p_improve"]) and math.isnan(table.loc["B", "p_value"])
+    assert list(table["unfinished"]) == [0, 0]
+
+
+def test_unfinished_runs_are_counted_but_not_averaged(db):
+    runs = {"a0": ("A", "adamw", 0, 1e-3, "finished"), "a1": ("A", "adamw", 1, 1e-3, "finished"),
+            "a2": ("A", "adamw", 2, 1e-3, "cancelled"), "a3": ("A", "adamw", 3, 1e-3, "running")}
+    rows = [("a0", 10, "val_loss", 1.0), ("a1", 10, "val_loss", 3.0),
+            ("a2", 5, "val_loss", 50.0), ("a3", 5, "val_loss", 70.0)]
+    _insert(db, "s2", runs, rows)
+    a = an.Analytics(db)
+    table = an.group_table(a.runs(["s2"]), a.finals(["s2"], "val_loss"), band="t").iloc[0]
+    assert (table["runs"], table["unfinished"], table["n"], table["center"]) == (4, 2, 2, 2.0)
+    # Student t with 1 degree of freedom: 2 ± 12.706 · √2 / √2.
+    assert table["hi"] == pytest.approx(2.0 + 12.7062047, rel=1e-6)
 
 
 def test_time_to_target_keeps_censored_runs(small):
@@ -148,7 +162,7 @@ def test_profile_costs_take_each_optimizers_best_config_per_task(db):
     runs = a.runs([s1, s2])
     costs = an.profile_costs(runs, a.finals([s1, s2], "val_loss"))
     assert len(costs) == 4
-    t2 = costs[costs["task"].str.startswith("t2")].set_index("solver")["cost"]
+    t2 = costs[costs["task"] == s2].set_index("solver")["cost"]
     assert math.isinf(t2["muon"]) and math.isfinite(t2["adamw"])
     from storage.stats import performance_profile
 
@@ -161,3 +175,32 @@ def test_lr_lines_connect_configs_that_differ_only_in_lr():
     assert an._without_lr("adamw[lr=0.001]") == "adamw"
     assert an._without_lr("muon[adamw_lr=0.001,lr=0.02,momentum=0.9]") == \
         "muon[adamw_lr=0.001,momentum=0.9]"
+
+
+def test_a_partly_diverged_lr_is_not_counted_as_tuneable(db):
+    runs = {"a": ("adamw[lr=0.001]", "adamw", 0, 1e-3, "finished"),
+            "b": ("adamw[lr=0.001]", "adamw", 1, 1e-3, "finished"),
+            "c": ("adamw[lr=0.01]", "adamw", 0, 1e-2, "finished"),
+            "d": ("adamw[lr=0.01]", "adamw", 1, 1e-2, "diverged")}
+    rows = [("a", 9, "val_loss", 1.0), ("b", 9, "val_loss", 1.0), ("c", 9, "val_loss", 1.02),
+            ("d", 4, "val_loss", math.inf)]
+    _insert(db, "s3", runs, rows)
+    a = an.Analytics(db)
+    points, tune = an.lr_sensitivity(a.runs(["s3"]), a.finals(["s3"], "val_loss"), within=0.1)
+    p = points.set_index("lr")
+    assert (p.at[1e-2, "runs"], p.at[1e-2, "n"], p.at[1e-2, "center"]) == (2, 1, 1.02)
+    assert tune.set_index("optimizer").at["adamw", "decades"] == 0.0
+
+
+def test_runs_still_going_are_not_yet_censored(db):
+    runs = {"a": ("A", "adamw", 0, 1e-3, "finished"), "b": ("A", "adamw", 1, 1e-3, "running"),
+            "c": ("A", "adamw", 2, 1e-3, "cancelled")}
+    rows = [("a", 9, "val_loss", 0.5), ("b", 4, "val_loss", 2.0), ("c", 4, "val_loss", 2.0)]
+    _insert(db, "s4", runs, rows)
+    a = an.Analytics(db)
+    reached = a.time_to_target(["s4"], "val_loss", 1.0)
+    summary = an.ttt_summary(a.runs(["s4"]), reached).iloc[0]
+    assert (summary["runs"], summary["reached"], summary["not_yet"]) == (3, 1, 1)
+    assert [an.ttt_outcome(s, r) for s, r in [("running", math.inf), ("cancelled", math.inf),
+                                               ("finished", 3.0)]] == ["not yet", "never",
+                                                                       "reached"]

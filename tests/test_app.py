@@ -266,3 +266,17 @@ def test_diagnostics_tab_charts_recorded_diagnostics(seeded, services):
     # Two curves, lr sensitivity, time to target, γ, Φ, and η* against the lr used.
     assert len(at.get("vega_lite_chart")) == 7
     assert "diag_gamma" not in at.selectbox(key="view.metric").options
+
+
+def test_view_settings_survive_leaving_the_page_and_coming_back(seeded):
+    at = _study_page(app(), band="bootstrap", within="5000")
+    assert at.number_input(key="view.within").value == 10.0  # out of range: the default
+    at.selectbox(key="view.x").set_value("wall").run()
+    at.switch_page("screens/studies.py").run()
+    at.query_params["study"] = SPEC.study_id
+    at.switch_page("screens/study.py").run()
+    assert not at.exception
+    assert at.selectbox(key="view.band").value == "bootstrap"
+    assert at.selectbox(key="view.x").value == "wall"
+    assert at.selectbox(key="view.metric").value == "val_loss"
+    assert at.number_input(key="view.within").value == 10.0

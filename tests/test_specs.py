@@ -124,3 +124,22 @@ def test_an_optimizers_own_seed_follows_the_run_seed_unless_the_grid_fixes_it():
                                          {"name": "kaon", "grid": {"form": "chaos", "seed": 7}}]))
     runs = expand(spec)
     assert [r.hparams["seed"] for r in runs] == [0, 1, 2, 7, 7, 7]
+
+
+def test_extra_seed_runs_follow_the_study_rules_and_ids():
+    from engine.specs import extra_seed_runs
+
+    spec = parse_study({"name": "x", "workload": {"name": "digits_mlp"},
+                        "optimizers": [{"name": "kaon", "grid": {"lr": [0.01, 0.02]}}],
+                        "seeds": [0, 1]})
+    runs = expand(spec)
+    label = runs[2].label
+    again = extra_seed_runs(spec, label, [1, 5])
+    assert again[0] == runs[3]  # the id and spec expand gives seed 1 of that config
+    assert again[1].hparams["seed"] == 5  # Kaon's draws follow the new seed
+    for bad, msg in (([2**31], r"seeds: every seed must be in \[0, 2\^31\)"),
+                     ([3, 3], "seeds: seeds must be distinct")):
+        with pytest.raises(SpecError, match=msg):
+            extra_seed_runs(spec, label, bad)
+    with pytest.raises(SpecError, match="label: no configuration 'sgd' in study"):
+        extra_seed_runs(spec, "sgd", [1])

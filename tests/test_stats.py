@@ -21,6 +21,15 @@ def test_std_and_sem_bands_by_hand():
     assert sem.loc["a", "hi"] == pytest.approx(2 + 1 / math.sqrt(3))
 
 
+def test_student_t_interval_by_hand():
+    frame = pd.DataFrame({"g": ["a"] * 3 + ["b"], "value": [1.0, 2.0, 3.0, 5.0]})
+    out = stats.band_frame(frame, ["g"], band="t").set_index("g")
+    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, 2) · s / √n with s = 1
+    assert out.loc["a", "lo"] == pytest.approx(2 - half) and out.loc["a", "hi"] == \
+        pytest.approx(2 + half)
+    assert math.isnan(out.loc["b", "lo"])  # one value: no interval
+
+
 def test_minmax_median_and_diverged_seed_left_out():
     frame = pd.DataFrame({"g": ["a"] * 4, "value": [1.0, 2.0, 10.0, math.nan]})
     out = stats.band_frame(frame, ["g"], center="median", band="minmax").iloc[0]
@@ -62,6 +71,7 @@ def test_welch_by_hand_and_against_scipy():
 
 def test_probability_of_improvement():
     assert stats.prob_improvement([1.0, 1.0], [2.0, 2.0]) == 1.0
+    assert math.isnan(stats.prob_improvement([1.0], [2.0, 2.0]))  # one seed: no evidence
     assert stats.prob_improvement([3.0, 3.0], [2.0, 2.0]) == 0.0
     # Candidate means 1, 2, 3 w.p. ¼, ½, ¼ against a constant 2: ¼ + ½·½ = ½.
     assert stats.prob_improvement([1.0, 3.0], [2.0, 2.0]) == pytest.approx(0.5, abs=0.02)

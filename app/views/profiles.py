@@ -76,4 +76,5 @@ def render() -> None:
     st.caption(f"{table['task'].nunique()} tasks. Each optimizer's cost on a task is its best "
                "config's median over seeds; a diverged run costs ∞ and is never within τ.")
     wide = table.pivot(index="task", columns="solver", values="cost")
+    wide.index = [f"{names.at[t, 'name']} · {names.at[t, 'workload']} ({t})" for t in wide.index]
     st.dataframe(wide, key="prof_table", width="stretch")

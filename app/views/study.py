@@ -164,10 +164,10 @@ def _compare_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState
                  column_config={c: st.column_config.NumberColumn(format="%.4g")
                                 for c in table.columns if table[c].dtype.kind == "f"})
     st.caption(
-        "Lower is better. CI: bootstrap 95 % of the mean over seeds. P(better): bootstrap "
-        f"probability that the group's mean beats the baseline's ({v.baseline}); Welch p: "
-        "two-sided t-test, unequal variances. Diverged and failed runs are counted but left "
-        "out of the statistics."
+        "Lower is better. Statistics use finished runs only. CI: Student-t 95 % interval of the "
+        "mean over seeds. P(better): bootstrap probability that the group's mean beats the "
+        f"baseline's ({v.baseline}), needing 2 seeds a side; Welch p: two-sided t-test, unequal "
+        "variances. Diverged/failed and unfinished runs are counted, not averaged."
     )
     out["tables"]["Comparison"] = table
 
@@ -204,8 +204,9 @@ def _ttt_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState,
     st.altair_chart(chart, width="stretch", key="chart_ttt")
     out["charts"][f"Time to {title(v.metric).lower()} ≤ {target:.4g}"] = chart
     st.dataframe(summary, hide_index=True, key="ttt_table")
-    st.caption("Runs that never reach the target are censored (∞), not dropped: a group's "
-               "median is ∞ when half or more of its runs never got there.")
+    st.caption("Runs that have not reached the target are kept, not dropped: censored (∞) if "
+               "they ended, \"not yet\" while they run. A group's median is ∞ when half or "
+               "more of its runs are not there.")
     out["tables"]["Time to target"] = summary
 
 
@@ -269,7 +270,7 @@ def _run_actions(services: Services, study: dict, status: pd.DataFrame,
                    disabled=active.empty):
         for rid in active["run_id"]:
             cancel_run(rid, services.broker_url)
-        st.toast(f"Cancellation requested for {len(active)} run(s).")
+        _after_action(f"Cancellation requested for {len(active)} run(s).")
     if c[1].button(f"Re-run selected ({len(again)})", key="rerun_runs", disabled=again.empty,
                    help="Failed or cancelled runs train again as a new attempt."):
         specs = [RunSpec.model_validate(s) for s in
@@ -277,7 +278,8 @@ def _run_actions(services: Services, study: dict, status: pd.DataFrame,
         others = status.loc[~raw.isin(TERMINAL) & ~status["run_id"].isin(again["run_id"]),
                             "run_id"].tolist()
         n = rerun(specs, services.broker_url, keep_cancelled=others)
-        st.toast(f"{n} run(s) queued again.")
+        _after_action(f"{n} run(s) queued again." if n else
+                      "Those runs are already queued or running.")
     with c[2].popover("Add seeds to a config"):
         labels = list(dict.fromkeys(status["label"]))
         label = st.selectbox("Config", labels, key="seed_label")
@@ -290,11 +292,21 @@ def _run_actions(services: Services, study: dict, status: pd.DataFrame,
                 spec = parse_study(study["spec"])  # may fail: a workload since removed
                 existing = [RunSpec.model_validate(s) for s in
                             _spec_of(services, study["study_id"], list(status["run_id"]))]
-                sub = add_seeds(spec, existing, label, seeds, services.broker_url)
+                others = status.loc[~raw.isin(TERMINAL), "run_id"].tolist()
+                sub = add_seeds(spec, existing, label, seeds, services.broker_url,
+                                keep_cancelled=others)
             except SpecError as err:
                 st.error(str(err))
             else:
-                st.toast(f"{sub.queued} new run(s) of {label} queued.")
+                _after_action(f"{sub.queued} new run(s) of {label} queued." if sub.queued else
+                              f"{label} already has seeds {', '.join(map(str, seeds))}.")
+
+
+def _after_action(message: str) -> None:
+    # The action may have made the study active again: redraw the whole page (not only this
+    # fragment) so live refresh, the cancel button and the counts follow.
+    st.session_state["flash"] = message
+    st.rerun(scope="app")
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -340,8 +352,8 @@ def _share(services: Services, study: dict, view: ViewState, out: dict) -> None:
     name = "".join(ch if ch.isalnum() else "-" for ch in study["name"]).strip("-") or sid
     c[0].download_button(
         "Snapshot (one HTML file, opens offline)", key="snapshot",
-        data=lambda: build_snapshot(study["name"], out["meta"], out["charts"], out["tables"],
-                                    study["spec"]),
+        data=lambda: build_snapshot(study["name"], out["meta"], dict(out["charts"]),
+                                    dict(out["tables"]), study["spec"]),
         file_name=f"{name}-snapshot.html", mime="text/html",
     )
     c[1].download_button(
@@ -407,6 +419,8 @@ def show(services: Services, study: dict, readonly: bool = False) -> None:
     def body() -> None:
         if live:
             services.refresh()
+        out["charts"].clear()  # what this run draws, not what an earlier run did
+        out["tables"].clear()
         data = _CachedData(a, study_id, q.data_version(study_id))
         v = View(**{name: view.value(name) for name in View.__dataclass_fields__})
         runs = data.runs()
