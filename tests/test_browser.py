@@ -130,8 +130,15 @@ def _share_and_snapshot(browser, page) -> None:
     """A read-only link shows the study without edit controls; the snapshot opens offline."""
     from playwright.sync_api import expect
 
-    page.get_by_text("Share and export").click()
-    page.get_by_role("button", name="Create a read-only link").click()
+    create = page.get_by_role("button", name="Create a read-only link")
+    for _ in range(10):
+        # The page redraws once as the study ends; a click on the expander during that redraw
+        # can be lost, so open it until its content shows.
+        if create.is_visible():
+            break
+        page.get_by_text("Share and export").click()
+        page.wait_for_timeout(1000)
+    create.click()
     code = page.locator("code", has_text="/shared?token=").first
     expect(code).to_be_visible(timeout=30_000)
     link = code.inner_text().strip()
