@@ -146,7 +146,7 @@ def profile_chart(profile: pd.DataFrame) -> alt.Chart:
                 scale=alt.Scale(type="log")),
         y=alt.Y("rho:Q", title="fraction of tasks within τ× of best",
                 scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("solver:N", title="optimizer"),
+        color=alt.Color("solver:N", title="optimizer", scale=alt.Scale(scheme="tableau10")),
         tooltip=["solver:N", alt.Tooltip("tau:Q", format=".3g"),
                  alt.Tooltip("rho:Q", format=".2f")],
     ).properties(height=300, width="container")
