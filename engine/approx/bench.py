@@ -151,8 +151,20 @@ def _run_one(spec: LabSpec, method, G: Tensor, dtype: torch.dtype, dname: str, r
              polar: bool, gen: torch.Generator, gemm: float, case_id: str,
              result: CaseResult) -> None:
     opts = spec.method_options(method)
-    iterates = run_method(G, method.map, opts, dtype, spec.repeats, gen)
-    peak = peak_extra_bytes(final_call(G, method.map, opts, dtype, gen), G.device)
+    try:
+        iterates = run_method(G, method.map, opts, dtype, spec.repeats, gen)
+        peak = peak_extra_bytes(final_call(G, method.map, opts, dtype, gen), G.device)
+    except (RuntimeError, ValueError, ArithmeticError) as err:
+        # A method that breaks on a case (a failed factorisation, an overflow) is a result
+        # for that case, like a diverged run: one row at iteration 0, and the reason.
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        result.notes.append(f"{method.label} × {dname} on {case_id} failed: {first}")
+        nan_row: list[Any] = [None] * len(RESULT_FIELDS)
+        nan_row[:5] = [case_id, method.label, method.map, dname, 0]
+        nan_row[5:8] = [0, 0, 0.0]
+        nan_row[-1] = False
+        result.results.append(nan_row)
+        return
     target_polar = polar or method.map in POLAR_MAPS
     for j, it in enumerate(iterates):
         meas = measure(it.X, refs, target_polar and polar)

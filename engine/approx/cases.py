@@ -144,7 +144,7 @@ SPECTRA: dict[str, SpectrumKind] = {
     k.name: k
     for k in (
         SpectrumKind("loguniform", "σ log-uniform on [ℓ, 1]; parameter ℓ (κ = 1/ℓ)",
-                     _b_loguniform, 1e-3, 1e-12, 1.0),
+                     _b_loguniform, 1e-3, 1e-16, 1.0),
         SpectrumKind("powerlaw", "σᵢ = i^(−α); parameter α", _b_powerlaw, 1.0, 0.0, 4.0),
         SpectrumKind("lowrank", f"k values log-uniform on [0.1, 1] plus noise of norm "
                      f"{LOWRANK_NOISE:g}; parameter k", _b_lowrank, 16.0, 1.0, 4096.0),

@@ -120,7 +120,7 @@ class Measurement:
     orth_err: float
     nuclear_frac: float
     finite: bool
-    transfer: list[tuple[float, float]]  # (input σ, φ(σ)), downsampled
+    transfer: list[tuple[float, float]]  # (input σ/σ_max, output φ), downsampled
     spectrum: list[float]  # output σ quantiles (equal mass each)
 
 
@@ -152,7 +152,8 @@ def measure(X: Tensor, refs: list[Reference], polar: bool) -> Measurement:
         nuc_num += float((r.s * phi).sum())
         nuc_den += float(r.s.sum())
         live = ~null_mask(r.s)
-        pairs.append(torch.stack([r.s[live], phi[live]], dim=-1))
+        # x is σ/σ_max: the chart's axis is scale-free, like the methods' own normalisation.
+        pairs.append(torch.stack([r.s[live] / r.s.max(), phi[live]], dim=-1))
     allp = torch.cat(pairs)
     if allp.numel():
         order = torch.argsort(allp[:, 0])
