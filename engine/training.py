@@ -23,6 +23,8 @@ from engine.workloads import Task, get_workload
 
 Row = dict[str, float | int | str]
 Sink = Callable[[list[Row]], None]
+# capture(step, parameter name, "grad" | "momentum", 2-D tensor): see RunSpec.capture_steps.
+Capture = Callable[[int, str, str, torch.Tensor], None]
 
 
 @dataclass
@@ -45,6 +47,19 @@ def _grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     if grads and len({(g.device, g.dtype) for g in grads}) == 1:
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     return torch.nn.utils.get_total_norm(grads)
+
+
+def _capture(capture: Capture, step: int, named: list[tuple[str, torch.Tensor]],
+             opt: torch.optim.Optimizer) -> None:
+    """The gradient and the momentum (heavy-ball buffer, or Adam's first moment) of each
+    matrix parameter, reshaped to 2-D as the spectral optimizers see it."""
+    parts = getattr(opt, "parts", [opt])  # a routed optimizer keeps state in its parts
+    for name, p in named:
+        state = next((o.state[p] for o in parts if p in o.state), {})
+        mom = state.get("momentum_buffer", state.get("exp_avg"))
+        for kind, t in (("grad", p.grad), ("momentum", mom)):
+            if t is not None:
+                capture(step, name, kind, t.detach().reshape(t.shape[0], -1))
 
 
 def lr_multiplier(
@@ -81,6 +96,7 @@ def train(
     run: RunSpec,
     sink: Sink,
     should_stop: Callable[[], bool] | None = None,
+    capture: Capture | None = None,
 ) -> RunResult:
     """Train ``run`` to its budget, sending metric rows to ``sink``.
 
@@ -88,6 +104,8 @@ def train(
     (evaluation and diagnostics excluded) and ``tokens`` the examples (or tokens) seen so far.
     The budget is ``steps``, cut short by ``max_examples`` or ``max_seconds`` when those are
     set. ``should_stop`` is polled between steps for cooperative cancellation.
+    ``capture`` receives each matrix parameter's gradient and momentum at ``run.capture_steps``
+    (off the clock), for the approximation lab.
     """
     device = torch.device(resolve_device(run.device))
     # Workloads seed their own generators; this covers anything that draws from the global one.
@@ -100,6 +118,8 @@ def train(
     peak_lrs = [g["lr"] for g in opt.param_groups]
     per_step = task.examples_per_step
     horizon = planned_steps(run, per_step)
+    matrix_names = [(n, p) for n, p in named if any(p is q for q in task.matrix_params)]
+    capture_at = set(run.capture_steps) if capture is not None else set()
     diagnostics = None
     if run.diagnostics_every:
         if type(task).full_loss is Task.full_loss:
@@ -174,6 +194,8 @@ def train(
             )
         if snapshot is not None:
             emit(step, diagnostics.measure(snapshot))
+        if step in capture_at:
+            _capture(capture, step, matrix_names, opt)
 
         stop = ""
         if step == horizon and horizon < run.steps:

@@ -22,6 +22,7 @@ import duckdb
 import pandas as pd
 
 from storage.db import Database
+from storage.lab import LAB_EVENTS, apply_lab_event
 from storage.stream import TERMINAL, EventStream
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,8 @@ class Recorder:
                     self._apply_study(cur, ev)
                 elif kind == "status":
                     self._apply_status(cur, ev)
+                elif kind in LAB_EVENTS:
+                    apply_lab_event(cur, ev)
                 else:
                     log.warning("recorder: skipping unknown event %r", kind)
             if metric_rows:

@@ -100,8 +100,13 @@ def execute_run(run: RunSpec, broker_url: str, worker: str = "") -> dict[str, An
     if cancel():
         pub.flush("cancelled", "cancelled before start")
         return {"run_id": run.run_id, "status": "cancelled"}
+    capture = None
+    if run.capture_steps:
+        from tasks.lab import capture_publisher
+
+        capture = capture_publisher(pub, run.run_id, attempt)
     try:
-        result = train(run, pub.add, should_stop=cancel)
+        result = train(run, pub.add, should_stop=cancel, capture=capture)
     except Exception as err:
         log.exception("run %s failed", run.run_id)
         last = traceback.format_exception_only(err)[-1].strip()
