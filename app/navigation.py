@@ -14,6 +14,7 @@ PAGES = {
     "studies": ("screens/studies.py", "Studies", ":material/list:", "studies"),
     "new": ("screens/new_study.py", "New study", ":material/add_circle:", "new"),
     "study": ("screens/study.py", "Study", ":material/monitoring:", "study"),
+    "lab": ("screens/lab.py", "Approximation lab", ":material/function:", "lab"),
 }
 
 

@@ -110,6 +110,9 @@ def _problems(spec: LabSpec) -> list[str]:
                         "or a captured matrix")
     elif bool(spec.spectra) != bool(spec.shapes):
         problems.append("spectra, shapes: give both (each spectrum is built at each shape)")
+    caps = [c.label for c in spec.captured]
+    if len(set(caps)) != len(caps):
+        problems.append(f"captured: labels must be distinct (got {caps})")
     labels = [m.label for m in spec.methods]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:
@@ -198,3 +201,44 @@ def default_lab(**overrides: Any) -> LabSpec:
     }
     data.update(overrides)
     return parse_lab(data)
+
+
+def _scalar(text: str) -> Scalar:
+    t = text.strip()
+    if t.lower() in ("true", "false"):
+        return t.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(t)
+        except ValueError:
+            pass
+    return t
+
+
+def parse_method_lines(text: str) -> list[dict[str, Any]]:
+    """Methods written one per line as their labels: ``newton_schulz[schedule=keller,steps=5]``.
+
+    The form is the label the lab shows, so a line can be copied from a chart's legend.
+    ``ValueError`` names the line. Values are read as bool, int, float, else string.
+    """
+    out: list[dict[str, Any]] = []
+    for n, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, bracket, rest = line.partition("[")
+        if bracket and not rest.endswith("]"):
+            raise ValueError(f"methods line {n}: missing ']' in {line!r}")
+        options: dict[str, Scalar] = {}
+        for item in filter(None, (p.strip() for p in rest[:-1].split(","))) if bracket else ():
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise ValueError(f"methods line {n}: expected key=value, got {item!r}")
+            options[key.strip()] = _scalar(value)
+        out.append({"map": name.strip(), "options": options})
+    return out
+
+
+def method_lines(methods: Any) -> str:
+    """The text form of a list of method dicts (inverse of :func:`parse_method_lines`)."""
+    return "\n".join(LabMethod.model_validate(m).label for m in methods)
