@@ -24,6 +24,7 @@ from engine.workloads import Task, get_workload
 Row = dict[str, float | int | str]
 Sink = Callable[[list[Row]], None]
 # capture(step, parameter name, "grad" | "momentum", 2-D tensor): see RunSpec.capture_steps.
+# The tensor is a view of live optimizer state: copy or serialise it before returning.
 Capture = Callable[[int, str, str, torch.Tensor], None]
 
 

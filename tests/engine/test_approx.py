@@ -290,3 +290,27 @@ def test_anchor_qdwh_on_matrices_six_iterations_to_an_fp64_polar_factor(ell):
     assert m.orth_err < 1e-13 and abs(m.band_min - 1) < 1e-13 and abs(m.band_max - 1) < 1e-13
     if ell >= 1e-8:
         assert m.err_spec < 1e3 * torch.finfo(torch.float64).eps / ell
+
+
+def test_training_captures_gradient_and_momentum_of_matrix_parameters_at_chosen_steps():
+    from engine.specs import expand, parse_study
+    from engine.training import train
+
+    spec = parse_study({"name": "cap", "workload": {"name": "digits_mlp",
+                                                     "settings": {"hidden": 16}},
+                        "optimizers": [{"name": "muon"}], "steps": 4, "eval_every": 4,
+                        "capture_steps": [1, 3]})
+    got = []
+    train(expand(spec)[0], lambda rows: None,
+          capture=lambda step, name, kind, t: got.append((step, name, kind, t.clone())))
+    assert sorted({(s, k) for s, _, k, _ in got}) == [(1, "grad"), (1, "momentum"),
+                                                       (3, "grad"), (3, "momentum")]
+    assert {t.ndim for *_, t in got} == {2}
+    # Muon's buffer is an EMA from zero (buf ← β·buf + (1 − β)·g), so at step 1 it is 0.05·g.
+    g1 = {n: t for s, n, k, t in got if s == 1 and k == "grad"}
+    m1 = {n: t for s, n, k, t in got if s == 1 and k == "momentum"}
+    assert g1.keys() == m1.keys() and len(g1) == 2
+    for n in g1:
+        assert torch.allclose(m1[n], 0.05 * g1[n], rtol=1e-5, atol=1e-12)
+    # No capture callback, no cost: the same spec trains without one.
+    assert train(expand(spec)[0], lambda rows: None).status == "finished"
