@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from storage.db import Database
-from storage.stream import TERMINAL
+from storage.stream import TERMINAL, status_change
 
 log = logging.getLogger(__name__)
 LAB_EVENTS = ("lab_job", "lab_status", "lab_case", "matrix")
@@ -76,14 +76,12 @@ def _apply_status(cur, ev: dict[str, Any]) -> None:
         # As for runs: the job's registration precedes its statuses on the one stream.
         log.warning("recorder: status for unknown lab job %s", ev["job_id"])
         return
-    cur_attempt, cur_status = row
-    if attempt < cur_attempt:
-        return
-    if attempt == cur_attempt and cur_status in TERMINAL and status not in TERMINAL:
+    change = status_change(*row, attempt, status)
+    if change is None:
         return
     info = json.dumps(ev["info"]) if ev.get("info") else None
     done = int(ev.get("cases_done") or 0)
-    if attempt > cur_attempt:
+    if change == "new":
         cur.execute(
             "UPDATE lab_jobs SET attempt = ?, status = ?, cases_done = ?, message = ?, "
             "worker = ?, info = ?, started_at = ?, finished_at = NULL, updated_at = ? "

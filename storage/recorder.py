@@ -23,7 +23,7 @@ import pandas as pd
 
 from storage.db import Database
 from storage.lab import LAB_EVENTS, apply_lab_event
-from storage.stream import TERMINAL, EventStream
+from storage.stream import TERMINAL, EventStream, status_change
 
 log = logging.getLogger(__name__)
 
@@ -200,14 +200,10 @@ class Recorder:
         if row is None:
             log.warning("recorder: status for unknown run %s", ev["run_id"])
             return
-        cur_attempt, cur_status = row
-        # Status only moves forward: an older attempt, or a non-terminal event after the
-        # attempt's terminal one (a replay), changes nothing.
-        if attempt < cur_attempt:
+        change = status_change(*row, attempt, status)
+        if change is None:
             return
-        if attempt == cur_attempt and cur_status in TERMINAL and status not in TERMINAL:
-            return
-        if attempt > cur_attempt:
+        if change == "new":
             cur.execute(
                 "UPDATE runs SET attempt = ?, status = ?, last_step = ?, message = ?, worker = ?, "
                 "started_at = ?, finished_at = NULL, updated_at = ? WHERE run_id = ?",

@@ -27,7 +27,7 @@ from engine.approx.spec import LabSpec
 from storage.stream import EventStream, connect, now
 from tasks.celery_app import app, configure
 from tasks.publisher import PROGRESS_KEY, PROGRESS_TTL_S, MetricPublisher
-from tasks.run import ATTEMPT_KEY, SKIPPED_KEY, _CancelFlag, _client, claim
+from tasks.run import ATTEMPT_KEY, _CancelFlag, _client, claim_delivery
 
 log = logging.getLogger(__name__)
 
@@ -214,14 +214,8 @@ def execute_lab(spec: LabSpec, broker_url: str, worker: str = "") -> dict[str, A
           max_retries=None)
 def lab_task(self: Task, spec_json: dict[str, Any]) -> dict[str, Any]:
     spec = LabSpec.model_validate(spec_json)
-    client = _client(self.app.conf.broker_url)
-    verdict = claim(client, spec.job_id)
+    verdict = claim_delivery(self, spec.job_id)
     if verdict != "run":
-        client.hincrby(SKIPPED_KEY, f"{spec.job_id}:{verdict}", 1)
-        if verdict == "duplicate":
-            from tasks.publisher import LEASE_TTL_S
-
-            raise self.retry(countdown=LEASE_TTL_S)
         return {"job_id": spec.job_id, "status": verdict}
     worker = self.request.hostname or socket.gethostname()
     return execute_lab(spec, self.app.conf.broker_url, worker=worker)

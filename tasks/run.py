@@ -89,6 +89,21 @@ def claim(client, run_id: str, lease_ttl_s: float = LEASE_TTL_S, poll_s: float =
         time.sleep(poll_s)
 
 
+def claim_delivery(task: Task, item_id: str) -> str:
+    """``claim`` for a task's delivery of a run or lab job; a delivery that may not run is
+    counted, and a duplicate of a live attempt is kept alive as a retry (raises)."""
+    client = _client(task.app.conf.broker_url)
+    verdict = claim(client, item_id)
+    if verdict != "run":
+        client.hincrby(SKIPPED_KEY, f"{item_id}:{verdict}", 1)
+        log.warning("%s: %s delivery, not run again", item_id, verdict)
+        if verdict == "duplicate":
+            # Keep one copy of the message alive while the live attempt runs: if that attempt
+            # dies before it ends, this copy is the one that restarts it.
+            raise task.retry(countdown=LEASE_TTL_S)
+    return verdict
+
+
 def execute_run(run: RunSpec, broker_url: str, worker: str = "") -> dict[str, Any]:
     """Train ``run`` (its lease already claimed), publishing to the stream at ``broker_url``."""
     client = _client(broker_url)
@@ -121,15 +136,8 @@ def execute_run(run: RunSpec, broker_url: str, worker: str = "") -> dict[str, An
           max_retries=None)
 def run_task(self: Task, run_spec: dict[str, Any]) -> dict[str, Any]:
     run = RunSpec.model_validate(run_spec)
-    client = _client(self.app.conf.broker_url)
-    verdict = claim(client, run.run_id)
+    verdict = claim_delivery(self, run.run_id)
     if verdict != "run":
-        client.hincrby(SKIPPED_KEY, f"{run.run_id}:{verdict}", 1)
-        log.warning("run %s: %s delivery, not trained again", run.run_id, verdict)
-        if verdict == "duplicate":
-            # Keep one copy of the message alive while the live attempt trains: if that attempt
-            # dies before it ends, this copy is the one that restarts the run.
-            raise self.retry(countdown=LEASE_TTL_S)
         return {"run_id": run.run_id, "status": verdict}
     worker = self.request.hostname or socket.gethostname()
     return execute_run(run, self.app.conf.broker_url, worker=worker)

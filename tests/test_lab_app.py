@@ -12,7 +12,6 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app import lab_charts
-from app.services import open_services, set_services
 from engine.approx.bench import run_lab
 from engine.approx.spec import parse_lab
 from storage.lab import LabQueries
@@ -26,15 +25,6 @@ SPEC = parse_lab({
                 {"map": "qdwh"}, {"map": "svd_polar"}],
     "spectra": ["loguniform:1e-3"], "shapes": ["32x24", "16x40"], "repeats": 1,
 })
-
-
-@pytest.fixture
-def services(tmp_path, clean_broker):
-    s = open_services(tmp_path / "data", clean_broker, start_recorder=False)
-    set_services(s)
-    yield s
-    set_services(None)
-    s.close()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_browser import ARTIFACTS, CHROMIUM, stack  # noqa: F401 - the fixture
+from tests.test_browser import ARTIFACTS, launch, stack  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.browser
 
@@ -20,12 +20,7 @@ def test_lab_job_from_the_browser_with_svg_export(stack: str) -> None:  # noqa: 
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--headless", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--no-first-run"],
-        )
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
         try:
             page.goto(f"{stack}/lab")

@@ -163,6 +163,12 @@ def _downloads(key: str, df: pd.DataFrame, chart: alt.TopLevelMixin | None = Non
                                 icon=":material/image:")
 
 
+def _chart(key: str, chart: alt.TopLevelMixin, data: pd.DataFrame, stretch: bool = True
+           ) -> None:
+    st.altair_chart(chart, width="stretch" if stretch else "content", key=f"lab.chart.{key}")
+    _downloads(key, data, chart)
+
+
 @st.cache_data(max_entries=32, show_spinner=False)
 def _results(_lq: LabQueries, job_id: str, version: tuple) -> pd.DataFrame:
     return _lq.results(job_id)
@@ -217,37 +223,25 @@ def _body(lq: LabQueries, job_id: str) -> None:
         last = curves.groupby(["method", "dtype"])["iteration"].transform("max")
         curves = curves[curves["iteration"] == last]
     if not curves.empty:
-        ch = charts.transfer_chart(curves)
-        st.altair_chart(ch, width="stretch", key="lab.chart.transfer")
-        _downloads("transfer", curves, ch)
-
+        _chart("transfer", charts.transfer_chart(curves), curves)
     left, right = st.columns(2)
     with left:
-        ch = charts.error_chart(sel, "iteration", "iteration")
-        st.altair_chart(ch, width="stretch", key="lab.chart.iter")
-        _downloads("error_vs_iteration", sel, ch)
+        _chart("error_vs_iteration", charts.error_chart(sel, "iteration", "iteration"), sel)
     with right:
-        ch = charts.error_chart(sel, "flops", "flops (analytic)", log_x=True)
-        st.altair_chart(ch, width="stretch", key="lab.chart.flops")
-        _downloads("error_vs_flops", sel, ch)
+        _chart("error_vs_flops", charts.error_chart(sel, "flops", "flops (analytic)", log_x=True),
+               sel)
     left, right = st.columns(2)
     with left:
-        ch = charts.error_chart(sel, "matmuls", "matmul count")
-        st.altair_chart(ch, width="stretch", key="lab.chart.matmuls")
-        _downloads("error_vs_matmuls", sel, ch)
+        _chart("error_vs_matmuls", charts.error_chart(sel, "matmuls", "matmul count"), sel)
     with right:
-        ch = charts.pareto_chart(sel)
-        st.altair_chart(ch, width="stretch", key="lab.chart.pareto")
-        _downloads("error_vs_wall_time", sel, ch)
+        _chart("error_vs_wall_time", charts.pareto_chart(sel), sel)
 
     spectrum = lq.curves(job_id, "spectrum", case)
     spectrum = spectrum[spectrum["dtype"].isin(dtypes)]
     if not spectrum.empty:
         last = spectrum.groupby(["method", "dtype"])["iteration"].transform("max")
         spectrum = spectrum[spectrum["iteration"] == last]
-        ch = charts.spectrum_chart(spectrum)
-        st.altair_chart(ch, key="lab.chart.spectrum")
-        _downloads("output_spectrum", spectrum, ch)
+        _chart("output_spectrum", charts.spectrum_chart(spectrum), spectrum, stretch=False)
 
     st.subheader("Iterations to reach a tolerance")
     tol = st.selectbox("tolerance on the relative spectral error", TOLERANCES, index=2,

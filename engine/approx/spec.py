@@ -63,18 +63,12 @@ class LabSpec(_Strict):
     seed: int = Field(0, ge=0, lt=2**31)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
-    @field_validator("spectra")
+    @field_validator("spectra", "shapes")
     @classmethod
-    def _spectra(cls, v: list[str]) -> list[str]:
+    def _names(cls, v: list[str], info) -> list[str]:
+        parse = parse_spectrum if info.field_name == "spectra" else parse_shape
         for s in v:
-            parse_spectrum(s)
-        return v
-
-    @field_validator("shapes")
-    @classmethod
-    def _shapes(cls, v: list[str]) -> list[str]:
-        for s in v:
-            parse_shape(s)
+            parse(s)
         return v
 
     @model_validator(mode="after")
