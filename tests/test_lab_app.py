@@ -138,3 +138,16 @@ def test_charts_export_to_svg_and_png_offline(seeded, services):
     import pandas as pd
 
     assert pd.read_parquet(io.BytesIO(lab_charts.to_parquet(res))).shape == res.shape
+
+
+def test_new_study_form_offers_capture_steps_and_validates_them(services):
+    at = AppTest.from_file(MAIN, default_timeout=60).run()
+    at.switch_page("screens/new_study.py").run()
+    at.number_input(key="steps").set_value(50).run()
+    at.text_input(key="capture_steps").input("10, x").run()
+    assert "capture_steps: 'x' is not a valid int" in at.error[0].value
+    at.text_input(key="capture_steps").input("10, 80").run()
+    assert "capture_steps: every step must be in [1, steps = 50] (got [80])" in at.error[0].value
+    at.text_input(key="capture_steps").input("10, 40").run()
+    assert not at.error
+    assert "capture_steps = [10, 40]" in at.code[0].value
