@@ -151,3 +151,19 @@ def test_new_study_form_offers_capture_steps_and_validates_them(services):
     at.text_input(key="capture_steps").input("10, 40").run()
     assert not at.error
     assert "capture_steps = [10, 40]" in at.code[0].value
+
+
+def test_long_transfer_curves_are_thinned_below_altairs_row_limit():
+    import pandas as pd
+
+    from app.views.lab import MAX_POINTS, _thin
+
+    n_curves, points = 160, 64  # e.g. 8 methods × ~7 iterations × 3 dtypes
+    df = pd.DataFrame([(f"m{c % 8}", f"d{c % 3}", c, i, 10.0 ** (-i / 8), 1.0)
+                       for c in range(n_curves) for i in range(points)],
+                      columns=["method", "dtype", "iteration", "idx", "x", "y"])
+    thin = _thin(df)
+    assert len(thin) <= MAX_POINTS < len(df)
+    ends = thin.groupby(["method", "dtype", "iteration"])["idx"].agg(["min", "max"])
+    assert len(ends) == n_curves and (ends["min"] == 0).all() and (ends["max"] == 63).all()
+    assert _thin(df.head(100)) is not None and len(_thin(df.head(100))) == 100

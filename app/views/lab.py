@@ -163,6 +163,19 @@ def _downloads(key: str, df: pd.DataFrame, chart: alt.TopLevelMixin | None = Non
                                 icon=":material/image:")
 
 
+MAX_POINTS = 4500  # below Altair's 5 000-row guard
+
+
+def _thin(curves: pd.DataFrame) -> pd.DataFrame:
+    """Every k-th point of every curve (ends kept) so a chart stays under ``MAX_POINTS``;
+    the download buttons still carry every point."""
+    k = -(-len(curves) // MAX_POINTS)
+    if k <= 1:
+        return curves
+    last = curves.groupby(["method", "dtype", "iteration"])["idx"].transform("max")
+    return curves[(curves["idx"] % k == 0) | (curves["idx"] == last)]
+
+
 def _chart(key: str, chart: alt.TopLevelMixin, data: pd.DataFrame, stretch: bool = True
            ) -> None:
     st.altair_chart(chart, width="stretch" if stretch else "content", key=f"lab.chart.{key}")
@@ -223,7 +236,7 @@ def _body(lq: LabQueries, job_id: str) -> None:
         last = curves.groupby(["method", "dtype"])["iteration"].transform("max")
         curves = curves[curves["iteration"] == last]
     if not curves.empty:
-        _chart("transfer", charts.transfer_chart(curves), curves)
+        _chart("transfer", charts.transfer_chart(_thin(curves)), curves)
     left, right = st.columns(2)
     with left:
         _chart("error_vs_iteration", charts.error_chart(sel, "iteration", "iteration"), sel)
