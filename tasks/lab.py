@@ -27,7 +27,7 @@ from engine.approx.spec import LabSpec
 from storage.stream import EventStream, connect, now
 from tasks.celery_app import app, configure
 from tasks.publisher import PROGRESS_KEY, PROGRESS_TTL_S, MetricPublisher
-from tasks.run import ATTEMPT_KEY, _CancelFlag, _client, claim_delivery
+from tasks.run import ATTEMPT_KEY, CancelFlag, _client, claim_delivery
 
 log = logging.getLogger(__name__)
 
@@ -175,13 +175,6 @@ def _staged(client, spec: LabSpec) -> dict[str, torch.Tensor]:
     return out
 
 
-class _LabCancel(_CancelFlag):
-    def __init__(self, client, job_id: str) -> None:
-        self.client = client
-        self.keys = [CANCEL_LAB_KEY.format(job_id=job_id)]
-        self._next = 0.0
-
-
 def execute_lab(spec: LabSpec, broker_url: str, worker: str = "") -> dict[str, Any]:
     """Run ``spec`` (its lease already claimed), publishing to the stream at ``broker_url``."""
     client = _client(broker_url)
@@ -190,7 +183,7 @@ def execute_lab(spec: LabSpec, broker_url: str, worker: str = "") -> dict[str, A
     n_cases = len(lab_case_list(spec, None))
     pub = LabPublisher(EventStream(client), job_id, attempt, n_cases, worker=worker)
     pub.flush("running")
-    cancel = _LabCancel(client, job_id)
+    cancel = CancelFlag(client, [CANCEL_LAB_KEY.format(job_id=job_id)])
     notes: list[str] = []
 
     def sink(result: CaseResult) -> None:

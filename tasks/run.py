@@ -47,13 +47,12 @@ def _client(url: str):
     return _clients[key]
 
 
-class _CancelFlag:
+class CancelFlag:
     """Polls the cancel keys at most every ``CANCEL_POLL_S`` seconds (cheap per step)."""
 
-    def __init__(self, client, run: RunSpec) -> None:
+    def __init__(self, client, keys: list[str]) -> None:
         self.client = client
-        self.keys = [CANCEL_RUN_KEY.format(run_id=run.run_id),
-                     CANCEL_STUDY_KEY.format(study_id=run.study_id)]
+        self.keys = keys
         self._next = 0.0
 
     def __call__(self) -> bool:
@@ -111,7 +110,8 @@ def execute_run(run: RunSpec, broker_url: str, worker: str = "") -> dict[str, An
     attempt = int(client.incr(ATTEMPT_KEY.format(run_id=run.run_id)))
     pub = MetricPublisher(stream, run.run_id, attempt, run.steps, worker=worker)
     pub.flush("running")
-    cancel = _CancelFlag(client, run)
+    cancel = CancelFlag(client, [CANCEL_RUN_KEY.format(run_id=run.run_id),
+                                 CANCEL_STUDY_KEY.format(study_id=run.study_id)])
     if cancel():
         pub.flush("cancelled", "cancelled before start")
         return {"run_id": run.run_id, "status": "cancelled"}
