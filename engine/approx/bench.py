@@ -8,10 +8,11 @@ Only the methods are timed; references and measurements run off the clock.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,22 @@ class LabSummary:
     cases_total: int
     wall_s: float
     info: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def off_the_clock() -> Iterator[None]:
+    """One torch thread for the fp64 references and measurements (never timed).
+
+    Their small LAPACK problems (eigvalsh, SVD of ≤ 1024-sided matrices) gain little from a
+    second thread and lose most when the machine is shared: the default job's measurements took
+    2–4× longer with two threads than with one on the 2-core machine (docs/performance.md).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def bf16_matmul_kind(device: torch.device) -> str:
@@ -122,7 +139,8 @@ def run_lab(
             in_dtype = torch.float64 if dtype == torch.float64 else torch.float32
             G = G64.to(in_dtype).to(device)
             if in_dtype not in ref_cache:
-                ref_cache[in_dtype] = references(G, c)
+                with off_the_clock():
+                    ref_cache[in_dtype] = references(G, c)
             refs = ref_cache[in_dtype]
             m, n = sorted(G.shape[-2:])
             gkey = (m, n, dname)
@@ -167,7 +185,8 @@ def _run_one(spec: LabSpec, method, G: Tensor, dtype: torch.dtype, dname: str, r
         return
     target_polar = polar or method.map in POLAR_MAPS
     for j, it in enumerate(iterates):
-        meas = measure(it.X, refs, target_polar and polar)
+        with off_the_clock():
+            meas = measure(it.X, refs, target_polar and polar)
         med = statistics.median(it.times)
         achieved = it.flops / med / 1e9 if med > 0 else float("nan")
         result.results.append([
