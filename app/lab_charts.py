@@ -109,19 +109,22 @@ def pareto_chart(results: pd.DataFrame) -> alt.Chart:
 
 
 def spectrum_chart(spec_pts: pd.DataFrame) -> alt.Chart:
-    """Histogram of output singular values (each stored quantile is an equal share)."""
+    """Histogram of output singular values, one panel per method, dtypes overlaid (each stored
+    quantile is an equal share of the singular values)."""
     data = spec_pts[spec_pts["y"] > 0]
     return (
-        alt.Chart(data, title="Output spectrum (final iteration)")
-        .mark_bar(opacity=0.75)
+        alt.Chart(data)
+        .mark_bar(opacity=0.6)
         .encode(
-            x=alt.X("y:Q", bin=alt.Bin(maxbins=40), title="output σ"),
-            y=alt.Y("count():Q", title="share of singular values (quantiles)"),
-            color=alt.Color("method:N"),
-            row=alt.Row("dtype:N", title=None),
-            tooltip=[alt.Tooltip("method:N"), alt.Tooltip("count():Q")],
+            x=alt.X("y:Q", bin=alt.Bin(maxbins=30), title="output σ"),
+            y=alt.Y("count():Q", title="quantiles", stack=None),
+            color=alt.Color("dtype:N"),
+            tooltip=[alt.Tooltip("method:N"), alt.Tooltip("dtype:N"), alt.Tooltip("count():Q")],
         )
-        .properties(height=160, width=520)
+        .properties(height=120, width=200)
+        .facet(facet=alt.Facet("method:N", title=None), columns=4,
+               title="Output spectrum (final iteration)")
+        .resolve_scale(x="independent")
     )
 
 

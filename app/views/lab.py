@@ -154,7 +154,8 @@ def _downloads(key: str, df: pd.DataFrame, chart: alt.TopLevelMixin | None = Non
                             "application/vnd.apache.parquet", key=f"dl.{key}.parquet",
                             icon=":material/download:")
     if chart is not None:
-        fixed = chart.properties(width=720)
+        # A faceted chart sizes its panels itself; the others get a fixed width for export.
+        fixed = chart if isinstance(chart, alt.FacetChart) else chart.properties(width=720)
         svg: Callable[[], bytes] = lambda: charts.chart_svg(fixed)  # noqa: E731
         png: Callable[[], bytes] = lambda: charts.chart_png(fixed)  # noqa: E731
         cols[2].download_button("SVG", svg, f"{key}.svg", "image/svg+xml", key=f"dl.{key}.svg",
