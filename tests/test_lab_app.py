@@ -63,7 +63,12 @@ def test_lab_page_shows_every_chart_and_the_tolerance_table(seeded):
     assert len(charts) == 6  # transfer, error vs iteration/flops/matmuls, Pareto, spectrum
     assert at.selectbox(key="lab.case").options == ["loguniform:1e-3@16x40",
                                                     "loguniform:1e-3@32x24"]
-    table = at.dataframe[0].value
+    final = at.dataframe[0].value
+    assert list(final["method"]) == ["newton_schulz[schedule=keller,steps=5]", "qdwh",
+                                     "svd_polar"]
+    assert list(final["iteration"])[0] == 5 and (final["peak_mib"] > 0).all()
+    assert (final["err_spec"].iloc[1:] < 1e-4).all()  # QDWH and the SVD reach fp32 accuracy
+    table = at.dataframe[1].value
     assert set(table["method"]) == {"newton_schulz[schedule=keller,steps=5]", "qdwh",
                                     "svd_polar"}
     row = table[table["method"] == "qdwh"].iloc[0]
@@ -71,9 +76,9 @@ def test_lab_page_shows_every_chart_and_the_tolerance_table(seeded):
     keller = table[table["method"].str.startswith("newton")]
     assert keller["iterations"].isna().all()  # Keller ×5 never reaches 1e-3: not convergent
     labels = [b.label for b in at.get("download_button")]
-    assert labels.count("SVG") == 6 and labels.count("PNG") == 6 and labels.count("CSV") == 8
+    assert labels.count("SVG") == 6 and labels.count("PNG") == 6 and labels.count("CSV") == 9
     at.selectbox(key="lab.tol").set_value(1e-1).run()
-    table = at.dataframe[0].value
+    table = at.dataframe[1].value
     assert table.set_index("method").loc["qdwh", "iterations"].min() >= 1
     at.toggle(key="lab.final").set_value(True).run()
     assert not at.exception

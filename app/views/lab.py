@@ -188,6 +188,23 @@ def _results(_lq: LabQueries, job_id: str, version: tuple) -> pd.DataFrame:
     return _lq.results(job_id)
 
 
+def _final_rows(sel: pd.DataFrame) -> pd.DataFrame:
+    """The last iteration of each method × dtype on the selected case, cost beside accuracy."""
+    if sel.empty:
+        return sel
+    last = sel[sel["iteration"] == sel.groupby(["method", "dtype"])["iteration"].transform("max")]
+    out = last.assign(
+        band=[f"[{a:.4g}, {b:.4g}]" if pd.notna(a) else "" for a, b in
+              zip(last["band_min"], last["band_max"], strict=True)],
+        spread=[f"{a:.4f}–{b:.4f}" for a, b in zip(last["wall_min_s"], last["wall_max_s"],
+                                                   strict=True)],
+        peak_mib=last["peak_bytes"] / 2**20,
+    )
+    return out[["method", "dtype", "iteration", "err_spec", "err_rms", "band", "orth_err",
+                "nuclear_frac", "matmuls", "factorisations", "flops", "wall_median_s", "spread",
+                "gflops", "gemm_frac", "peak_mib", "finite"]]
+
+
 def _header(job: dict[str, Any]) -> None:
     info = job["info"] or {}
     st.subheader(job["name"])
@@ -256,6 +273,23 @@ def _body(lq: LabQueries, job_id: str) -> None:
         last = spectrum.groupby(["method", "dtype"])["iteration"].transform("max")
         spectrum = spectrum[spectrum["iteration"] == last]
         _chart("output_spectrum", charts.spectrum_chart(spectrum), spectrum, stretch=False)
+
+    st.subheader("Cost and accuracy at the final iteration")
+    final = _final_rows(sel)
+    st.dataframe(final, hide_index=True, width="stretch", column_config={
+        "err_spec": st.column_config.NumberColumn("error ‖·‖₂", format="%.2e"),
+        "err_rms": st.column_config.NumberColumn("error RMS", format="%.2e"),
+        "band": st.column_config.TextColumn("σ band"),
+        "orth_err": st.column_config.NumberColumn("‖XXᵀ − I‖_F", format="%.2e"),
+        "nuclear_frac": st.column_config.NumberColumn("⟨G,X⟩/‖G‖_*", format="%.4f"),
+        "flops": st.column_config.NumberColumn("flops", format="%.3g"),
+        "wall_median_s": st.column_config.NumberColumn("wall s (median)", format="%.4f"),
+        "spread": st.column_config.TextColumn("wall s (min–max)"),
+        "gflops": st.column_config.NumberColumn("GFLOP/s", format="%.1f"),
+        "gemm_frac": st.column_config.NumberColumn("of GEMM", format="%.2f"),
+        "peak_mib": st.column_config.NumberColumn("peak extra MiB", format="%.2f"),
+    })
+    _downloads("final_iteration", final)
 
     st.subheader("Iterations to reach a tolerance")
     tol = st.selectbox("tolerance on the relative spectral error", TOLERANCES, index=2,
