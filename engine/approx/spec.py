@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from engine.approx.cases import parse_shape, parse_spectrum
 from engine.approx.methods import ITERATION_OPTION, POWER_MAPS, RESERVED_OPTIONS
 from engine.errors import SpecError, format_validation_error
+from engine.specs import run_label
 from engine.spectral import SPECTRAL_MAPS, get_map
 from engine.spectral.schedules import SCHEDULES
 
@@ -38,8 +39,6 @@ class LabMethod(_Strict):
 
     @property
     def label(self) -> str:
-        from engine.specs import run_label
-
         return run_label(self.map, dict(self.options))
 
 
