@@ -15,6 +15,7 @@ PAGES = {
     "new": ("screens/new_study.py", "New study", ":material/add_circle:", "new"),
     "study": ("screens/study.py", "Study", ":material/monitoring:", "study"),
     "profiles": ("screens/profiles.py", "Profiles", ":material/leaderboard:", "profiles"),
+    "lab": ("screens/lab.py", "Approximation lab", ":material/function:", "lab"),
 }
 # Reached only through a share link; the navigation then shows nothing else.
 SHARED = ("screens/shared.py", "Shared study", ":material/share:", "shared")

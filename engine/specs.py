@@ -89,6 +89,10 @@ class RunSpec(_Strict):
     max_seconds: float | None = None
     diagnostics_every: int = 0
     bf16_autocast: bool = True
+    capture_steps: list[int] = Field(default_factory=list)
+
+
+MAX_CAPTURE_STEPS = 20
 
 
 class StudySpec(_Strict):
@@ -126,6 +130,11 @@ class StudySpec(_Strict):
     bf16_autocast: bool = Field(
         True, description="bf16 autocast on CUDA; ignored on CPU and by fp32-only workloads"
     )
+    capture_steps: list[int] = Field(
+        default_factory=list, max_length=MAX_CAPTURE_STEPS,
+        description="steps at which every matrix parameter's gradient and momentum are saved "
+        "for the approximation lab; empty: off",
+    )
 
     @field_validator("seeds")
     @classmethod
@@ -150,7 +159,8 @@ class StudySpec(_Strict):
         # Fields added later are hashed only when set away from their default, so a spec written
         # before they existed keeps its id and resubmitting it stays idempotent.
         for name in _LATER_FIELDS:
-            if data[name] == StudySpec.model_fields[name].default:
+            if data[name] == StudySpec.model_fields[name].get_default(
+                    call_default_factory=True):
                 del data[name]
         canonical = json.dumps(data, sort_keys=True)
         return "st-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
@@ -169,12 +179,16 @@ class StudySpec(_Strict):
 
 _LATER_FIELDS = (
     "lr_schedule", "warmup_steps", "min_lr_ratio", "grad_clip", "log_grad_norm",
-    "max_examples", "max_seconds", "diagnostics_every", "bf16_autocast",
+    "max_examples", "max_seconds", "diagnostics_every", "bf16_autocast", "capture_steps",
 )
 
 
 def _schedule_problems(spec: StudySpec) -> list[str]:
     problems = []
+    bad = [s for s in spec.capture_steps if not 1 <= s <= spec.steps]
+    if bad:
+        problems.append(f"capture_steps: every step must be in [1, steps = {spec.steps}] "
+                        f"(got {bad})")
     if spec.warmup_steps > spec.steps:
         problems.append(
             f"warmup_steps: must be at most steps ({spec.steps}) (got {spec.warmup_steps})"

@@ -29,6 +29,9 @@ Sink = Callable[[list[Row]], None]
 # holds live tensors (the model's, the optimizer's): serialise it before training goes on.
 Checkpoint = Callable[[int, Callable[[], dict]], None]
 CHECKPOINT_VERSION = 1
+# capture(step, parameter name, "grad" | "momentum", 2-D tensor): see RunSpec.capture_steps.
+# The tensor is a view of live optimizer state: copy or serialise it before returning.
+Capture = Callable[[int, str, str, torch.Tensor], None]
 
 
 @dataclass
@@ -51,6 +54,19 @@ def _grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     if grads and len({(g.device, g.dtype) for g in grads}) == 1:
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     return torch.nn.utils.get_total_norm(grads)
+
+
+def _capture(capture: Capture, step: int, named: list[tuple[str, torch.Tensor]],
+             opt: torch.optim.Optimizer) -> None:
+    """The gradient and the momentum (heavy-ball buffer, or Adam's first moment) of each
+    matrix parameter, reshaped to 2-D as the spectral optimizers see it."""
+    parts = getattr(opt, "parts", [opt])  # a routed optimizer keeps state in its parts
+    for name, p in named:
+        state = next((o.state[p] for o in parts if p in o.state), {})
+        mom = state.get("momentum_buffer", state.get("exp_avg"))
+        for kind, t in (("grad", p.grad), ("momentum", mom)):
+            if t is not None:
+                capture(step, name, kind, t.detach().reshape(t.shape[0], -1))
 
 
 def lr_multiplier(
@@ -89,6 +105,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     checkpoint: Checkpoint | None = None,
     resume: dict | None = None,
+    capture: Capture | None = None,
 ) -> RunResult:
     """Train ``run`` to its budget, sending metric rows to ``sink``.
 
@@ -96,7 +113,8 @@ def train(
     (evaluation and diagnostics excluded) and ``tokens`` the examples (or tokens) seen so far.
     The budget is ``steps``, cut short by ``max_examples`` or ``max_seconds`` when those are
     set. ``should_stop`` is polled between steps for cooperative cancellation.
-
+    ``capture`` receives each matrix parameter's gradient and momentum at ``run.capture_steps``
+    (off the clock), for the approximation lab.
     ``checkpoint`` receives the state after each step (see ``Checkpoint``); ``resume`` is such
     a state: training continues after its step and, on the same machine, produces the rows an
     uninterrupted run would have (model, optimizer, batch generator and global RNG restored).
@@ -112,6 +130,8 @@ def train(
     peak_lrs = [g["lr"] for g in opt.param_groups]  # before a resumed state overwrites them
     per_step = task.examples_per_step
     horizon = planned_steps(run, per_step)
+    matrix_names = [(n, p) for n, p in named if any(p is q for q in task.matrix_params)]
+    capture_at = set(run.capture_steps) if capture is not None else set()
     diagnostics = None
     if run.diagnostics_every:
         if type(task).full_loss is Task.full_loss:
@@ -197,6 +217,8 @@ def train(
             )
         if snapshot is not None:
             emit(step, diagnostics.measure(snapshot))
+        if step in capture_at:
+            _capture(capture, step, matrix_names, opt)
 
         stop = ""
         if step == horizon and horizon < run.steps:

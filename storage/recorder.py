@@ -22,7 +22,8 @@ import duckdb
 import pandas as pd
 
 from storage.db import Database
-from storage.stream import TERMINAL, EventStream
+from storage.lab import LAB_EVENTS, apply_lab_event
+from storage.stream import TERMINAL, EventStream, status_change
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,8 @@ class Recorder:
                         self._insert_metrics(cur, metric_rows)
                         metric_rows = []
                     self._apply_status(cur, ev)
+                elif kind in LAB_EVENTS:
+                    apply_lab_event(cur, ev)
                 else:
                     log.warning("recorder: skipping unknown event %r", kind)
             if metric_rows:
@@ -214,13 +217,10 @@ class Recorder:
                 cur.execute("UPDATE runs SET status = ?, message = ?, updated_at = ? "
                             "WHERE run_id = ?", [status, ev.get("message"), ts, ev["run_id"]])
             return
-        # Status only moves forward: an older attempt, or a non-terminal event after the
-        # attempt's terminal one (a replay), changes nothing.
-        if attempt < cur_attempt:
+        change = status_change(cur_attempt, cur_status, attempt, status)
+        if change is None:
             return
-        if attempt == cur_attempt and cur_status in TERMINAL and status not in TERMINAL:
-            return
-        if attempt > cur_attempt:
+        if change == "new":
             cur.execute(
                 "UPDATE runs SET attempt = ?, status = ?, last_step = ?, message = ?, worker = ?, "
                 "started_at = ?, finished_at = NULL, updated_at = ? WHERE run_id = ?",

@@ -57,8 +57,106 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
     ],
+    # 2: the approximation lab (storage/lab.py) and matrices captured from training runs.
     [
-        # Read-only share links: an unguessable token names one study.
+        """
+        CREATE TABLE lab_jobs (
+            job_id      VARCHAR PRIMARY KEY,
+            name        VARCHAR NOT NULL,
+            spec        JSON NOT NULL,
+            n_cases     INTEGER NOT NULL,
+            status      VARCHAR NOT NULL,
+            attempt     INTEGER NOT NULL DEFAULT 0,
+            cases_done  INTEGER NOT NULL DEFAULT 0,
+            message     VARCHAR,
+            worker      VARCHAR,
+            info        JSON,
+            created_at  TIMESTAMPTZ NOT NULL,
+            started_at  TIMESTAMPTZ,
+            finished_at TIMESTAMPTZ,
+            updated_at  TIMESTAMPTZ NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE lab_cases (
+            job_id      VARCHAR NOT NULL,
+            attempt     INTEGER NOT NULL,
+            case_id     VARCHAR NOT NULL,
+            dtype       VARCHAR NOT NULL,
+            source      VARCHAR NOT NULL,
+            spectrum    VARCHAR,
+            shape       VARCHAR,
+            batch       INTEGER,
+            rows        INTEGER,
+            cols        INTEGER,
+            kappa       DOUBLE,
+            l_eff       DOUBLE,
+            sigma_max   DOUBLE,
+            gemm_gflops DOUBLE,
+            PRIMARY KEY (job_id, attempt, case_id, dtype)
+        )
+        """,
+        """
+        CREATE TABLE lab_results (
+            job_id         VARCHAR NOT NULL,
+            attempt        INTEGER NOT NULL,
+            case_id        VARCHAR NOT NULL,
+            method         VARCHAR NOT NULL,
+            map            VARCHAR NOT NULL,
+            dtype          VARCHAR NOT NULL,
+            iteration      INTEGER NOT NULL,
+            matmuls        INTEGER,
+            factorisations INTEGER,
+            flops          DOUBLE,
+            wall_median_s  DOUBLE,
+            wall_min_s     DOUBLE,
+            wall_max_s     DOUBLE,
+            gflops         DOUBLE,
+            gemm_frac      DOUBLE,
+            peak_bytes     BIGINT,
+            err_spec       DOUBLE,
+            err_rms        DOUBLE,
+            band_min       DOUBLE,
+            band_max       DOUBLE,
+            orth_err       DOUBLE,
+            nuclear_frac   DOUBLE,
+            finite         BOOLEAN,
+            PRIMARY KEY (job_id, attempt, case_id, method, dtype, iteration)
+        )
+        """,
+        """
+        CREATE TABLE lab_curves (
+            job_id    VARCHAR NOT NULL,
+            attempt   INTEGER NOT NULL,
+            case_id   VARCHAR NOT NULL,
+            method    VARCHAR NOT NULL,
+            dtype     VARCHAR NOT NULL,
+            iteration INTEGER NOT NULL,
+            kind      VARCHAR NOT NULL,
+            idx       INTEGER NOT NULL,
+            x         DOUBLE,
+            y         DOUBLE,
+            PRIMARY KEY (job_id, attempt, case_id, method, dtype, iteration, kind, idx)
+        )
+        """,
+        """
+        CREATE TABLE captured_matrices (
+            matrix_id  VARCHAR PRIMARY KEY,
+            run_id     VARCHAR NOT NULL,
+            attempt    INTEGER NOT NULL,
+            step       INTEGER NOT NULL,
+            param      VARCHAR NOT NULL,
+            kind       VARCHAR NOT NULL,
+            rows       INTEGER NOT NULL,
+            cols       INTEGER NOT NULL,
+            dtype      VARCHAR NOT NULL,
+            data       BLOB NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL
+        )
+        """,
+    ],
+    # 3: read-only share links: an unguessable token names one study.
+    [
         """
         CREATE TABLE shares (
             token      VARCHAR PRIMARY KEY,

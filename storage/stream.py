@@ -90,5 +90,19 @@ class EventStream:
         self.ack([entry_id])
 
 
+def status_change(cur_attempt: int, cur_status: str, attempt: int, status: str) -> str | None:
+    """How a status event applies to a run or job now at (cur_attempt, cur_status):
+    ``"new"`` (a later attempt starts over), ``"same"`` (this attempt moves on) or None.
+
+    Status only moves forward: an older attempt, or a non-terminal event after the attempt's
+    terminal one (a replay), changes nothing.
+    """
+    if attempt < cur_attempt:
+        return None
+    if attempt == cur_attempt and cur_status in TERMINAL and status not in TERMINAL:
+        return None
+    return "new" if attempt > cur_attempt else "same"
+
+
 def now() -> float:
     return time.time()

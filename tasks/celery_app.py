@@ -19,7 +19,7 @@ from tasks.broker import ENV_BROKER
 # message that waits for the run to end, so keep this well above a typical run.
 VISIBILITY_TIMEOUT_S = int(os.environ.get("APPROXIMANT_VISIBILITY_TIMEOUT_S", 3600))
 
-app = Celery("approximant", include=["tasks.run"])
+app = Celery("approximant", include=["tasks.run", "tasks.lab"])
 app.conf.update(
     broker_url=os.environ.get(ENV_BROKER, "redis://127.0.0.1:6379/0"),
     result_backend=None,

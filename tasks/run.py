@@ -58,13 +58,12 @@ def _client(url: str):
     return _clients[key]
 
 
-class _CancelFlag:
+class CancelFlag:
     """Polls the cancel keys at most every ``CANCEL_POLL_S`` seconds (cheap per step)."""
 
-    def __init__(self, client, run: RunSpec) -> None:
+    def __init__(self, client, keys: list[str]) -> None:
         self.client = client
-        self.keys = [CANCEL_RUN_KEY.format(run_id=run.run_id),
-                     CANCEL_STUDY_KEY.format(study_id=run.study_id)]
+        self.keys = keys
         self._next = 0.0
 
     def __call__(self) -> bool:
@@ -140,6 +139,21 @@ def _resume_state(client, run: RunSpec) -> dict | None:
     return state if state.get("run_id") == run.run_id else None
 
 
+def claim_delivery(task: Task, item_id: str) -> str:
+    """``claim`` for a task's delivery of a run or lab job; a delivery that may not run is
+    counted, and a duplicate of a live attempt is kept alive as a retry (raises)."""
+    client = _client(task.app.conf.broker_url)
+    verdict = claim(client, item_id)
+    if verdict != "run":
+        client.hincrby(SKIPPED_KEY, f"{item_id}:{verdict}", 1)
+        log.warning("%s: %s delivery, not run again", item_id, verdict)
+        if verdict == "duplicate":
+            # Keep one copy of the message alive while the live attempt runs: if that attempt
+            # dies before it ends, this copy is the one that restarts it.
+            raise task.retry(countdown=LEASE_TTL_S)
+    return verdict
+
+
 def execute_run(run: RunSpec, broker_url: str, worker: str = "") -> dict[str, Any]:
     """Train ``run`` (its lease already claimed), publishing to the stream at ``broker_url``.
 
@@ -158,7 +172,8 @@ def execute_run(run: RunSpec, broker_url: str, worker: str = "") -> dict[str, An
         pub.last_step = resumed_from["step"]
     pub.flush("running", f"resumed from step {resumed_from['step']}" if resumed_from else None,
               resumed_from=resumed_from)
-    cancel = _CancelFlag(client, run)
+    cancel = CancelFlag(client, [CANCEL_RUN_KEY.format(run_id=run.run_id),
+                                 CANCEL_STUDY_KEY.format(study_id=run.study_id)])
     try:
         every_s = checkpoint_every_s()  # the CLI refuses a bad value before workers start
     except ValueError as err:
@@ -174,8 +189,14 @@ def execute_run(run: RunSpec, broker_url: str, worker: str = "") -> dict[str, An
     if cancel():
         end("cancelled", "cancelled before start")
         return {"run_id": run.run_id, "status": "cancelled"}
+    capture = None
+    if run.capture_steps:
+        from tasks.lab import capture_publisher
+
+        capture = capture_publisher(pub, run.run_id, attempt)
     try:
-        result = train(run, pub.add, should_stop=cancel, checkpoint=checkpoint, resume=resume)
+        result = train(run, pub.add, should_stop=cancel, checkpoint=checkpoint, resume=resume,
+                       capture=capture)
     except Exception as err:
         log.exception("run %s failed", run.run_id)
         last = traceback.format_exception_only(err)[-1].strip()
@@ -190,15 +211,8 @@ def execute_run(run: RunSpec, broker_url: str, worker: str = "") -> dict[str, An
           max_retries=None)
 def run_task(self: Task, run_spec: dict[str, Any]) -> dict[str, Any]:
     run = RunSpec.model_validate(run_spec)
-    client = _client(self.app.conf.broker_url)
-    verdict = claim(client, run.run_id)
+    verdict = claim_delivery(self, run.run_id)
     if verdict != "run":
-        client.hincrby(SKIPPED_KEY, f"{run.run_id}:{verdict}", 1)
-        log.warning("run %s: %s delivery, not trained again", run.run_id, verdict)
-        if verdict == "duplicate":
-            # Keep one copy of the message alive while the live attempt trains: if that attempt
-            # dies before it ends, this copy is the one that restarts the run.
-            raise self.retry(countdown=LEASE_TTL_S)
         return {"run_id": run.run_id, "status": verdict}
     worker = self.request.hostname or socket.gethostname()
     return execute_run(run, self.app.conf.broker_url, worker=worker)

@@ -50,3 +50,15 @@ def worker(clean_broker: str):
                       shutdown_timeout=30, loglevel="WARNING",
                       queues=[app.conf.task_default_queue]) as w:
         yield w
+
+
+@pytest.fixture
+def services(tmp_path: Path, clean_broker: str):
+    """The dashboard's services (DuckDB owner, recorder not started) over a real broker."""
+    from app.services import open_services, set_services
+
+    s = open_services(tmp_path / "data", clean_broker, start_recorder=False)
+    set_services(s)
+    yield s
+    set_services(None)
+    s.close()

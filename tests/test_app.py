@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.services import open_services, set_services
 from engine.specs import expand, parse_study
 from storage.stream import EventStream, connect
 
@@ -22,15 +21,6 @@ SPEC = parse_study({
     "steps": 50,
     "eval_every": 10,
 })
-
-
-@pytest.fixture
-def services(tmp_path, clean_broker):
-    s = open_services(tmp_path / "data", clean_broker, start_recorder=False)
-    set_services(s)
-    yield s
-    set_services(None)
-    s.close()
 
 
 @pytest.fixture

@@ -70,6 +70,16 @@ def stack(tmp_path: Path) -> Iterator[str]:
     assert proc.returncode == 0, (tmp_path / "up.log").read_text()[-3000:]
 
 
+def launch(p):
+    """Debian's Chromium, headless, with nothing that would reach the network."""
+    return p.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--no-sandbox", "--headless", "--disable-gpu", "--disable-dev-shm-usage",
+              "--disable-background-networking", "--disable-component-update",
+              "--no-first-run"],
+    )
+
+
 def _fill(page, label: str, value: str) -> None:
     box = page.get_by_label(label, exact=True)
     box.fill(value)
@@ -82,12 +92,7 @@ def test_submit_from_form_and_watch_it_finish(stack: str) -> None:
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--headless", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--no-first-run"],
-        )
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
             page.goto(f"{stack}/new")

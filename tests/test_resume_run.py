@@ -49,7 +49,7 @@ def test_killed_run_resumes_from_its_checkpoint(clean_broker, db, monkeypatch):
                     "spec": SPEC.model_dump(mode="json"),
                     "runs": [run.model_dump(mode="json")], "ts": 1.0}])
 
-    real_flag = run_module._CancelFlag
+    real_flag = run_module.CancelFlag
 
     class KillAtStep17(real_flag):
         calls = 0
@@ -60,13 +60,13 @@ def test_killed_run_resumes_from_its_checkpoint(clean_broker, db, monkeypatch):
                 raise _Killed
             return False
 
-    monkeypatch.setattr(run_module, "_CancelFlag", KillAtStep17)
+    monkeypatch.setattr(run_module, "CancelFlag", KillAtStep17)
     with pytest.raises(_Killed):
         execute_run(run, clean_broker)
     client = connect(clean_broker)
     assert client.exists(CHECKPOINT_KEY.format(run_id=run.run_id))
 
-    monkeypatch.setattr(run_module, "_CancelFlag", real_flag)
+    monkeypatch.setattr(run_module, "CancelFlag", real_flag)
     result = execute_run(run, clean_broker)
     assert result["status"] == "finished" and result["attempt"] == 2
     assert not client.exists(CHECKPOINT_KEY.format(run_id=run.run_id))  # dropped at the end

@@ -134,7 +134,14 @@ def _training_settings() -> dict[str, Any]:
             help="alignment γ, descent potential Φ and η* every k steps (costly)"))
         out["log_grad_norm"] = st.checkbox("record the gradient norm every step", value=True,
                                            key="log_grad_norm")
-    return {k: v for k, v in out.items() if v != fields[k].default}
+        capture = st.text_input(
+            "capture gradient and momentum matrices at steps (for the Approximation lab)", "",
+            key="capture_steps", placeholder="e.g. 100, 500",
+            help=fields["capture_steps"].description)
+        out["capture_steps"] = forms.parse_values(capture, "capture_steps", int) \
+            if capture.strip() else []
+    return {k: v for k, v in out.items()
+            if v != fields[k].get_default(call_default_factory=True)}
 
 
 def _submit(spec: StudySpec) -> None:

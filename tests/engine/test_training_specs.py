@@ -21,7 +21,7 @@ BASE = {
 NEW_FIELDS = {
     "lr_schedule": "constant", "warmup_steps": 0, "min_lr_ratio": 0.0, "grad_clip": None,
     "log_grad_norm": True, "max_examples": None, "max_seconds": None, "diagnostics_every": 0,
-    "bf16_autocast": True,
+    "bf16_autocast": True, "capture_steps": [],
 }
 
 
@@ -79,3 +79,11 @@ def test_out_of_range_settings_are_refused_naming_the_field(field, value, messag
 def test_every_new_field_is_documented():
     for name in NEW_FIELDS:
         assert StudySpec.model_fields[name].description, name
+
+
+def test_capture_steps_are_validated_and_reach_the_run():
+    with pytest.raises(SpecError, match=r"capture_steps: every step must be in \[1, steps = "):
+        parse_study({**BASE, "capture_steps": [0, 3]})
+    spec = parse_study({**BASE, "capture_steps": [2]})
+    assert spec.study_id != parse_study(BASE).study_id
+    assert {r.capture_steps == [2] for r in expand(spec)} == {True}

@@ -1,0 +1,367 @@
+"""Approximation lab: configure a benchmark of the spectral maps, run it on a worker, and read
+transfer functions, convergence, cost and the Pareto front from the results."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from app import lab_charts as charts
+from app.services import Services, get_services
+from engine.approx.cases import GPT2_SHAPES, SPECTRA
+from engine.approx.spec import (
+    DEFAULT_SHAPES,
+    DEFAULT_SPECTRA,
+    POLAR_METHODS,
+    POWER_METHODS,
+    LabSpec,
+    method_lines,
+    parse_lab,
+    parse_method_lines,
+)
+from engine.errors import SpecError
+from storage.lab import LabQueries
+
+REFRESH_S = 2.0
+SPECTRUM_CHOICES = (
+    "loguniform:1e-1", "loguniform:1e-2", "loguniform:1e-3", "loguniform:1e-4",
+    "loguniform:1e-6", "loguniform:1e-8", "powerlaw:0.5", "powerlaw:1", "powerlaw:2",
+    "lowrank:16", "gaussian", "rankdef:0.5", "zero", "orthogonal", "scaled:1e20", "scaled:1e-20",
+)
+SHAPE_CHOICES = ("256x256", "1024x256", "512x1024", "1024x1024", "97x131", "8x64x96",
+                 *GPT2_SHAPES)
+TOLERANCES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-6, 1e-8, 1e-12)
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _captured_label(row: pd.Series) -> str:
+    who = row["label"] if isinstance(row["label"], str) else row["run_id"]
+    return f"{who} · step {row['step']} · {row['param']} · {row['kind']} ({row['rows']}×" \
+           f"{row['cols']})"
+
+
+def _captured_ref(cap: pd.DataFrame, matrix_id: str) -> dict[str, str]:
+    row = cap.set_index("matrix_id").loc[matrix_id]
+    # The label names the case in every chart; the run id's tail keeps two runs apart.
+    return {"key": matrix_id,
+            "label": f"{row['param']} {row['kind']} @{row['step']} · {row['run_id'][-10:]}"}
+
+
+# -- the form ---------------------------------------------------------------------------------
+
+def _form(services: Services, lq: LabQueries) -> None:
+    """Build a job from widgets; show every problem; submit when valid."""
+    c1, c2, c3 = st.columns([2, 1, 1])
+    name = c1.text_input("Name", "approximation lab", key="lab.name")
+    target = c2.selectbox("Target", ["polar", "power"], key="lab.target",
+                          help="polar: U Vᵀ. power: (GGᵀ)^(−c) G = U Σ^(1−2c) Vᵀ.")
+    c = c3.number_input("c", value=0.5 if target == "polar" else 2 / 3, step=1 / 12,
+                        format="%.4f", key=f"lab.c.{target}", disabled=target == "polar")
+    defaults = POLAR_METHODS if target == "polar" else POWER_METHODS
+    methods_text = st.text_area(
+        "Methods, one per line as `map[option=value,…]`", method_lines(defaults), height=200,
+        key=f"lab.methods.{target}",
+        help="Maps: " + ", ".join(sorted(_lab_maps())) + ". Iterations are each map's own "
+        "option (newton_schulz/kaon_chaos: steps; qdwh: max_iter; freon: max_steps); "
+        "schedules: keller, polar_express, cans, classical.",
+    )
+    s1, s2 = st.columns(2)
+    spectra = s1.multiselect("Spectra", SPECTRUM_CHOICES, list(DEFAULT_SPECTRA),
+                             key="lab.spectra")
+    more_spectra = s1.text_input("More spectra (comma-separated)", "", key="lab.spectra_more",
+                                 help="kinds: " + ", ".join(SPECTRA) +
+                                 "; e.g. loguniform:1e-12, powerlaw:1.5")
+    shapes = s2.multiselect("Shapes", SHAPE_CHOICES, list(DEFAULT_SHAPES), key="lab.shapes")
+    more_shapes = s2.text_input("More shapes (comma-separated)", "", key="lab.shapes_more",
+                                help="ROWSxCOLS or BATCHxROWSxCOLS, up to 4096 per side")
+    cap = lq.captured()
+    chosen: list[str] = []
+    if not cap.empty:
+        labels = {r["matrix_id"]: _captured_label(r) for _, r in cap.iterrows()}
+        chosen = st.multiselect("Captured gradient / momentum matrices", list(labels),
+                                format_func=labels.get, key="lab.captured")
+    else:
+        st.caption("No captured matrices yet: set `capture_steps` in a study (TOML) to save "
+                   "its gradient and momentum matrices at those steps.")
+    d1, d2, d3, d4 = st.columns(4)
+    dtypes = d1.multiselect("dtypes", ["float32", "float64", "bfloat16"], ["float32"],
+                            key="lab.dtypes")
+    repeats = d2.number_input("Timed repeats", 1, 50, 3, key="lab.repeats")
+    seed = d3.number_input("Seed", 0, 2**31 - 1, 0, key="lab.seed")
+    device = d4.selectbox("Device", ["auto", "cpu", "cuda"], key="lab.device")
+
+    problems: list[str] = []
+    try:
+        methods = parse_method_lines(methods_text)
+    except ValueError as err:
+        methods, problems = [], [str(err)]
+    data: dict[str, Any] = {
+        "name": name, "target": target, "c": 0.5 if target == "polar" else float(c),
+        "methods": methods, "spectra": [*spectra, *_split(more_spectra)],
+        "shapes": [*shapes, *_split(more_shapes)],
+        "captured": [_captured_ref(cap, k) for k in chosen],
+        "dtypes": dtypes, "repeats": int(repeats), "seed": int(seed), "device": device,
+    }
+    spec: LabSpec | None = None
+    if not problems:
+        try:
+            spec = parse_lab(data)
+        except SpecError as err:
+            problems = str(err).splitlines()
+    if problems:
+        st.error("\n\n".join(problems))
+    else:
+        n_cases = len(spec.cases()) + len(spec.captured)
+        st.info(f"{len(spec.methods)} methods × {n_cases} test matrices × {len(spec.dtypes)} "
+                f"dtypes, {spec.repeats} timed repeats each. Job id `{spec.job_id}`.")
+    can_run = spec is not None and services.broker_url is not None and \
+        services.recorder is not None
+    if st.button("Run", type="primary", disabled=not can_run, key="lab.run"):
+        from tasks.lab import submit_lab
+
+        matrices = {k.key: lq.captured_matrix(k.key) for k in spec.captured}
+        sub = submit_lab(spec, services.broker_url, matrices)
+        st.session_state["lab.flash"] = (
+            f"Queued lab job `{sub.job_id}`." if sub.queued
+            else f"Job `{sub.job_id}` was submitted before: showing its results.")
+        st.query_params["job"] = sub.job_id
+        st.rerun()
+
+
+def _lab_maps() -> list[str]:
+    from engine.approx.spec import LAB_MAPS
+
+    return list(LAB_MAPS)
+
+
+# -- results ----------------------------------------------------------------------------------
+
+def _downloads(key: str, df: pd.DataFrame, chart: alt.TopLevelMixin | None = None) -> None:
+    """CSV and Parquet of a chart's data; SVG and PNG rendered on demand on the server."""
+    cols = st.columns(4 if chart is not None else 2)
+    cols[0].download_button("CSV", charts.to_csv(df), f"{key}.csv", "text/csv",
+                            key=f"dl.{key}.csv", icon=":material/download:")
+    cols[1].download_button("Parquet", charts.to_parquet(df), f"{key}.parquet",
+                            "application/vnd.apache.parquet", key=f"dl.{key}.parquet",
+                            icon=":material/download:")
+    if chart is not None:
+        # A faceted chart sizes its panels itself; the others get a fixed width for export.
+        fixed = chart if isinstance(chart, alt.FacetChart) else chart.properties(width=720)
+        svg: Callable[[], bytes] = lambda: charts.chart_svg(fixed)  # noqa: E731
+        png: Callable[[], bytes] = lambda: charts.chart_png(fixed)  # noqa: E731
+        cols[2].download_button("SVG", svg, f"{key}.svg", "image/svg+xml", key=f"dl.{key}.svg",
+                                icon=":material/image:")
+        cols[3].download_button("PNG", png, f"{key}.png", "image/png", key=f"dl.{key}.png",
+                                icon=":material/image:")
+
+
+MAX_POINTS = 4500  # below Altair's 5 000-row guard
+
+
+def _thin(curves: pd.DataFrame) -> pd.DataFrame:
+    """Every k-th point of every curve (ends kept) so a chart stays under ``MAX_POINTS``;
+    the download buttons still carry every point."""
+    k = -(-len(curves) // MAX_POINTS)
+    if k <= 1:
+        return curves
+    last = curves.groupby(["method", "dtype", "iteration"])["idx"].transform("max")
+    return curves[(curves["idx"] % k == 0) | (curves["idx"] == last)]
+
+
+def _chart(key: str, chart: alt.TopLevelMixin, data: pd.DataFrame, stretch: bool = True
+           ) -> None:
+    st.altair_chart(chart, width="stretch" if stretch else "content", key=f"lab.chart.{key}")
+    _downloads(key, data, chart)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _results(_lq: LabQueries, job_id: str, version: tuple) -> pd.DataFrame:
+    return _lq.results(job_id)
+
+
+def _final_rows(sel: pd.DataFrame) -> pd.DataFrame:
+    """The last iteration of each method × dtype on the selected case, cost beside accuracy."""
+    if sel.empty:
+        return sel
+    last = sel[sel["iteration"] == sel.groupby(["method", "dtype"])["iteration"].transform("max")]
+    out = last.assign(
+        band=[f"[{a:.4g}, {b:.4g}]" if pd.notna(a) else "" for a, b in
+              zip(last["band_min"], last["band_max"], strict=True)],
+        spread=[f"{a:.4f}–{b:.4f}" for a, b in zip(last["wall_min_s"], last["wall_max_s"],
+                                                   strict=True)],
+        peak_mib=last["peak_bytes"] / 2**20,
+    )
+    return out[["method", "dtype", "iteration", "err_spec", "err_rms", "band", "orth_err",
+                "nuclear_frac", "matmuls", "factorisations", "flops", "wall_median_s", "spread",
+                "gflops", "gemm_frac", "peak_mib", "finite"]]
+
+
+def _header(job: dict[str, Any]) -> None:
+    info = job["info"] or {}
+    st.subheader(job["name"])
+    st.progress(job["cases_done"] / max(1, job["n_cases"]),
+                text=f"{job['status']} · {job['cases_done']} of {job['n_cases']} test "
+                     f"matrices · attempt {job['attempt']}")
+    facts = [f"`{job['job_id']}`"]
+    for k in ("device", "torch", "threads", "wall_s"):
+        if k in info:
+            facts.append(f"{k} {info[k]}")
+    st.caption(" · ".join(str(f) for f in facts))
+    if info.get("bf16_matmul"):
+        st.caption(f"bf16 matmuls on this worker: {info['bf16_matmul']}")
+    for note in info.get("skipped", []) + info.get("failures", []):
+        st.warning(note)
+    if job["status"] == "failed":
+        st.error(job["message"] or "failed")
+
+
+def _body(lq: LabQueries, job_id: str) -> None:
+    job = lq.job(job_id)
+    _header(job)
+    res = _results(lq, job_id, lq.data_version(job_id))
+    if res.empty:
+        st.caption("Results appear here as each test matrix is measured.")
+        return
+    cases = list(dict.fromkeys(res["case_id"]))
+    c1, c2, c3 = st.columns([2, 2, 1])
+    case = c1.selectbox("Test matrix", cases, key="lab.case")
+    dtypes = c2.multiselect("dtypes", sorted(set(res["dtype"])), sorted(set(res["dtype"])),
+                            key="lab.show_dtypes")
+    final_only = c3.toggle("final iteration only", value=False, key="lab.final")
+    sel = res[(res["case_id"] == case) & res["dtype"].isin(dtypes)]
+    meta = lq.cases(job_id)
+    m = meta[meta["case_id"] == case]
+    if not m.empty:
+        row = m.iloc[0]
+        st.caption(f"{row['rows']}×{row['cols']}" +
+                   (f" × batch {int(row['batch'])}" if pd.notna(row["batch"]) else "") +
+                   f" · κ = {row['kappa']:.3g} · ℓ_eff = {row['l_eff']:.3g} "
+                   f"(smallest σ of G/‖G‖_F) · σ_max = {row['sigma_max']:.3g} · GEMM "
+                   f"{row['gemm_gflops']:.1f} GFLOP/s")
+
+    curves = lq.curves(job_id, "transfer", case)
+    curves = curves[curves["dtype"].isin(dtypes)]
+    if final_only and not curves.empty:
+        last = curves.groupby(["method", "dtype"])["iteration"].transform("max")
+        curves = curves[curves["iteration"] == last]
+    if not curves.empty:
+        _chart("transfer", charts.transfer_chart(_thin(curves)), curves)
+    left, right = st.columns(2)
+    with left:
+        _chart("error_vs_iteration", charts.error_chart(sel, "iteration", "iteration"), sel)
+    with right:
+        _chart("error_vs_flops", charts.error_chart(sel, "flops", "flops (analytic)", log_x=True),
+               sel)
+    left, right = st.columns(2)
+    with left:
+        _chart("error_vs_matmuls", charts.error_chart(sel, "matmuls", "matmul count"), sel)
+    with right:
+        _chart("error_vs_wall_time", charts.pareto_chart(sel), sel)
+
+    spectrum = lq.curves(job_id, "spectrum", case)
+    spectrum = spectrum[spectrum["dtype"].isin(dtypes)]
+    if not spectrum.empty:
+        last = spectrum.groupby(["method", "dtype"])["iteration"].transform("max")
+        spectrum = spectrum[spectrum["iteration"] == last]
+        _chart("output_spectrum", charts.spectrum_chart(spectrum), spectrum, stretch=False)
+
+    st.subheader("Cost and accuracy at the final iteration")
+    final = _final_rows(sel)
+    st.dataframe(final, hide_index=True, width="stretch", column_config={
+        "err_spec": st.column_config.NumberColumn("error ‖·‖₂", format="%.2e"),
+        "err_rms": st.column_config.NumberColumn("error RMS", format="%.2e"),
+        "band": st.column_config.TextColumn("σ band"),
+        "orth_err": st.column_config.NumberColumn("‖XXᵀ − I‖_F", format="%.2e"),
+        "nuclear_frac": st.column_config.NumberColumn("⟨G,X⟩/‖G‖_*", format="%.4f"),
+        "flops": st.column_config.NumberColumn("flops", format="%.3g"),
+        "wall_median_s": st.column_config.NumberColumn("wall s (median)", format="%.4f"),
+        "spread": st.column_config.TextColumn("wall s (min–max)"),
+        "gflops": st.column_config.NumberColumn("GFLOP/s", format="%.1f"),
+        "gemm_frac": st.column_config.NumberColumn("of GEMM", format="%.2f"),
+        "peak_mib": st.column_config.NumberColumn("peak extra MiB", format="%.2f"),
+    })
+    _downloads("final_iteration", final)
+
+    st.subheader("Iterations to reach a tolerance")
+    tol = st.selectbox("tolerance on the relative spectral error", TOLERANCES, index=2,
+                       format_func=lambda t: f"{t:g}", key="lab.tol")
+    table = lq.iterations_to(job_id, tol)
+    st.dataframe(table, hide_index=True, width="stretch", key="lab.table.tol",
+                 column_config={
+                     "iterations": st.column_config.NumberColumn(
+                         "iterations", help="empty: never reached"),
+                     "wall_s": st.column_config.NumberColumn("wall s", format="%.4f"),
+                     "best_err": st.column_config.NumberColumn("best error", format="%.2e"),
+                 })
+    _downloads("iterations_to_tolerance", table)
+
+    with st.expander("All measurements"):
+        st.dataframe(res, hide_index=True, width="stretch", key="lab.table.all")
+        _downloads("lab_results", res)
+    with st.expander("Spec"):
+        st.code(json.dumps(job["spec"], indent=2), language="json")
+
+
+def _results_section(services: Services, lq: LabQueries) -> None:
+    jobs = lq.jobs()
+    job_id = st.query_params.get("job")
+    if job_id and lq.job(job_id) is None:
+        for _ in range(10 if services.recorder is not None else 0):
+            # Just submitted: its registration may be a moment behind on the stream.
+            time.sleep(0.2)
+            services.refresh()
+            if lq.job(job_id) is not None:
+                jobs = lq.jobs()
+                break
+    if jobs.empty:
+        st.info("No lab jobs yet. Configure one under **New job** and press **Run**.")
+        return
+    ids = list(jobs["job_id"])
+    if job_id not in ids:
+        if job_id:
+            st.error(f"No lab job with id `{job_id}` in {services.data_dir}.")
+        job_id = ids[0]
+    names = jobs.set_index("job_id")
+    job_id = st.selectbox("Job", ids, index=ids.index(job_id), key="lab.job",
+                          format_func=lambda j: f"{names.at[j, 'name']} · {names.at[j, 'status']}"
+                          f" · {j}")
+    st.query_params["job"] = job_id
+    active = lq.is_active(job_id)
+    if active and services.broker_url and st.button("Cancel job", key="lab.cancel"):
+        from tasks.lab import cancel_lab
+
+        cancel_lab(job_id, services.broker_url)
+        st.toast("Cancellation requested: the job stops after its current test matrix.")
+
+    @st.fragment(run_every=REFRESH_S if active else None)
+    def live() -> None:
+        if active:
+            services.refresh()
+        _body(lq, job_id)
+        if active and not lq.is_active(job_id):
+            st.rerun()
+
+    live()
+
+
+def render() -> None:
+    services = get_services()
+    services.refresh()
+    lq = LabQueries(services.db)
+    st.title("Approximation lab")
+    if flash := st.session_state.pop("lab.flash", None):
+        st.success(flash)
+    results_tab, new_tab = st.tabs(["Results", "New job"])
+    with new_tab:
+        _form(services, lq)
+    with results_tab:
+        _results_section(services, lq)

@@ -1,0 +1,214 @@
+"""The lab task: run one approximation-lab job on a worker and publish what it measures.
+
+A job travels as its spec (JSON). Captured matrices live in DuckDB, which a worker must never
+open, so the dashboard stages the chosen ones in Redis (``STAGED_KEY``, compressed, with a TTL)
+when it submits the job, and the worker reads them from there. Results go out one test matrix
+at a time as ``lab_case`` events on the one event stream (see ``storage.lab``), each followed
+by a progress event; delivery, leases and attempts work as for training runs (``tasks.run``).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import socket
+import traceback
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from celery import Task
+
+from engine.approx.bench import CASE_FIELDS, CURVE_FIELDS, RESULT_FIELDS, CaseResult, run_lab
+from engine.approx.bench import case_list as lab_case_list
+from engine.approx.spec import LabSpec
+from storage.stream import EventStream, connect, now
+from tasks.celery_app import app, configure
+from tasks.publisher import PROGRESS_KEY, PROGRESS_TTL_S, MetricPublisher
+from tasks.run import ATTEMPT_KEY, CancelFlag, _client, claim_delivery
+
+log = logging.getLogger(__name__)
+
+STAGED_KEY = "approximant:labmatrix:{matrix_id}"
+STAGED_TTL_S = 7 * 24 * 3600
+CANCEL_LAB_KEY = "approximant:cancel:lab:{job_id}"
+SUBMITTED_LAB_KEY = "approximant:submitted:{job_id}"
+
+
+# -- captured matrices on the wire -------------------------------------------------------------
+
+def encode_matrix(t: torch.Tensor) -> tuple[int, int, str, str]:
+    """(rows, cols, dtype, base64 of zlib of the float32 little-endian bytes) of a 2-D tensor."""
+    a = t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4", copy=False)
+    return a.shape[0], a.shape[1], "float32", base64.b64encode(zlib.compress(a.tobytes(), 1)
+                                                                ).decode()
+
+
+def decode_matrix(rows: int, cols: int, dtype: str, raw: bytes) -> torch.Tensor:
+    if dtype != "float32":
+        raise ValueError(f"captured matrix: unsupported dtype {dtype!r}")
+    return torch.from_numpy(np.frombuffer(raw, dtype="<f4").reshape(rows, cols).copy())
+
+
+def matrix_event(run_id: str, attempt: int, step: int, param: str, kind: str,
+                 t: torch.Tensor) -> dict[str, Any]:
+    rows, cols, dtype, data = encode_matrix(t)
+    return {"type": "matrix", "matrix_id": f"{run_id}:{attempt}:{step}:{param}:{kind}",
+            "run_id": run_id, "attempt": attempt, "step": step, "param": param, "kind": kind,
+            "rows": rows, "cols": cols, "dtype": dtype, "data": data, "ts": now()}
+
+
+# Larger matrices are not captured: one stream entry should stay within tens of megabytes.
+MAX_CAPTURE_ELEMENTS = 8 * 1024 * 1024
+
+
+def capture_publisher(pub: MetricPublisher, run_id: str, attempt: int):
+    """The training loop's ``capture`` callback for a run: each matrix goes out as one event
+    (after the run's buffered metric rows, so the stream keeps its order)."""
+
+    def capture(step: int, param: str, kind: str, t: torch.Tensor) -> None:
+        if t.numel() > MAX_CAPTURE_ELEMENTS:
+            log.warning("run %s: %s %s at step %d has %d elements; not captured", run_id,
+                        param, kind, step, t.numel())
+            return
+        pub.flush("running")
+        pub._send([matrix_event(run_id, attempt, step, param, kind, t)], "running")
+
+    return capture
+
+
+# -- the publisher -----------------------------------------------------------------------------
+
+class LabPublisher(MetricPublisher):
+    """The run publisher's retries, progress record and lease, with lab events instead."""
+
+    def status_event(self, status: str, message: str | None = None,
+                     info: dict[str, Any] | None = None) -> dict[str, Any]:
+        ev = {"type": "lab_status", "job_id": self.run_id, "attempt": self.attempt,
+              "status": status, "cases_done": self.last_step, "message": message,
+              "worker": self.worker, "ts": now()}
+        if info:
+            ev["info"] = info
+        return ev
+
+    def case(self, result: CaseResult) -> None:
+        self.last_step += 1
+        curves = _pack_curves(result.curves)
+        ev = {"type": "lab_case", "job_id": self.run_id, "attempt": self.attempt,
+              "cases": {"columns": list(CASE_FIELDS), "rows": result.cases},
+              "results": {"columns": list(RESULT_FIELDS), "rows": result.results},
+              "curves": {"columns": [*CURVE_FIELDS[:5], "x", "y"], "rows": curves}}
+        self._send([ev, self.status_event("running")], "running")
+
+
+def _pack_curves(rows: list[list[Any]]) -> list[list[Any]]:
+    """One wire row per curve with its points as two lists: a tenth of the JSON of one row
+    per point (case_id, method, dtype, iteration, kind repeat on every point)."""
+    packed: dict[tuple, tuple[list[float], list[float]]] = {}
+    for case_id, method, dtype, it, kind, _idx, x, y in rows:
+        xs, ys = packed.setdefault((case_id, method, dtype, it, kind), ([], []))
+        xs.append(x)
+        ys.append(y)
+    return [[*k, xs, ys] for k, (xs, ys) in packed.items()]
+
+
+# -- submitting --------------------------------------------------------------------------------
+
+@dataclass
+class LabSubmission:
+    job_id: str
+    queued: bool  # False: this exact job was submitted before
+
+
+def submit_lab(spec: LabSpec, broker_url: str,
+               matrices: dict[str, tuple[int, int, str, bytes]] | None = None) -> LabSubmission:
+    """Register and queue a lab job once (resubmitting the same spec queues nothing).
+
+    ``matrices``: for each captured matrix the spec names, (rows, cols, dtype, raw bytes) as
+    read from DuckDB by the dashboard; they are staged in Redis for the worker.
+    """
+    configure(broker_url)
+    client = connect(broker_url)
+    job_id = spec.job_id
+    missing = [c.key for c in spec.captured if not matrices or c.key not in matrices]
+    if missing:
+        raise ValueError(f"captured: no data for {', '.join(missing)}")
+    pipe = client.pipeline(transaction=False)
+    for key, (rows, cols, dtype, raw) in (matrices or {}).items():
+        pipe.set(STAGED_KEY.format(matrix_id=key),
+                 f"{rows}:{cols}:{dtype}:".encode() + zlib.compress(raw, 1), ex=STAGED_TTL_S)
+    pipe.execute()
+    n_cases = len(lab_case_list(spec, None))
+    EventStream(client).append([{"type": "lab_job", "job_id": job_id,
+                                 "spec": spec.model_dump(mode="json"), "n_cases": n_cases,
+                                 "ts": now()}])
+    if not client.set(SUBMITTED_LAB_KEY.format(job_id=job_id), now(), nx=True,
+                      ex=PROGRESS_TTL_S):
+        return LabSubmission(job_id, False)
+    key = PROGRESS_KEY.format(run_id=job_id)
+    client.hset(key, mapping={"status": "queued", "step": 0, "steps": n_cases, "attempt": 0})
+    client.expire(key, PROGRESS_TTL_S)
+    try:
+        lab_task.apply_async(args=[spec.model_dump(mode="json")], task_id=job_id)
+    except Exception:
+        client.delete(SUBMITTED_LAB_KEY.format(job_id=job_id))
+        raise
+    return LabSubmission(job_id, True)
+
+
+def cancel_lab(job_id: str, broker_url: str) -> None:
+    """Ask a lab job to stop after the test matrix it is on."""
+    connect(broker_url).set(CANCEL_LAB_KEY.format(job_id=job_id), now(), ex=PROGRESS_TTL_S)
+
+
+def _staged(client, spec: LabSpec) -> dict[str, torch.Tensor]:
+    out = {}
+    for ref in spec.captured:
+        blob = client.get(STAGED_KEY.format(matrix_id=ref.key))
+        if blob is None:
+            raise ValueError(f"captured: matrix {ref.key!r} is no longer staged in the broker "
+                             "(staged copies expire after 7 days); submit the job again")
+        rows, cols, dtype, rest = blob.split(b":", 3)
+        out[ref.key] = decode_matrix(int(rows), int(cols), dtype.decode(), zlib.decompress(rest))
+    return out
+
+
+def execute_lab(spec: LabSpec, broker_url: str, worker: str = "") -> dict[str, Any]:
+    """Run ``spec`` (its lease already claimed), publishing to the stream at ``broker_url``."""
+    client = _client(broker_url)
+    job_id = spec.job_id
+    attempt = int(client.incr(ATTEMPT_KEY.format(run_id=job_id)))
+    n_cases = len(lab_case_list(spec, None))
+    pub = LabPublisher(EventStream(client), job_id, attempt, n_cases, worker=worker)
+    pub.flush("running")
+    cancel = CancelFlag(client, [CANCEL_LAB_KEY.format(job_id=job_id)])
+    notes: list[str] = []
+
+    def sink(result: CaseResult) -> None:
+        notes.extend(result.notes)
+        pub.case(result)
+
+    try:
+        summary = run_lab(spec, sink, should_stop=cancel, captured=_staged(client, spec))
+    except Exception as err:
+        log.exception("lab job %s failed", job_id)
+        last = traceback.format_exception_only(err)[-1].strip()
+        pub.flush("failed", last)
+        return {"job_id": job_id, "status": "failed", "message": last}
+    info = {**summary.info, "wall_s": round(summary.wall_s, 3), "failures": notes}
+    message = "cancelled by request" if summary.status == "cancelled" else None
+    pub.flush(summary.status, message, info)
+    return {"job_id": job_id, "status": summary.status, "cases": summary.cases_done}
+
+
+@app.task(name="approximant.lab", bind=True, acks_late=True, ignore_result=True,
+          max_retries=None)
+def lab_task(self: Task, spec_json: dict[str, Any]) -> dict[str, Any]:
+    spec = LabSpec.model_validate(spec_json)
+    verdict = claim_delivery(self, spec.job_id)
+    if verdict != "run":
+        return {"job_id": spec.job_id, "status": verdict}
+    worker = self.request.hostname or socket.gethostname()
+    return execute_lab(spec, self.app.conf.broker_url, worker=worker)

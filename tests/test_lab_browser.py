@@ -1,0 +1,55 @@
+"""The Approximation lab in a real headless Chromium: configure a job, watch it finish, export.
+
+Same stack and skip rules as tests/test_browser.py (Debian's Chromium at /usr/bin/chromium).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.test_browser import ARTIFACTS, launch, stack  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.browser
+
+
+def test_lab_job_from_the_browser_with_svg_export(stack: str) -> None:  # noqa: F811
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        try:
+            page.goto(f"{stack}/lab")
+            expect(page.get_by_role("heading", name="Approximation lab")).to_be_visible(
+                timeout=30_000)
+            expect(page.get_by_text("No lab jobs yet")).to_be_visible(timeout=30_000)
+            page.get_by_role("tab", name="New job").click()
+            box = page.locator("textarea").first
+            box.fill("newton_schulz[schedule=polar_express,steps=8]\nsvd_polar")
+            box.press("Control+Enter")
+            repeats = page.get_by_label("Timed repeats", exact=True)
+            repeats.fill("1")
+            repeats.press("Enter")
+            expect(page.get_by_text(re.compile(r"2 methods × 18 test matrices"))).to_be_visible(
+                timeout=30_000)
+            page.get_by_role("button", name="Run", exact=True).click()
+
+            expect(page.get_by_text(re.compile(r"finished · 18 of 18 test matrices"))
+                   ).to_be_visible(timeout=240_000)
+            expect(page.locator(".vega-embed")).to_have_count(6, timeout=30_000)
+            expect(page.locator(".vega-embed canvas, .vega-embed svg").first).to_be_visible(
+                timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "lab.png"), full_page=True)
+            with page.expect_download(timeout=60_000) as dl:
+                page.get_by_role("button", name="SVG").first.click()
+            svg = Path(dl.value.path()).read_bytes()
+            assert svg.startswith(b"<svg") and b"Transfer function" in svg
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "lab-failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
