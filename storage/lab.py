@@ -9,8 +9,9 @@ Events (one JSON object per stream entry, beside the study events of ``storage.s
   rows}, "curves": {columns, rows}}`` — everything measured on one test matrix. A curve row
   carries its points as two lists (x, y), unpacked here into one row per point.
 * ``{"type": "matrix", "matrix_id", "run_id", "attempt", "step", "param", "kind", "rows",
-  "cols", "dtype", "data", "ts"}`` — a gradient or momentum matrix captured from a training
-  run: ``data`` is base64 of zlib-compressed little-endian values.
+  "cols", "dtype", "blob", "ts"}`` — a gradient or momentum matrix captured from a training
+  run; its zlib-compressed little-endian values are in the broker under the key ``blob``
+  (fetched while the event is applied, so a batch never holds many matrices at once).
 
 Every write is idempotent (primary keys with INSERT OR IGNORE), so a replayed entry changes
 nothing. Column names travel with the rows and are inserted BY NAME, so the producer and this
@@ -19,10 +20,10 @@ table agree by name, not by position.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import zlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,8 +42,10 @@ def _ts(ev: dict[str, Any]) -> datetime:
     return datetime.fromtimestamp(float(ts), UTC) if ts else datetime.now(UTC)
 
 
-def apply_lab_event(cur, ev: dict[str, Any]) -> None:
-    """Apply one lab or capture event inside the recorder's transaction."""
+def apply_lab_event(cur, ev: dict[str, Any],
+                    fetch: Callable[[str], bytes | None] | None = None) -> None:
+    """Apply one lab or capture event inside the recorder's transaction; ``fetch`` reads a
+    broker key (a captured matrix's bytes)."""
     kind = ev["type"]
     if kind == "lab_job":
         ts = _ts(ev)
@@ -57,7 +60,11 @@ def apply_lab_event(cur, ev: dict[str, Any]) -> None:
     elif kind == "lab_case":
         _apply_case(cur, ev)
     elif kind == "matrix":
-        data = zlib.decompress(base64.b64decode(ev["data"]))
+        blob = fetch(ev["blob"]) if fetch is not None else None
+        if blob is None:
+            raise ValueError(f"matrix {ev['matrix_id']}: its data ({ev['blob']}) is not in the "
+                             "broker (expired?)")
+        data = zlib.decompress(blob)
         cur.execute(
             "INSERT OR IGNORE INTO captured_matrices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [ev["matrix_id"], ev["run_id"], int(ev["attempt"]), int(ev["step"]), ev["param"],

@@ -158,7 +158,7 @@ class Recorder:
                         metric_rows = []
                     self._apply_status(cur, ev)
                 elif kind in LAB_EVENTS:
-                    apply_lab_event(cur, ev)
+                    apply_lab_event(cur, ev, self.stream.client.get)
                 else:
                     log.warning("recorder: skipping unknown event %r", kind)
             if metric_rows:

@@ -9,15 +9,16 @@ by a progress event; delivery, leases and attempts work as for training runs (``
 
 from __future__ import annotations
 
-import base64
 import logging
 import socket
+import time
 import traceback
 import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import redis
 import torch
 from celery import Task
 
@@ -39,11 +40,15 @@ SUBMITTED_LAB_KEY = "approximant:submitted:{job_id}"
 
 # -- captured matrices on the wire -------------------------------------------------------------
 
-def encode_matrix(t: torch.Tensor) -> tuple[int, int, str, str]:
-    """(rows, cols, dtype, base64 of zlib of the float32 little-endian bytes) of a 2-D tensor."""
+CAPTURE_KEY = "approximant:capture:{matrix_id}"
+# Long enough for a dashboard that was down over a holiday to come back and record it.
+CAPTURE_TTL_S = 30 * 24 * 3600
+
+
+def encode_matrix(t: torch.Tensor) -> tuple[int, int, str, bytes]:
+    """(rows, cols, dtype, zlib of the float32 little-endian bytes) of a 2-D tensor."""
     a = t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4", copy=False)
-    return a.shape[0], a.shape[1], "float32", base64.b64encode(zlib.compress(a.tobytes(), 1)
-                                                                ).decode()
+    return a.shape[0], a.shape[1], "float32", zlib.compress(a.tobytes(), 1)
 
 
 def decode_matrix(rows: int, cols: int, dtype: str, raw: bytes) -> torch.Tensor:
@@ -52,29 +57,46 @@ def decode_matrix(rows: int, cols: int, dtype: str, raw: bytes) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(raw, dtype="<f4").reshape(rows, cols).copy())
 
 
-def matrix_event(run_id: str, attempt: int, step: int, param: str, kind: str,
-                 t: torch.Tensor) -> dict[str, Any]:
+def publish_matrix(pub: MetricPublisher, run_id: str, attempt: int, step: int, param: str,
+                   kind: str, t: torch.Tensor) -> str:
+    """Store the matrix under its own key, then announce it on the stream; return its id.
+
+    The bytes stay out of the stream so that the recorder, which reads up to a thousand entries
+    at a time, never holds more than one matrix in memory; it fetches each by key while it
+    applies the event, and a replay finds the same bytes (the key outlives the stream entry).
+    """
+    matrix_id = f"{run_id}:{attempt}:{step}:{param}:{kind}"
     rows, cols, dtype, data = encode_matrix(t)
-    return {"type": "matrix", "matrix_id": f"{run_id}:{attempt}:{step}:{param}:{kind}",
-            "run_id": run_id, "attempt": attempt, "step": step, "param": param, "kind": kind,
-            "rows": rows, "cols": cols, "dtype": dtype, "data": data, "ts": now()}
+    key = CAPTURE_KEY.format(matrix_id=matrix_id)
+    deadline = time.monotonic() + pub.retry_for_s
+    while True:
+        try:
+            pub.stream.client.set(key, data, ex=CAPTURE_TTL_S)
+            break
+        except (redis.ConnectionError, redis.TimeoutError):
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(1.0)
+    pub.flush("running")  # the run's rows so far go first: the stream keeps its order
+    pub._send([{"type": "matrix", "matrix_id": matrix_id, "run_id": run_id,
+                "attempt": attempt, "step": step, "param": param, "kind": kind, "rows": rows,
+                "cols": cols, "dtype": dtype, "blob": key, "ts": now()}], "running")
+    return matrix_id
 
 
-# Larger matrices are not captured: one stream entry should stay within tens of megabytes.
+# Larger matrices are not captured (32 MB of float32 each at most).
 MAX_CAPTURE_ELEMENTS = 8 * 1024 * 1024
 
 
 def capture_publisher(pub: MetricPublisher, run_id: str, attempt: int):
-    """The training loop's ``capture`` callback for a run: each matrix goes out as one event
-    (after the run's buffered metric rows, so the stream keeps its order)."""
+    """The training loop's ``capture`` callback for a run (see ``publish_matrix``)."""
 
     def capture(step: int, param: str, kind: str, t: torch.Tensor) -> None:
         if t.numel() > MAX_CAPTURE_ELEMENTS:
             log.warning("run %s: %s %s at step %d has %d elements; not captured", run_id,
                         param, kind, step, t.numel())
             return
-        pub.flush("running")
-        pub._send([matrix_event(run_id, attempt, step, param, kind, t)], "running")
+        publish_matrix(pub, run_id, attempt, step, param, kind, t)
 
     return capture
 

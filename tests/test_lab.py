@@ -64,11 +64,20 @@ def test_a_version_1_database_upgrades_to_the_lab_schema(tmp_path):
 def test_matrix_encoding_round_trips_bit_for_bit():
     t = torch.randn(7, 5)
     rows, cols, dtype, data = encode_matrix(t)
-    import base64
     import zlib
 
-    back = decode_matrix(rows, cols, dtype, zlib.decompress(base64.b64decode(data)))
-    assert torch.equal(back, t)
+    assert torch.equal(decode_matrix(rows, cols, dtype, zlib.decompress(data)), t)
+
+
+def test_a_matrix_event_whose_bytes_expired_is_parked_not_lost_silently(clean_broker, db):
+    stream = EventStream(connect(clean_broker))
+    stream.append([{"type": "matrix", "matrix_id": "r:1:3:w:grad", "run_id": "r", "attempt": 1,
+                    "step": 3, "param": "w", "kind": "grad", "rows": 2, "cols": 2,
+                    "dtype": "float32", "blob": "approximant:capture:gone", "ts": 1.0}])
+    Recorder(db, stream).drain()
+    assert LabQueries(db).captured().empty
+    dead = stream.client.xrange(stream.dead_letter)
+    assert len(dead) == 1 and b"r:1:3:w:grad" in dead[0][1][b"e"]
 
 
 @pytest.mark.integration

@@ -43,6 +43,9 @@ def test_lab_job_from_the_browser_with_svg_export(stack: str) -> None:  # noqa: 
             expect(page.locator(".vega-embed")).to_have_count(6, timeout=30_000)
             expect(page.locator(".vega-embed canvas, .vega-embed svg").first).to_be_visible(
                 timeout=30_000)
+            # The page redraws once when the job ends; click after that, not during it.
+            expect(page.get_by_role("button", name="Cancel job")).to_have_count(0,
+                                                                              timeout=30_000)
             page.screenshot(path=str(ARTIFACTS / "lab.png"), full_page=True)
             with page.expect_download(timeout=60_000) as dl:
                 page.get_by_role("button", name="SVG").first.click()

@@ -146,22 +146,25 @@ def _lab_maps() -> list[str]:
 # -- results ----------------------------------------------------------------------------------
 
 def _downloads(key: str, df: pd.DataFrame, chart: alt.TopLevelMixin | None = None) -> None:
-    """CSV and Parquet of a chart's data; SVG and PNG rendered on demand on the server."""
+    """CSV and Parquet of a chart's data; SVG and PNG rendered on demand on the server.
+
+    ``on_click="ignore"``: a download does not rerun the page (nothing on it changes).
+    """
     cols = st.columns(4 if chart is not None else 2)
     cols[0].download_button("CSV", charts.to_csv(df), f"{key}.csv", "text/csv",
-                            key=f"dl.{key}.csv", icon=":material/download:")
+                            key=f"dl.{key}.csv", icon=":material/download:", on_click="ignore")
     cols[1].download_button("Parquet", charts.to_parquet(df), f"{key}.parquet",
                             "application/vnd.apache.parquet", key=f"dl.{key}.parquet",
-                            icon=":material/download:")
+                            icon=":material/download:", on_click="ignore")
     if chart is not None:
         # A faceted chart sizes its panels itself; the others get a fixed width for export.
         fixed = chart if isinstance(chart, alt.FacetChart) else chart.properties(width=720)
         svg: Callable[[], bytes] = lambda: charts.chart_svg(fixed)  # noqa: E731
         png: Callable[[], bytes] = lambda: charts.chart_png(fixed)  # noqa: E731
         cols[2].download_button("SVG", svg, f"{key}.svg", "image/svg+xml", key=f"dl.{key}.svg",
-                                icon=":material/image:")
+                                icon=":material/image:", on_click="ignore")
         cols[3].download_button("PNG", png, f"{key}.png", "image/png", key=f"dl.{key}.png",
-                                icon=":material/image:")
+                                icon=":material/image:", on_click="ignore")
 
 
 MAX_POINTS = 4500  # below Altair's 5 000-row guard
