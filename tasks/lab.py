@@ -107,7 +107,9 @@ class LabPublisher(MetricPublisher):
     """The run publisher's retries, progress record and lease, with lab events instead."""
 
     def status_event(self, status: str, message: str | None = None,
-                     info: dict[str, Any] | None = None) -> dict[str, Any]:
+                     info: dict[str, Any] | None = None,
+                     resumed_from: dict[str, int] | None = None) -> dict[str, Any]:
+        # Lab jobs restart whole (no checkpoints), so ``resumed_from`` is never set for them.
         ev = {"type": "lab_status", "job_id": self.run_id, "attempt": self.attempt,
               "status": status, "cases_done": self.last_step, "message": message,
               "worker": self.worker, "ts": now()}
