@@ -126,12 +126,7 @@ def freon_power(
         stack = torch.cat([rg * Xt.mT, eye.expand(*Xt.shape[:-2], m, m)], dim=-2)
         Q, _ = torch.linalg.qr(stack)  # (…, n′+m, m)
         Q1, Q2 = Q[..., :-m, :], Q[..., -m:, :]
-        Z = Q2.mT @ Q2
-        # P(Z) = Σ_{j=1..k} C(k, j) β^(k−j) d^j Z^(j−1), by Horner in Z.
-        P = math.comb(k, k) * dd**k * eye
-        for j in range(k - 1, 0, -1):
-            P = P @ Z + math.comb(k, j) * beta ** (k - j) * dd**j * eye
-        Xt = beta**k * Xt + (Q2 @ P @ Q1.mT) / rg
+        Xt = beta**k * Xt + _q2_poly(Q2, k, beta, dd) @ (Q1.mT / rg)
         if s != 0:
             u = beta * eye + dd * (Q2 @ Q2.mT)
             if s == 1:
@@ -145,31 +140,72 @@ def freon_power(
     A = 0.5 * (A + A.mT)
     C: Tensor | None = None
     chol_steps = 0
-    for st in schedule[qr_steps:]:
+    chol = schedule[qr_steps:]
+    for idx, st in enumerate(chol):
         beta, dd = st.b / st.g, st.a - st.b / st.g
         Lc = torch.linalg.cholesky(eye + st.g * A)
         # cholesky_solve against I, not cholesky_inverse: the latter is ~25× slower on CPU
         # (measured at 512², torch 2.13) for the same result.
         U = beta * eye + dd * torch.cholesky_solve(eye.expand_as(A), Lc)
         U = 0.5 * (U + U.mT)
-        A = A @ torch.linalg.matrix_power(U, st.p)
-        A = 0.5 * (A + A.mT)
-        Uc = torch.linalg.matrix_power(U, int(frac * st.p))
-        C = Uc if C is None else C @ Uc
+        cp = int(frac * st.p)
+        powers = _powers(U, {st.p, cp})
+        if idx < len(chol) - 1 or not _finish_is_trivial(st.L_next, cf, d):
+            A = A @ powers[st.p]
+            A = 0.5 * (A + A.mT)
+        C = powers[cp] if C is None else C @ powers[cp]
         chol_steps += 1
 
-    # Finish: A_T ≈ s I with s the middle of its bound [L_T, 1]; (sI + sE)^(−c) by 3 terms.
+    # Finish: A_T ≈ s I with s the middle of its bound [L_T, 1]; (sI + sE)^(−c) by a short
+    # binomial series (nothing beyond the scalar when E is below the dtype's resolution).
     L_T = schedule[-1].L_next if schedule else L0
     mid = 0.5 * (1.0 + L_T)
-    E = A / mid - eye
-    Ac = mid**-cf * (eye - cf * E + 0.5 * cf * (cf + 1) * (E @ E))
-    W = Ac
-    if C is not None:
-        W = C @ W
+    if _finish_is_trivial(L_T, cf, d):
+        W: Tensor | None = C * mid**-cf if C is not None else None
+        scale = mid**-cf if C is None else 1.0
+    else:
+        E = A / mid - eye
+        W = mid**-cf * (eye - cf * E + 0.5 * cf * (cf + 1) * (E @ E))
+        if C is not None:
+            W = C @ W
+        scale = 1.0
     if F is not None:
-        W = F @ W
-    Y = (W @ Xt) * alpha ** (1 - 2 * cf)
+        W = F if W is None else F @ W
+    Y = Xt if W is None else W @ Xt
+    Y = Y * (scale * alpha ** (1 - 2 * cf))
     return from_wide(Y[..., :n], transposed), FreonInfo(qr_steps, chol_steps, schedule)
+
+
+def _q2_poly(Q2: Tensor, k: int, beta: float, dd: float) -> Tensor:
+    """``Q₂ · P(Q₂ᵀQ₂)`` with ``P(Z) = Σ_{j=1..k} C(k, j) β^(k−j) d^j Z^(j−1)`` (Horner in Z,
+    starting from the top two coefficients so no GEMM multiplies by a multiple of I)."""
+    coef = [math.comb(k, j) * beta ** (k - j) * dd**j for j in range(1, k + 1)]  # Z^0 … Z^(k−1)
+    if k == 1:
+        return coef[0] * Q2
+    Z = Q2.mT @ Q2
+    eye = torch.eye(Z.shape[-1], dtype=Z.dtype, device=Z.device)
+    P = coef[-1] * Z + coef[-2] * eye
+    for j in range(k - 3, -1, -1):
+        P = P @ Z + coef[j] * eye
+    return Q2 @ P
+
+
+def _powers(U: Tensor, wanted: set[int]) -> dict[int, Tensor]:
+    """``{e: U^e}`` for the exponents in ``wanted`` (1–4), sharing the square."""
+    out = {1: U}
+    if max(wanted) >= 2:
+        out[2] = U @ U
+    if 3 in wanted:
+        out[3] = out[2] @ U
+    if 4 in wanted:
+        out[4] = out[2] @ out[2]
+    return out
+
+
+def _finish_is_trivial(L_T: float, c: float, d: torch.dtype) -> bool:
+    """Whether A_T = s(I + E), ‖E‖ ≤ (1 − L_T)/(1 + L_T), has ``(I + E)^(−c)`` within the
+    dtype's resolution of I, so neither the final Gram nor the series is needed."""
+    return c * (1.0 - L_T) / (1.0 + L_T) <= torch.finfo(d).eps
 
 
 def _bound_scale(norm_bound: float, delta: float, m: int) -> float:
