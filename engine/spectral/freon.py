@@ -20,6 +20,7 @@ least-squares QR. ``c = 0`` is the identity. Derivation and measurements: docs/f
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -28,15 +29,19 @@ import torch
 from torch import Tensor
 
 from engine.spectral.common import check_matrix, from_wide, safe_scale, to_wide, work_dtype
-from engine.spectral.freon_coefficients import ORDERS, FreonStep, freon_schedule
+from engine.spectral.freon_coefficients import ORDERS, FreonStep, freon_schedule, minimax_step
 
 SUPPORTED_C = (Fraction(0), *sorted(ORDERS), Fraction(1))
 
 # Default lower bounds on σ_min/σ_max (the user's assertion about the input): components below
 # them are only partly converged, which acts as a soft floor. Default stopping tolerances on
-# 1 − L keep the binomial finish's error (≈ (1 − L)³/8) below the dtype's resolution.
+# 1 − L: the series finish then needs at most 4 terms (fp32) or 2 (fp64) to reach the dtype's
+# resolution, which is cheaper than the Cholesky step it replaces.
 _DEFAULT_L0 = {torch.float32: 1e-6, torch.float64: 1e-10}
-_DEFAULT_TOL = {torch.float32: 1e-3, torch.float64: 1e-5}
+_DEFAULT_TOL = {torch.float32: 5e-2, torch.float64: 1e-5}
+# The series finish costs J − 1 GEMMs of m×m, a Cholesky step about six: past this order a
+# further step is cheaper (and a caller's loose ``tol`` is only served this far).
+_MAX_FINISH_ORDER = 6
 # Below this Gram lower bound the QR form is used: the Cholesky form needs cond(A) ≲ 1e3.
 QR_SWITCH = 1e-3
 
@@ -48,10 +53,11 @@ class FreonInfo:
     qr_steps: int
     cholesky_steps: int
     schedule: tuple[FreonStep, ...]
+    probes: int = 0  # fp64 Cholesky factorisations spent certifying a larger ℓ₀
 
     @property
     def factorisations(self) -> int:
-        return self.qr_steps + self.cholesky_steps
+        return self.qr_steps + self.cholesky_steps + self.probes
 
 
 def as_fraction(c: float | Fraction) -> Fraction:
@@ -78,6 +84,7 @@ def freon_power(
     tol: float | None = None,
     max_steps: int = 8,
     norm_bound: float | None = None,
+    probe: bool = True,
 ) -> tuple[Tensor, FreonInfo]:
     """``(G Gᵀ + δ² I)^(−c) G`` in ``dtype`` (G's shape) and the iteration record.
 
@@ -88,6 +95,13 @@ def freon_power(
     ``norm_bound``: a caller-known upper bound on ‖G‖_F (1 after Frobenius prescaling). Then
     the scale is ``√(norm_bound² + mδ²)`` with no power iteration and, when δ > 0 and ``l0`` is
     None, ``l0`` is the rigorous ``δ / scale``: everything is known from shapes, no host sync.
+
+    ``probe``: when ℓ₀ would be the default, first try to certify the larger bound that lets a
+    single QR step reach the Cholesky phase, by one Cholesky of the fp64 Gram shifted by ten
+    times that bound (success proves it, up to the Gram's rounding, ≈ 1e-14, far below the
+    margin). It costs one fp64 GEMM and Cholesky, saves a QR step when it succeeds (κ up to
+    ≈ 1e4–1e5, by c), is counted in ``factorisations``, and is skipped when ``max_steps``
+    leaves no room for it. One host sync; pass ``probe=False`` for a data-independent path.
     """
     check_matrix(G)
     if not delta >= 0:
@@ -112,7 +126,16 @@ def freon_power(
     else:
         alpha = safe_scale(X)
     Xt = X / alpha
-    schedule, L0 = _schedule_for(frac, m, d, delta, l0, tol, max_steps, norm_bound)
+    schedule, L0, alts = _plan(frac, m, d, delta, l0, tol, max_steps, norm_bound, probe)
+    probes = 0
+    if alts:
+        X64 = Xt.to(torch.float64)
+        A64 = X64 @ X64.mT  # (…, m, m), shared by the probes
+        for alt, L in alts:
+            probes += 1
+            if _certifies(A64, L):
+                schedule, L0 = alt, L
+                break
     cf = float(frac)
 
     F: Tensor | None = None  # ∏ u^(±1) from the QR phase
@@ -132,8 +155,8 @@ def freon_power(
             if s == 1:
                 F = u if F is None else F @ u
             else:
-                Lu = torch.linalg.cholesky(u)
-                F = torch.cholesky_solve(eye if F is None else F, Lu)
+                inv = torch.cholesky_inverse(torch.linalg.cholesky(u))
+                F = inv if F is None else F @ inv
         qr_steps += 1
 
     A = Xt @ Xt.mT
@@ -144,36 +167,36 @@ def freon_power(
     for idx, st in enumerate(chol):
         beta, dd = st.b / st.g, st.a - st.b / st.g
         Lc = torch.linalg.cholesky(eye + st.g * A)
-        # cholesky_solve against I, not cholesky_inverse: the latter is ~25× slower on CPU
-        # (measured at 512², torch 2.13) for the same result.
-        U = beta * eye + dd * torch.cholesky_solve(eye.expand_as(A), Lc)
+        # cholesky_inverse (LAPACK potri), not cholesky_solve against I: 3.2× faster at 1024²
+        # and 512² on the development CPU (1 and 2 threads, torch 2.13).
+        U = beta * eye + dd * torch.cholesky_inverse(Lc)
         U = 0.5 * (U + U.mT)
         cp = int(frac * st.p)
         powers = _powers(U, {st.p, cp})
-        if idx < len(chol) - 1 or not _finish_is_trivial(st.L_next, cf, d):
+        if idx < len(chol) - 1 or _finish_order(st.L_next, cf, d) > 0:
             A = A @ powers[st.p]
             A = 0.5 * (A + A.mT)
         C = powers[cp] if C is None else C @ powers[cp]
         chol_steps += 1
 
-    # Finish: A_T ≈ s I with s the middle of its bound [L_T, 1]; (sI + sE)^(−c) by a short
-    # binomial series (nothing beyond the scalar when E is below the dtype's resolution).
+    # Finish: A_T = s(I + E) with s the middle of its bound [L_T, 1]; (I + E)^(−c) by its
+    # binomial series, as many terms as the dtype needs (none when E is below its resolution).
     L_T = schedule[-1].L_next if schedule else L0
     mid = 0.5 * (1.0 + L_T)
-    if _finish_is_trivial(L_T, cf, d):
-        W: Tensor | None = C * mid**-cf if C is not None else None
-        scale = mid**-cf if C is None else 1.0
-    else:
+    W: Tensor | None = C
+    J = _finish_order(L_T, cf, d)
+    if J > 0:
         E = A / mid - eye
-        W = mid**-cf * (eye - cf * E + 0.5 * cf * (cf + 1) * (E @ E))
-        if C is not None:
-            W = C @ W
-        scale = 1.0
+        coef = [_binom(-cf, j) for j in range(J + 1)]
+        S = coef[J] * E + coef[J - 1] * eye  # Horner in E
+        for j in range(J - 2, -1, -1):
+            S = S @ E + coef[j] * eye
+        W = S if W is None else W @ S
     if F is not None:
         W = F if W is None else F @ W
     Y = Xt if W is None else W @ Xt
-    Y = Y * (scale * alpha ** (1 - 2 * cf))
-    return from_wide(Y[..., :n], transposed), FreonInfo(qr_steps, chol_steps, schedule)
+    Y = Y * (mid**-cf * alpha ** (1 - 2 * cf))
+    return from_wide(Y[..., :n], transposed), FreonInfo(qr_steps, chol_steps, schedule, probes)
 
 
 def _q2_poly(Q2: Tensor, k: int, beta: float, dd: float) -> Tensor:
@@ -202,10 +225,24 @@ def _powers(U: Tensor, wanted: set[int]) -> dict[int, Tensor]:
     return out
 
 
-def _finish_is_trivial(L_T: float, c: float, d: torch.dtype) -> bool:
-    """Whether A_T = s(I + E), ‖E‖ ≤ (1 − L_T)/(1 + L_T), has ``(I + E)^(−c)`` within the
-    dtype's resolution of I, so neither the final Gram nor the series is needed."""
-    return c * (1.0 - L_T) / (1.0 + L_T) <= torch.finfo(d).eps
+def _binom(x: float, j: int) -> float:
+    """The generalised binomial coefficient C(x, j) for real x."""
+    out = 1.0
+    for i in range(j):
+        out *= (x - i) / (i + 1)
+    return out
+
+
+def _finish_order(L_T: float, c: float, d: torch.dtype) -> int:
+    """Terms J of the series for ``(I + E)^(−c)``, ‖E‖ ≤ e = (1 − L_T)/(1 + L_T), so that the
+    remainder ``|C(−c, J+1)| e^(J+1)/(1 − e)`` is within the dtype's resolution (0: the
+    scalar alone is)."""
+    e = (1.0 - L_T) / (1.0 + L_T)
+    eps = torch.finfo(d).eps
+    for J in range(_MAX_FINISH_ORDER + 1):
+        if abs(_binom(-c, J + 1)) * e ** (J + 1) / (1.0 - e) <= eps:
+            return J
+    return _MAX_FINISH_ORDER
 
 
 def _bound_scale(norm_bound: float, delta: float, m: int) -> float:
@@ -234,6 +271,61 @@ def _schedule_for(
     return freon_schedule(frac, L0, tol_, QR_SWITCH, max_steps), L0
 
 
+def _plan(
+    frac: Fraction, m: int, d: torch.dtype, delta: float, l0: float | None,
+    tol: float | None, max_steps: int, norm_bound: float | None, probe: bool,
+) -> tuple[tuple[FreonStep, ...], float, tuple[tuple[tuple[FreonStep, ...], float], ...]]:
+    """``(schedule, L0, alternatives)``: each alternative ``(schedule, L)`` is what a probe
+    proving ``λ_min ≥ L`` buys, largest L first; empty when no probe applies or pays."""
+    schedule, L0 = _schedule_for(frac, m, d, delta, l0, tol, max_steps, norm_bound)
+    default_l0 = l0 is None and not (delta > 0 and norm_bound is not None)
+    if not (probe and default_l0):
+        return schedule, L0, ()
+    ladder = sorted({*PROBE_LADDER, one_qr_step_bound(ORDERS[frac][0], QR_SWITCH)},
+                    reverse=True)
+    budget = max_steps - len(ladder)  # every probe may be spent before the iteration starts
+    if len(schedule) > budget:
+        return schedule, L0, ()
+    tol_ = tol if tol is not None else _DEFAULT_TOL[d]
+    qr = sum(st.kind == "qr" for st in schedule)
+    alts = []
+    for L in ladder:
+        alt = freon_schedule(frac, L, tol_, QR_SWITCH, budget)
+        if L > L0 and sum(st.kind == "qr" for st in alt) < qr:
+            alts.append((alt, L))
+    return schedule, L0, tuple(alts)
+
+
+@functools.lru_cache(maxsize=16)
+def one_qr_step_bound(p: int, switch: float) -> float:
+    """The smallest L on the grid 10^(k/4) from which one order-p QR step reaches ``switch``
+    (the Cholesky phase). Solved on first use, never at import."""
+    for k in range(-80, 1):
+        L = 10.0 ** (k / 4)
+        if minimax_step(p, L)[3] >= switch:
+            return L
+    return 1.0
+
+
+# The probe shifts the Gram by this multiple of the bound it certifies: the margin covers the
+# fp64 Gram's rounding (≈ √n·eps₆₄ relative, ~1e-14) many times over at the bounds used
+# (≥ 5e-12).
+PROBE_MARGIN = 10.0
+# Bounds tried, largest first, before the one-QR-step bound of the order. L = 1e-6 (κ ≲ 300)
+# leaves one QR step that lands the Gram well inside the Cholesky phase (L ≈ 0.03–0.06),
+# which keeps fp32 accurate to ≈ 1e-5; the one-step bound lands it at L ≈ 1e-3, where fp32
+# ends near 3e-4.
+PROBE_LADDER = (1e-6,)
+
+
+def _certifies(A64: Tensor, L: float) -> bool:
+    """Whether every Gram in ``A64`` (fp64) has eigenvalues ≥ L: a Cholesky of it shifted by
+    ``PROBE_MARGIN·L`` succeeds only if its smallest eigenvalue exceeds the shift."""
+    eye = torch.eye(A64.shape[-1], dtype=A64.dtype, device=A64.device)
+    info = torch.linalg.cholesky_ex(A64 - PROBE_MARGIN * L * eye).info
+    return bool((info == 0).all())
+
+
 def warm_freon(
     shape: tuple[int, ...],
     *,
@@ -244,8 +336,9 @@ def warm_freon(
     tol: float | None = None,
     max_steps: int = 8,
     norm_bound: float | None = None,
+    probe: bool = True,
 ) -> None:
-    """Solve and cache the schedule a call with these options on ``shape`` will use.
+    """Solve and cache the schedules a call with these options on ``shape`` may use.
 
     Optimizers call this at construction so that a training step only looks the schedule up.
     Schedules that depend on the data (no ``norm_bound`` with δ > 0 still uses ``l0``) are
@@ -256,7 +349,7 @@ def warm_freon(
         return
     d = dtype if dtype in (torch.float32, torch.float64) else torch.float32
     m = min(shape[-2], shape[-1])
-    _schedule_for(frac, m, d, delta, l0, tol, max_steps, norm_bound)
+    _plan(frac, m, d, delta, l0, tol, max_steps, norm_bound, probe)
 
 
 def _inverse_by_qr(X: Tensor) -> Tensor:
@@ -275,7 +368,8 @@ def freon(
     tol: float | None = None,
     max_steps: int = 8,
     norm_bound: float | None = None,
+    probe: bool = True,
 ) -> Tensor:
     """``(G Gᵀ + δ² I)^(−c) G`` by Freon's rational iteration (see :func:`freon_power`)."""
     return freon_power(G, c=c, delta=delta, l0=l0, dtype=dtype, tol=tol, max_steps=max_steps,
-                       norm_bound=norm_bound)[0]
+                       norm_bound=norm_bound, probe=probe)[0]
