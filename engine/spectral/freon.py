@@ -151,7 +151,7 @@ def freon_power(
         Q1, Q2 = Q[..., :-m, :], Q[..., -m:, :]
         Xt = beta**k * Xt + _q2_poly(Q2, k, beta, dd) @ (Q1.mT / rg)
         if s != 0:
-            u = beta * eye + dd * (Q2 @ Q2.mT)
+            u = _add_diag(dd * (Q2 @ Q2.mT), beta)
             if s == 1:
                 F = u if F is None else F @ u
             else:
@@ -159,23 +159,22 @@ def freon_power(
                 F = inv if F is None else F @ inv
         qr_steps += 1
 
+    # Only lower triangles feed the Cholesky factorisations, so the Grams below are never
+    # symmetrised (the rounding asymmetry of a GEMM is harmless there and in the finish).
     A = Xt @ Xt.mT
-    A = 0.5 * (A + A.mT)
     C: Tensor | None = None
     chol_steps = 0
     chol = schedule[qr_steps:]
     for idx, st in enumerate(chol):
         beta, dd = st.b / st.g, st.a - st.b / st.g
-        Lc = torch.linalg.cholesky(eye + st.g * A)
+        Lc = torch.linalg.cholesky(_add_diag(st.g * A, 1.0))
         # cholesky_inverse (LAPACK potri), not cholesky_solve against I: 3.2× faster at 1024²
         # and 512² on the development CPU (1 and 2 threads, torch 2.13).
-        U = beta * eye + dd * torch.cholesky_inverse(Lc)
-        U = 0.5 * (U + U.mT)
+        U = _add_diag(dd * torch.cholesky_inverse(Lc), beta)  # symmetric: potri fills both
         cp = int(frac * st.p)
         powers = _powers(U, {st.p, cp})
         if idx < len(chol) - 1 or _finish_order(st.L_next, cf, d) > 0:
             A = A @ powers[st.p]
-            A = 0.5 * (A + A.mT)
         C = powers[cp] if C is None else C @ powers[cp]
         chol_steps += 1
 
@@ -186,17 +185,23 @@ def freon_power(
     W: Tensor | None = C
     J = _finish_order(L_T, cf, d)
     if J > 0:
-        E = A / mid - eye
+        E = _add_diag(A / mid, -1.0)
         coef = [_binom(-cf, j) for j in range(J + 1)]
-        S = coef[J] * E + coef[J - 1] * eye  # Horner in E
+        S = _add_diag(coef[J] * E, coef[J - 1])  # Horner in E
         for j in range(J - 2, -1, -1):
-            S = S @ E + coef[j] * eye
+            S = _add_diag(S @ E, coef[j])
         W = S if W is None else W @ S
     if F is not None:
         W = F if W is None else F @ W
     Y = Xt if W is None else W @ Xt
     Y = Y * (mid**-cf * alpha ** (1 - 2 * cf))
     return from_wide(Y[..., :n], transposed), FreonInfo(qr_steps, chol_steps, schedule, probes)
+
+
+def _add_diag(M: Tensor, s: float) -> Tensor:
+    """``M + s·I`` in place on a fresh ``M`` (one pass over the diagonal, not over M)."""
+    M.diagonal(dim1=-2, dim2=-1).add_(s)
+    return M
 
 
 def _q2_poly(Q2: Tensor, k: int, beta: float, dd: float) -> Tensor:
@@ -206,10 +211,9 @@ def _q2_poly(Q2: Tensor, k: int, beta: float, dd: float) -> Tensor:
     if k == 1:
         return coef[0] * Q2
     Z = Q2.mT @ Q2
-    eye = torch.eye(Z.shape[-1], dtype=Z.dtype, device=Z.device)
-    P = coef[-1] * Z + coef[-2] * eye
+    P = _add_diag(coef[-1] * Z, coef[-2])
     for j in range(k - 3, -1, -1):
-        P = P @ Z + coef[j] * eye
+        P = _add_diag(P @ Z, coef[j])
     return Q2 @ P
 
 
@@ -321,8 +325,7 @@ PROBE_LADDER = (1e-6,)
 def _certifies(A64: Tensor, L: float) -> bool:
     """Whether every Gram in ``A64`` (fp64) has eigenvalues ≥ L: a Cholesky of it shifted by
     ``PROBE_MARGIN·L`` succeeds only if its smallest eigenvalue exceeds the shift."""
-    eye = torch.eye(A64.shape[-1], dtype=A64.dtype, device=A64.device)
-    info = torch.linalg.cholesky_ex(A64 - PROBE_MARGIN * L * eye).info
+    info = torch.linalg.cholesky_ex(_add_diag(A64.clone(), -PROBE_MARGIN * L)).info
     return bool((info == 0).all())
 
 
