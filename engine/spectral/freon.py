@@ -131,11 +131,11 @@ def freon_power(
     if alts:
         X64 = Xt.to(torch.float64)
         A64 = X64 @ X64.mT  # (…, m, m), shared by the probes
-        for alt, L in alts:
+        for alt, L in alts:  # smallest bound first: once one fails, larger ones would too
             probes += 1
-            if _certifies(A64, L):
-                schedule, L0 = alt, L
+            if not _certifies(A64, L):
                 break
+            schedule, L0 = alt, L
     cf = float(frac)
 
     F: Tensor | None = None  # ∏ u^(±1) from the QR phase
@@ -165,17 +165,27 @@ def freon_power(
     C: Tensor | None = None
     chol_steps = 0
     chol = schedule[qr_steps:]
+    # c = ½ (QDWH) needs no accumulated factor if X itself moves (X ← U X, A = XXᵀ afresh):
+    # two m×m×n′ GEMMs a step instead of three m×m×m ones plus a final W·X, cheaper while
+    # n′ < 2m.
+    move_x = frac == Fraction(1, 2) and Xt.shape[-1] < 2 * m
     for idx, st in enumerate(chol):
         beta, dd = st.b / st.g, st.a - st.b / st.g
         Lc = torch.linalg.cholesky(_add_diag(st.g * A, 1.0))
         # cholesky_inverse (LAPACK potri), not cholesky_solve against I: 3.2× faster at 1024²
         # and 512² on the development CPU (1 and 2 threads, torch 2.13).
         U = _add_diag(dd * torch.cholesky_inverse(Lc), beta)  # symmetric: potri fills both
-        cp = int(frac * st.p)
-        powers = _powers(U, {st.p, cp})
-        if idx < len(chol) - 1 or _finish_order(st.L_next, cf, d) > 0:
-            A = A @ powers[st.p]
-        C = powers[cp] if C is None else C @ powers[cp]
+        need_A = idx < len(chol) - 1 or _finish_order(st.L_next, cf, d) > 0
+        if move_x:
+            Xt = U @ Xt
+            if need_A:
+                A = Xt @ Xt.mT
+        else:
+            cp = int(frac * st.p)
+            powers = _powers(U, {st.p, cp})
+            if need_A:
+                A = A @ powers[st.p]
+            C = powers[cp] if C is None else C @ powers[cp]
         chol_steps += 1
 
     # Finish: A_T = s(I + E) with s the middle of its bound [L_T, 1]; (I + E)^(−c) by its
@@ -280,13 +290,12 @@ def _plan(
     tol: float | None, max_steps: int, norm_bound: float | None, probe: bool,
 ) -> tuple[tuple[FreonStep, ...], float, tuple[tuple[tuple[FreonStep, ...], float], ...]]:
     """``(schedule, L0, alternatives)``: each alternative ``(schedule, L)`` is what a probe
-    proving ``λ_min ≥ L`` buys, largest L first; empty when no probe applies or pays."""
+    proving ``λ_min ≥ L`` buys, smallest L first; empty when no probe applies or pays."""
     schedule, L0 = _schedule_for(frac, m, d, delta, l0, tol, max_steps, norm_bound)
     default_l0 = l0 is None and not (delta > 0 and norm_bound is not None)
     if not (probe and default_l0):
         return schedule, L0, ()
-    ladder = sorted({*PROBE_LADDER, one_qr_step_bound(ORDERS[frac][0], QR_SWITCH)},
-                    reverse=True)
+    ladder = sorted({*PROBE_LADDER, one_qr_step_bound(ORDERS[frac][0], QR_SWITCH)})
     budget = max_steps - len(ladder)  # every probe may be spent before the iteration starts
     if len(schedule) > budget:
         return schedule, L0, ()
@@ -315,7 +324,7 @@ def one_qr_step_bound(p: int, switch: float) -> float:
 # fp64 Gram's rounding (≈ √n·eps₆₄ relative, ~1e-14) many times over at the bounds used
 # (≥ 5e-12).
 PROBE_MARGIN = 10.0
-# Bounds tried, largest first, before the one-QR-step bound of the order. L = 1e-6 (κ ≲ 300)
+# Bounds tried after the one-QR-step bound of the order, if that one holds. L = 1e-6 (κ ≲ 300)
 # leaves one QR step that lands the Gram well inside the Cholesky phase (L ≈ 0.03–0.06),
 # which keeps fp32 accurate to ≈ 1e-5; the one-step bound lands it at L ≈ 1e-3, where fp32
 # ends near 3e-4.
