@@ -8,9 +8,10 @@ drives the Gram by ``A ← A u(A)^p``. Everything is a function of A₀, so ever
 
 where the QR phase moves ``X ← u(A)^(p/2) X`` and accumulates ``F = ∏ u^(p(2c−1)/2)`` (±1 per
 step for the supported c), and the Cholesky phase, on the m×m Gram of X₁, accumulates
-``C = ∏ u^(cp)``. The exponents are integers by the choice of p per c, so the identity holds for
-*any* coefficients: coefficient quality buys speed, never correctness. ``A_T`` ends within the
-stopping tolerance of a multiple of I and its ``−c`` power is a 3-term binomial series.
+``C = ∏ u^(cp)`` (for c = ½ it may move X instead). The exponents are integers by the choice of
+p per c, so the identity holds for *any* coefficients: coefficient quality buys speed, never
+correctness. ``A_T`` ends within the stopping tolerance of a multiple of I and its ``−c`` power
+is a binomial series with as many terms as the dtype needs.
 
 The QR phase never forms X Xᵀ: with ``[√g Xᵀ; I] = [Q₁; Q₂] R`` one has ``(I + gA)⁻¹ = Q₂ Q₂ᵀ``
 and ``(I + gA)⁻ʲ X = Q₂ (Q₂ᵀ Q₂)^(j−1) Q₁ᵀ / √g``. The floor δ is exact: the iteration runs on
