@@ -45,8 +45,10 @@ def _time_interleaved(fns: list[Callable[[], torch.Tensor]], device: torch.devic
     shared machine hits the method and its baselines alike; returns the last fn's output."""
     out = [fn() for fn in fns][-1]  # warm-up (and caches such as Freon's schedule)
     ts: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
+    for r in range(repeats):
+        # Rotate who goes first, so a burst of load on a shared machine favours no one.
+        for i in [*range(r % len(fns), len(fns)), *range(r % len(fns))]:
+            fn = fns[i]
             _sync(device)
             t0 = time.perf_counter()
             out = fn()

@@ -4,13 +4,13 @@
     python benchmarks/bench_muon.py --device cuda    # same script on a GPU
 
 Only ``opt.step()`` is timed (gradients are fixed tensors set once), the device is
-synchronised before each clock read, the two optimizers alternate step by step so that load
-on the machine hits both alike, and the median per-step time is reported with the ratio
-ours / torch (goal ≤ 1.0×). "ours" batches same-shaped matrices into one Newton–Schulz call
-where that pays (``batch="auto"``, the default); "unbatched" is the same optimizer with
-``batch="never"`` (one call per matrix, as before batching existed). Both are bit-identical to
-torch.optim.Muon. "ours fp32" runs Newton–Schulz in float32 instead of bf16: not bit-identical,
-but on CPUs without fast bf16 GEMM it can be much faster.
+synchronised before each clock read, the optimizers alternate step by step (the first one
+rotating) so that load on the machine hits all alike, and the median per-step time is
+reported with the ratio ours / torch (goal ≤ 1.0×). "ours" batches same-shaped matrices into
+one Newton–Schulz call where that pays (``batch="auto"``, the default); "unbatched" is the
+same optimizer with ``batch="never"`` (one call per matrix, as before batching existed). Both
+are bit-identical to torch.optim.Muon. "ours fp32" runs Newton–Schulz in float32 instead of
+bf16: not bit-identical; faster only on CPUs without fast bf16 GEMM.
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ def bench(shapes, device: torch.device, repeats: int, warmup: int) -> dict[str, 
     opts = {k: _make(shapes, device, k)[0] for k in kinds}
     times: dict[str, list[float]] = {k: [] for k in kinds}
     for i in range(warmup + repeats):
-        for k in kinds:
+        # Rotate who goes first, so a burst of load on a shared machine favours no one.
+        for k in kinds[i % len(kinds):] + kinds[:i % len(kinds)]:
             _sync(device)
             t0 = time.perf_counter()
             opts[k].step()
