@@ -98,6 +98,17 @@ def test_schedule_reaches_one() -> None:
         assert [s.kind for s in steps] == sorted((s.kind for s in steps), key="qr chol".index)
 
 
+def test_cholesky_steps_keep_gL_away_from_zero() -> None:
+    # freon.py forms A·U as βA + (d/g)(I − K); its relative rounding is eps·(1 + gL)/(gL),
+    # so the comment there (≤ 15 eps) rests on gL ≥ 0.08 in every Cholesky step.
+    for c in ORDERS:
+        for L0 in (1e-20, 1e-12, 1e-9, 1e-6, 2e-3, 0.3, 0.9):
+            for tol in (1e-5, 5e-2):
+                for st in freon_schedule(c, L0, tol, 1e-3, 8):
+                    if st.kind == "chol":
+                        assert st.g * st.L >= 0.08, (c, L0, tol, st)
+
+
 # ---------------------------------------------------------------------------- accuracy
 
 
