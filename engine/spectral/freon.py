@@ -97,12 +97,16 @@ def freon_power(
     the scale is ``√(norm_bound² + mδ²)`` with no power iteration and, when δ > 0 and ``l0`` is
     None, ``l0`` is the rigorous ``δ / scale``: everything is known from shapes, no host sync.
 
-    ``probe``: when ℓ₀ would be the default, first try to certify the larger bound that lets a
-    single QR step reach the Cholesky phase, by one Cholesky of the fp64 Gram shifted by ten
-    times that bound (success proves it, up to the Gram's rounding, ≈ 1e-14, far below the
-    margin). It costs one fp64 GEMM and Cholesky, saves a QR step when it succeeds (κ up to
-    ≈ 1e4–1e5, by c), is counted in ``factorisations``, and is skipped when ``max_steps``
-    leaves no room for it. One host sync; pass ``probe=False`` for a data-independent path.
+    ``probe``: when ℓ₀ would be the default, the first QR step speculates: it uses the
+    coefficients of the larger bound from which one step lands the Gram at L ≥ 2·10⁻³, then one
+    fp32 Cholesky of ``A − 1.25·10⁻³ I`` (the Gram the Cholesky phase needs anyway) proves that
+    it did, and the iteration switches to Cholesky steps; if it fails, the step still was an
+    exact step of the iteration (the invariant holds for any coefficients) and the QR phase
+    goes on from the rigorous bound it leaves. It saves a QR step when κ ≲ 2e4 (c ≠ ½) or
+    ≲ 2e5 (c = ½) in fp32; otherwise it costs the m×m Cholesky (and at most one Cholesky step).
+    It counts in ``factorisations``, is skipped when ``max_steps`` leaves no room or when a
+    failure would add a QR step (fp64's default ℓ₀ is too low for that), and costs one host
+    sync; ``probe=False`` gives a data-independent path.
     """
     check_matrix(G)
     if not delta >= 0:
@@ -127,42 +131,33 @@ def freon_power(
     else:
         alpha = safe_scale(X)
     Xt = X / alpha
-    schedule, L0, alts = _plan(frac, m, d, delta, l0, tol, max_steps, norm_bound, probe)
-    probes = 0
-    if alts:
-        X64 = Xt.to(torch.float64)
-        A64 = X64 @ X64.mT  # (…, m, m), shared by the probes
-        for alt, L in alts:  # smallest bound first: once one fails, larger ones would too
-            probes += 1
-            if not _certifies(A64, L):
-                break
-            schedule, L0 = alt, L
+    schedule, L0, spec = _plan(frac, m, d, delta, l0, tol, max_steps, norm_bound, probe)
     cf = float(frac)
-
     F: Tensor | None = None  # ∏ u^(±1) from the QR phase
-    qr_steps = 0
-    for st in schedule:
-        if st.kind != "qr":
-            break
-        k = st.p // 2
-        s = k * (2 * frac - 1)
-        beta, dd, rg = st.b / st.g, st.a - st.b / st.g, math.sqrt(st.g)
-        stack = torch.cat([rg * Xt.mT, eye.expand(*Xt.shape[:-2], m, m)], dim=-2)
-        Q, _ = torch.linalg.qr(stack)  # (…, n′+m, m)
-        Q1, Q2 = Q[..., :-m, :], Q[..., -m:, :]
-        Xt = beta**k * Xt + _q2_poly(Q2, k, beta, dd) @ (Q1.mT / rg)
-        if s != 0:
-            u = _add_diag(dd * (Q2 @ Q2.mT), beta)
-            if s == 1:
-                F = u if F is None else F @ u
-            else:
-                inv = torch.cholesky_inverse(torch.linalg.cholesky(u))
-                F = inv if F is None else F @ inv
-        qr_steps += 1
-
+    done: list[FreonStep] = []  # QR steps taken
+    A: Tensor | None = None
+    probes = 0
+    rest = schedule
+    if spec is not None:
+        Xt, F = _qr_step(Xt, F, spec.step, frac, eye)
+        done.append(spec.step)
+        A = Xt @ Xt.mT  # (…, m, m): the Cholesky phase's Gram if the landing is proven
+        probes = 1
+        shifted = _add_diag(A.clone(), -LANDING_SHIFT * QR_SWITCH)
+        if bool((torch.linalg.cholesky_ex(shifted).info == 0).all()):
+            rest = spec.landed
+        else:
+            rest, A = spec.fallback, None
+    while rest and rest[0].kind == "qr":
+        Xt, F = _qr_step(Xt, F, rest[0], frac, eye)
+        done.append(rest[0])
+        rest, A = rest[1:], None
+    qr_steps = len(done)
+    schedule = (*done, *rest)
     # Only lower triangles feed the Cholesky factorisations, so the Grams below are never
     # symmetrised (the rounding asymmetry of a GEMM is harmless there and in the finish).
-    A = Xt @ Xt.mT
+    if A is None:
+        A = Xt @ Xt.mT
     C: Tensor | None = None
     chol_steps = 0
     chol = schedule[qr_steps:]
@@ -212,6 +207,28 @@ def freon_power(
     Y = Xt if W is None else W @ Xt
     Y = Y * (mid**-cf * alpha ** (1 - 2 * cf))
     return from_wide(Y[..., :n], transposed), FreonInfo(qr_steps, chol_steps, schedule, probes)
+
+
+def _qr_step(Xt: Tensor, F: Tensor | None, st: FreonStep, frac: Fraction, eye: Tensor
+             ) -> tuple[Tensor, Tensor | None]:
+    """One QR-phase step: ``X ← u(A)^(p/2) X`` in the Q-product form, and the factor
+    ``F ← F u^(p(2c−1)/2)`` (an exponent of ±1 or 0 for the supported c)."""
+    m = eye.shape[-1]
+    k = st.p // 2
+    s = k * (2 * frac - 1)
+    beta, dd, rg = st.b / st.g, st.a - st.b / st.g, math.sqrt(st.g)
+    stack = torch.cat([rg * Xt.mT, eye.expand(*Xt.shape[:-2], m, m)], dim=-2)
+    Q, _ = torch.linalg.qr(stack)  # (…, n′+m, m)
+    Q1, Q2 = Q[..., :-m, :], Q[..., -m:, :]
+    Xt = beta**k * Xt + _q2_poly(Q2, k, beta, dd) @ (Q1.mT / rg)
+    if s != 0:
+        u = _add_diag(dd * (Q2 @ Q2.mT), beta)
+        if s == 1:
+            F = u if F is None else F @ u
+        else:
+            inv = torch.cholesky_inverse(torch.linalg.cholesky(u))
+            F = inv if F is None else F @ inv
+    return Xt, F
 
 
 def _add_diag(M: Tensor, s: float) -> Tensor:
@@ -291,57 +308,66 @@ def _schedule_for(
     return freon_schedule(frac, L0, tol_, QR_SWITCH, max_steps), L0
 
 
+@dataclass(frozen=True)
+class Speculation:
+    """A first QR step with optimistic coefficients, and what follows it: ``landed`` if the
+    certificate proves the Gram reached the Cholesky phase, ``fallback`` otherwise."""
+
+    step: FreonStep
+    landed: tuple[FreonStep, ...]
+    fallback: tuple[FreonStep, ...]
+
+
+# The speculative step aims at L ≥ LANDING_TARGET·QR_SWITCH and the certificate shifts the
+# Gram by LANDING_SHIFT·QR_SWITCH: success proves λ_min ≥ 1.25·10⁻³ minus the Gram's
+# rounding (≈ √n·eps relative: 1e-5 in fp32, 1e-14 in fp64), so the Cholesky phase may start
+# from QR_SWITCH; the gap to the target leaves room for that rounding many times over.
+LANDING_TARGET = 2.0
+LANDING_SHIFT = 1.25
+
+
 def _plan(
     frac: Fraction, m: int, d: torch.dtype, delta: float, l0: float | None,
     tol: float | None, max_steps: int, norm_bound: float | None, probe: bool,
-) -> tuple[tuple[FreonStep, ...], float, tuple[tuple[tuple[FreonStep, ...], float], ...]]:
-    """``(schedule, L0, alternatives)``: each alternative ``(schedule, L)`` is what a probe
-    proving ``λ_min ≥ L`` buys, smallest L first; empty when no probe applies or pays."""
+) -> tuple[tuple[FreonStep, ...], float, Speculation | None]:
+    """``(schedule, L0, speculation)``; the speculation is None when ℓ₀ is not the default,
+    when it could not save a QR step, or when its fallback would not fit ``max_steps``."""
     schedule, L0 = _schedule_for(frac, m, d, delta, l0, tol, max_steps, norm_bound)
     default_l0 = l0 is None and not (delta > 0 and norm_bound is not None)
-    if not (probe and default_l0):
-        return schedule, L0, ()
-    ladder = sorted({*PROBE_LADDER, one_qr_step_bound(ORDERS[frac][0], QR_SWITCH)})
-    budget = max_steps - len(ladder)  # every probe may be spent before the iteration starts
-    if len(schedule) > budget:
-        return schedule, L0, ()
+    if not (probe and default_l0) or sum(st.kind == "qr" for st in schedule) < 2:
+        return schedule, L0, None
     tol_ = tol if tol is not None else _DEFAULT_TOL[d]
+    p = ORDERS[frac][0]
+    L_spec = landing_bound(p, LANDING_TARGET * QR_SWITCH)
+    if L_spec <= L0:
+        return schedule, L0, None
+    a, b, g, L_next = minimax_step(p, L_spec)
+    step = FreonStep("qr", p, a, b, g, L_spec, L_next)
+    # Without the certificate only λ ≥ L0 is known; h(λ) = λ u(λ)^p rises on [L0, L_spec]
+    # and stays ≥ L_next above it, so min(h(L0), L_next) bounds the new Gram from below.
+    h_L0 = L0 * ((a + b * L0) / (1 + g * L0)) ** p
+    L_fb = min(h_L0, L_next)
+    L_fb = 10.0 ** (math.floor(4.0 * math.log10(L_fb)) / 4.0)  # down to the cache grid
+    budget = max_steps - 2  # the speculative step and its certificate
+    landed = freon_schedule(frac, QR_SWITCH, tol_, QR_SWITCH, budget)
+    fallback = freon_schedule(frac, L_fb, tol_, QR_SWITCH, budget)
+    fits = budget >= 1 and 1 - fallback[-1].L_next <= tol_ and 1 - landed[-1].L_next <= tol_
+    # A failed certificate must not cost a QR step: the fallback may not add one.
     qr = sum(st.kind == "qr" for st in schedule)
-    alts = []
-    for L in ladder:
-        alt = freon_schedule(frac, L, tol_, QR_SWITCH, budget)
-        if L > L0 and sum(st.kind == "qr" for st in alt) < qr:
-            alts.append((alt, L))
-    return schedule, L0, tuple(alts)
+    if not fits or 1 + sum(st.kind == "qr" for st in fallback) > qr:
+        return schedule, L0, None
+    return schedule, L0, Speculation(step, landed, fallback)
 
 
 @functools.lru_cache(maxsize=16)
-def one_qr_step_bound(p: int, switch: float) -> float:
-    """The smallest L on the grid 10^(k/4) from which one order-p QR step reaches ``switch``
-    (the Cholesky phase). Solved on first use, never at import."""
+def landing_bound(p: int, target: float) -> float:
+    """The smallest L on the grid 10^(k/4) from which one order-p step lands at ≥ ``target``.
+    Solved on first use, never at import."""
     for k in range(-80, 1):
         L = 10.0 ** (k / 4)
-        if minimax_step(p, L)[3] >= switch:
+        if minimax_step(p, L)[3] >= target:
             return L
     return 1.0
-
-
-# The probe shifts the Gram by this multiple of the bound it certifies: the margin covers the
-# fp64 Gram's rounding (≈ √n·eps₆₄ relative, ~1e-14) many times over at the bounds used
-# (≥ 5e-12).
-PROBE_MARGIN = 10.0
-# Bounds tried after the one-QR-step bound of the order, if that one holds. L = 1e-6 (κ ≲ 300)
-# leaves one QR step that lands the Gram well inside the Cholesky phase (L ≈ 0.03–0.06),
-# which keeps fp32 accurate to ≈ 1e-5; the one-step bound lands it at L ≈ 1e-3, where fp32
-# ends near 3e-4.
-PROBE_LADDER = (1e-6,)
-
-
-def _certifies(A64: Tensor, L: float) -> bool:
-    """Whether every Gram in ``A64`` (fp64) has eigenvalues ≥ L: a Cholesky of it shifted by
-    ``PROBE_MARGIN·L`` succeeds only if its smallest eigenvalue exceeds the shift."""
-    info = torch.linalg.cholesky_ex(_add_diag(A64.clone(), -PROBE_MARGIN * L)).info
-    return bool((info == 0).all())
 
 
 def warm_freon(
