@@ -153,10 +153,13 @@ class SpectralOptimizer(torch.optim.Optimizer):
             into the parameters and the training loop records the run as diverged.
         seed: seeds the generator of random maps (Kaon i.i.d.); saved in ``state_dict``.
         batch: "auto" stacks same-shaped (and same dtype/device) matrices of a parameter group
-            into one 3-D map call where that was measured to pay (every size on CUDA, up to
-            ``BATCH_MAX_NUMEL_CPU`` elements on CPU); "always" / "never" force it. Results
-            equal the per-matrix ones up to float reassociation (bit for bit in the tests).
-            Random maps are never batched, so their draws keep the parameter order.
+            into one 3-D call of a registry map where that was measured to pay (every size on
+            CUDA, up to ``BATCH_MAX_NUMEL_CPU`` elements on CPU); "always" does it for any
+            size and for plain callables too (which must then accept 3-D input); "never" calls
+            once per matrix. Results equal the per-matrix ones up to float reassociation (to
+            1e-12 in fp64 in the tests; bit for bit for Newton–Schulz, which the Muon test
+            checks against torch.optim.Muon). Random maps are never batched, so their draws
+            keep the parameter order.
     """
 
     def __init__(
@@ -235,9 +238,12 @@ class SpectralOptimizer(torch.optim.Optimizer):
     def _batchable(self, M: Tensor) -> bool:
         if self.batch == "never" or getattr(self.spectral_map, "random", False):
             return False
-        if self.batch == "always" or M.device.type != "cpu":
+        if self.batch == "always":
             return True
-        return M.numel() <= BATCH_MAX_NUMEL_CPU
+        # "auto": registry maps all take 3-D batches; an arbitrary callable may not.
+        if not isinstance(self.spectral_map, ConfiguredMap):
+            return False
+        return M.device.type != "cpu" or M.numel() <= BATCH_MAX_NUMEL_CPU
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:

@@ -190,6 +190,8 @@ def test_auto_batching_only_small_cpu_matrices_and_never_random_maps() -> None:
     assert opt._batches([p.detach() for p in small + big]) == [[0, 1], [2], [3]]
     iid = SpectralOptimizer(small, configure_map("kaon_iid"))
     assert iid._batches([p.detach() for p in small]) == [[0], [1]]
+    plain = SpectralOptimizer(small, lambda M: M)  # a callable may not take 3-D input
+    assert plain._batches([p.detach() for p in small]) == [[0], [1]]
     with pytest.raises(ValueError, match="batch"):
         SpectralOptimizer(small, configure_map("newton_schulz"), batch="sometimes")
 
