@@ -45,13 +45,17 @@ def _time_interleaved(fns: list[Callable[[], torch.Tensor]], device: torch.devic
     shared machine hits the method and its baselines alike; returns the last fn's output."""
     out = [fn() for fn in fns][-1]  # warm-up (and caches such as Freon's schedule)
     ts: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
+    for r in range(repeats):
+        # Rotate who goes first, so a burst of load on a shared machine favours no one.
+        for i in [*range(r % len(fns), len(fns)), *range(r % len(fns))]:
+            fn = fns[i]
             _sync(device)
             t0 = time.perf_counter()
-            out = fn()
+            y = fn()
             _sync(device)
             ts[i].append(time.perf_counter() - t0)
+            if i == len(fns) - 1:
+                out = y
     return [statistics.median(t) for t in ts], out
 
 
@@ -106,7 +110,10 @@ def main() -> None:
     ap.add_argument("--kappas", default="1e2,1e4,1e6,1e8")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--match", default="",
+                    help="comma-separated substrings: run only methods whose label has one")
     args = ap.parse_args()
+    wanted = [w for w in args.match.split(",") if w]
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -126,6 +133,8 @@ def main() -> None:
             print("| method | time (ms) | GEMM-eq | / SVD fp32 | / Gram eigh | rel. error |")
             print("|---|---|---|---|---|---|")
             for label, c, delta, fn in methods(kappa):
+                if wanted and not any(w in label for w in wanted):
+                    continue
                 (gemm, svd_t, eig_t, dt), Y = _time_interleaved(
                     [*base, lambda G=G, fn=fn: fn(G)], device, args.repeats)
                 if c != c:  # NaN: no closed-form target (Kaon's chaotic map)

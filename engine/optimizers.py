@@ -249,8 +249,10 @@ def _freon(params: Iterable[torch.nn.Parameter], matrix: set[int], hp: FreonPara
     c = hp.c
     if hp.method == "rational":
         c = _snap_c(hp.c)  # validated: not None
+        # probe=False: in training the schedule stays a function of the options alone (no
+        # host sync; momentum matrices are rarely conditioned well enough for it to pay).
         cmap = configure_map("freon", prescale=True, c=c, delta=hp.floor, dtype=dtype,
-                             norm_bound=1.0)
+                             norm_bound=1.0, probe=False)
     elif hp.method == "svd":
         cmap = configure_map("spectral_power", prescale=True, c=c, delta=hp.floor, dtype=dtype)
     else:

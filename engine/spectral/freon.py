@@ -8,9 +8,10 @@ drives the Gram by ``A ← A u(A)^p``. Everything is a function of A₀, so ever
 
 where the QR phase moves ``X ← u(A)^(p/2) X`` and accumulates ``F = ∏ u^(p(2c−1)/2)`` (±1 per
 step for the supported c), and the Cholesky phase, on the m×m Gram of X₁, accumulates
-``C = ∏ u^(cp)``. The exponents are integers by the choice of p per c, so the identity holds for
-*any* coefficients: coefficient quality buys speed, never correctness. ``A_T`` ends within the
-stopping tolerance of a multiple of I and its ``−c`` power is a 3-term binomial series.
+``C = ∏ u^(cp)`` (for c = ½ it may move X instead). The exponents are integers by the choice of
+p per c, so the identity holds for *any* coefficients: coefficient quality buys speed, never
+correctness. ``A_T`` ends within the stopping tolerance of a multiple of I and its ``−c`` power
+is a binomial series with as many terms as the dtype needs.
 
 The QR phase never forms X Xᵀ: with ``[√g Xᵀ; I] = [Q₁; Q₂] R`` one has ``(I + gA)⁻¹ = Q₂ Q₂ᵀ``
 and ``(I + gA)⁻ʲ X = Q₂ (Q₂ᵀ Q₂)^(j−1) Q₁ᵀ / √g``. The floor δ is exact: the iteration runs on
@@ -20,6 +21,7 @@ least-squares QR. ``c = 0`` is the identity. Derivation and measurements: docs/f
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -28,15 +30,19 @@ import torch
 from torch import Tensor
 
 from engine.spectral.common import check_matrix, from_wide, safe_scale, to_wide, work_dtype
-from engine.spectral.freon_coefficients import ORDERS, FreonStep, freon_schedule
+from engine.spectral.freon_coefficients import ORDERS, FreonStep, freon_schedule, minimax_step
 
 SUPPORTED_C = (Fraction(0), *sorted(ORDERS), Fraction(1))
 
 # Default lower bounds on σ_min/σ_max (the user's assertion about the input): components below
 # them are only partly converged, which acts as a soft floor. Default stopping tolerances on
-# 1 − L keep the binomial finish's error (≈ (1 − L)³/8) below the dtype's resolution.
+# 1 − L: the series finish then needs at most 4 terms (fp32) or 2 (fp64) to reach the dtype's
+# resolution, which is cheaper than the Cholesky step it replaces.
 _DEFAULT_L0 = {torch.float32: 1e-6, torch.float64: 1e-10}
-_DEFAULT_TOL = {torch.float32: 1e-3, torch.float64: 1e-5}
+_DEFAULT_TOL = {torch.float32: 5e-2, torch.float64: 1e-5}
+# The series finish costs J − 1 GEMMs of m×m, a Cholesky step about six: past this order a
+# further step is cheaper (and a caller's loose ``tol`` is only served this far).
+_MAX_FINISH_ORDER = 6
 # Below this Gram lower bound the QR form is used: the Cholesky form needs cond(A) ≲ 1e3.
 QR_SWITCH = 1e-3
 
@@ -48,10 +54,11 @@ class FreonInfo:
     qr_steps: int
     cholesky_steps: int
     schedule: tuple[FreonStep, ...]
+    probes: int = 0  # fp64 Cholesky factorisations spent certifying a larger ℓ₀
 
     @property
     def factorisations(self) -> int:
-        return self.qr_steps + self.cholesky_steps
+        return self.qr_steps + self.cholesky_steps + self.probes
 
 
 def as_fraction(c: float | Fraction) -> Fraction:
@@ -78,6 +85,7 @@ def freon_power(
     tol: float | None = None,
     max_steps: int = 8,
     norm_bound: float | None = None,
+    probe: bool = True,
 ) -> tuple[Tensor, FreonInfo]:
     """``(G Gᵀ + δ² I)^(−c) G`` in ``dtype`` (G's shape) and the iteration record.
 
@@ -88,6 +96,17 @@ def freon_power(
     ``norm_bound``: a caller-known upper bound on ‖G‖_F (1 after Frobenius prescaling). Then
     the scale is ``√(norm_bound² + mδ²)`` with no power iteration and, when δ > 0 and ``l0`` is
     None, ``l0`` is the rigorous ``δ / scale``: everything is known from shapes, no host sync.
+
+    ``probe``: when ℓ₀ would be the default, the first QR step speculates: it uses the
+    coefficients of the larger bound from which one step lands the Gram at L ≥ 2·10⁻³, then one
+    fp32 Cholesky of ``A − 1.25·10⁻³ I`` (the Gram the Cholesky phase needs anyway) proves that
+    it did, and the iteration switches to Cholesky steps; if it fails, the step still was an
+    exact step of the iteration (the invariant holds for any coefficients) and the QR phase
+    goes on from the rigorous bound it leaves. It saves a QR step when κ ≲ 2e4 (c ≠ ½) or
+    ≲ 2e5 (c = ½) in fp32; otherwise it costs the m×m Cholesky (and at most one Cholesky step).
+    It counts in ``factorisations``, is skipped when ``max_steps`` leaves no room or when a
+    failure would add a QR step (fp64's default ℓ₀ is too low for that), and costs one host
+    sync; ``probe=False`` gives a data-independent path.
     """
     check_matrix(G)
     if not delta >= 0:
@@ -112,64 +131,155 @@ def freon_power(
     else:
         alpha = safe_scale(X)
     Xt = X / alpha
-    schedule, L0 = _schedule_for(frac, m, d, delta, l0, tol, max_steps, norm_bound)
+    schedule, L0, spec = _plan(frac, m, d, delta, l0, tol, max_steps, norm_bound, probe)
     cf = float(frac)
-
     F: Tensor | None = None  # ∏ u^(±1) from the QR phase
-    qr_steps = 0
-    for st in schedule:
-        if st.kind != "qr":
-            break
-        k = st.p // 2
-        s = k * (2 * frac - 1)
-        beta, dd, rg = st.b / st.g, st.a - st.b / st.g, math.sqrt(st.g)
-        stack = torch.cat([rg * Xt.mT, eye.expand(*Xt.shape[:-2], m, m)], dim=-2)
-        Q, _ = torch.linalg.qr(stack)  # (…, n′+m, m)
-        Q1, Q2 = Q[..., :-m, :], Q[..., -m:, :]
-        Z = Q2.mT @ Q2
-        # P(Z) = Σ_{j=1..k} C(k, j) β^(k−j) d^j Z^(j−1), by Horner in Z.
-        P = math.comb(k, k) * dd**k * eye
-        for j in range(k - 1, 0, -1):
-            P = P @ Z + math.comb(k, j) * beta ** (k - j) * dd**j * eye
-        Xt = beta**k * Xt + (Q2 @ P @ Q1.mT) / rg
-        if s != 0:
-            u = beta * eye + dd * (Q2 @ Q2.mT)
-            if s == 1:
-                F = u if F is None else F @ u
-            else:
-                Lu = torch.linalg.cholesky(u)
-                F = torch.cholesky_solve(eye if F is None else F, Lu)
-        qr_steps += 1
-
-    A = Xt @ Xt.mT
-    A = 0.5 * (A + A.mT)
+    done: list[FreonStep] = []  # QR steps taken
+    A: Tensor | None = None
+    probes = 0
+    rest = schedule
+    if spec is not None:
+        Xt, F = _qr_step(Xt, F, spec.step, frac, eye)
+        done.append(spec.step)
+        A = Xt @ Xt.mT  # (…, m, m): the Cholesky phase's Gram if the landing is proven
+        probes = 1
+        shifted = _add_diag(A.clone(), -LANDING_SHIFT * QR_SWITCH)
+        if bool((torch.linalg.cholesky_ex(shifted).info == 0).all()):
+            rest = spec.landed
+        else:
+            rest, A = spec.fallback, None
+    while rest and rest[0].kind == "qr":
+        Xt, F = _qr_step(Xt, F, rest[0], frac, eye)
+        done.append(rest[0])
+        rest, A = rest[1:], None
+    qr_steps = len(done)
+    schedule = (*done, *rest)
+    # Only lower triangles feed the Cholesky factorisations, so the Grams below are never
+    # symmetrised (the rounding asymmetry of a GEMM is harmless there and in the finish).
+    if A is None:
+        A = Xt @ Xt.mT
     C: Tensor | None = None
     chol_steps = 0
-    for st in schedule[qr_steps:]:
+    chol = schedule[qr_steps:]
+    # c = ½ (QDWH) needs no accumulated factor if X itself moves (X ← U X, A = XXᵀ afresh):
+    # two m×m×n′ GEMMs a step instead of three m×m×m ones plus a final W·X, cheaper while
+    # n′ < 2m.
+    move_x = frac == Fraction(1, 2) and Xt.shape[-1] < 2 * m
+    for idx, st in enumerate(chol):
         beta, dd = st.b / st.g, st.a - st.b / st.g
-        Lc = torch.linalg.cholesky(eye + st.g * A)
-        # cholesky_solve against I, not cholesky_inverse: the latter is ~25× slower on CPU
-        # (measured at 512², torch 2.13) for the same result.
-        U = beta * eye + dd * torch.cholesky_solve(eye.expand_as(A), Lc)
-        U = 0.5 * (U + U.mT)
-        A = A @ torch.linalg.matrix_power(U, st.p)
-        A = 0.5 * (A + A.mT)
-        Uc = torch.linalg.matrix_power(U, int(frac * st.p))
-        C = Uc if C is None else C @ Uc
+        Lc = torch.linalg.cholesky(_add_diag(st.g * A, 1.0))
+        # cholesky_inverse (LAPACK potri), not cholesky_solve against I: 3.2× faster at 1024²
+        # and 512² on the development CPU (1 and 2 threads, torch 2.13).
+        K = torch.cholesky_inverse(Lc)  # (I + gA)⁻¹, symmetric: potri fills both triangles
+        U = _add_diag(dd * K, beta)
+        need_A = idx < len(chol) - 1 or _finish_order(st.L_next, cf, d) > 0
+        if move_x:
+            Xt = U @ Xt
+            if need_A:
+                A = Xt @ Xt.mT
+        else:
+            cp = int(frac * st.p)
+            powers = _powers(U, {st.p - 1, cp})
+            if need_A:
+                # A·U = βA + (d/g)(I − K) needs no GEMM (A K = (I − K)/g); the cancellation in
+                # I − K costs ≤ eps·(1 + gL)/(gL) relative, ≤ 15 eps for these schedules
+                # (gL ≥ 0.08 in every Cholesky step; tested).
+                AU = _add_diag(beta * A - (dd / st.g) * K, dd / st.g)
+                A = AU @ powers[st.p - 1] if st.p > 1 else AU
+            C = powers[cp] if C is None else C @ powers[cp]
         chol_steps += 1
 
-    # Finish: A_T ≈ s I with s the middle of its bound [L_T, 1]; (sI + sE)^(−c) by 3 terms.
+    # Finish: A_T = s(I + E) with s the middle of its bound [L_T, 1]; (I + E)^(−c) by its
+    # binomial series, as many terms as the dtype needs (none when E is below its resolution).
     L_T = schedule[-1].L_next if schedule else L0
     mid = 0.5 * (1.0 + L_T)
-    E = A / mid - eye
-    Ac = mid**-cf * (eye - cf * E + 0.5 * cf * (cf + 1) * (E @ E))
-    W = Ac
-    if C is not None:
-        W = C @ W
+    W: Tensor | None = C
+    J = _finish_order(L_T, cf, d)
+    if J > 0:
+        E = _add_diag(A / mid, -1.0)
+        coef = [_binom(-cf, j) for j in range(J + 1)]
+        S = _add_diag(coef[J] * E, coef[J - 1])  # Horner in E
+        for j in range(J - 2, -1, -1):
+            S = _add_diag(S @ E, coef[j])
+        W = S if W is None else W @ S
     if F is not None:
-        W = F @ W
-    Y = (W @ Xt) * alpha ** (1 - 2 * cf)
-    return from_wide(Y[..., :n], transposed), FreonInfo(qr_steps, chol_steps, schedule)
+        W = F if W is None else F @ W
+    Y = Xt if W is None else W @ Xt
+    Y = Y * (mid**-cf * alpha ** (1 - 2 * cf))
+    return from_wide(Y[..., :n], transposed), FreonInfo(qr_steps, chol_steps, schedule, probes)
+
+
+def _qr_step(Xt: Tensor, F: Tensor | None, st: FreonStep, frac: Fraction, eye: Tensor
+             ) -> tuple[Tensor, Tensor | None]:
+    """One QR-phase step: ``X ← u(A)^(p/2) X`` in the Q-product form, and the factor
+    ``F ← F u^(p(2c−1)/2)`` (an exponent of ±1 or 0 for the supported c)."""
+    m = eye.shape[-1]
+    k = st.p // 2
+    s = k * (2 * frac - 1)
+    beta, dd, rg = st.b / st.g, st.a - st.b / st.g, math.sqrt(st.g)
+    stack = torch.cat([rg * Xt.mT, eye.expand(*Xt.shape[:-2], m, m)], dim=-2)
+    Q, _ = torch.linalg.qr(stack)  # (…, n′+m, m)
+    Q1, Q2 = Q[..., :-m, :], Q[..., -m:, :]
+    Xt = beta**k * Xt + _q2_poly(Q2, k, beta, dd) @ (Q1.mT / rg)
+    if s != 0:
+        u = _add_diag(dd * (Q2 @ Q2.mT), beta)
+        if s == 1:
+            F = u if F is None else F @ u
+        else:
+            inv = torch.cholesky_inverse(torch.linalg.cholesky(u))
+            F = inv if F is None else F @ inv
+    return Xt, F
+
+
+def _add_diag(M: Tensor, s: float) -> Tensor:
+    """``M + s·I`` in place on a fresh ``M`` (one pass over the diagonal, not over M)."""
+    M.diagonal(dim1=-2, dim2=-1).add_(s)
+    return M
+
+
+def _q2_poly(Q2: Tensor, k: int, beta: float, dd: float) -> Tensor:
+    """``Q₂ · P(Q₂ᵀQ₂)`` with ``P(Z) = Σ_{j=1..k} C(k, j) β^(k−j) d^j Z^(j−1)`` (Horner in Z,
+    starting from the top two coefficients so no GEMM multiplies by a multiple of I)."""
+    coef = [math.comb(k, j) * beta ** (k - j) * dd**j for j in range(1, k + 1)]  # Z^0 … Z^(k−1)
+    if k == 1:
+        return coef[0] * Q2
+    Z = Q2.mT @ Q2
+    P = _add_diag(coef[-1] * Z, coef[-2])
+    for j in range(k - 3, -1, -1):
+        P = _add_diag(P @ Z, coef[j])
+    return Q2 @ P
+
+
+def _powers(U: Tensor, wanted: set[int]) -> dict[int, Tensor]:
+    """``{e: U^e}`` for the exponents in ``wanted`` (1–4), sharing the square."""
+    out = {1: U}
+    if max(wanted) >= 2:
+        out[2] = U @ U
+    if 3 in wanted:
+        out[3] = out[2] @ U
+    if 4 in wanted:
+        out[4] = out[2] @ out[2]
+    return out
+
+
+def _binom(x: float, j: int) -> float:
+    """The generalised binomial coefficient C(x, j) for real x."""
+    out = 1.0
+    for i in range(j):
+        out *= (x - i) / (i + 1)
+    return out
+
+
+def _finish_order(L_T: float, c: float, d: torch.dtype) -> int:
+    """Terms J of the series for ``(I + E)^(−c)``, ‖E‖ ≤ e = (1 − L_T)/(1 + L_T), so that the
+    remainder ``|C(−c, J+1)| e^(J+1)/(1 − e)`` is within the dtype's resolution (0: the
+    scalar alone is)."""
+    e = (1.0 - L_T) / (1.0 + L_T)
+    eps = torch.finfo(d).eps
+    for J in range(_MAX_FINISH_ORDER + 1):
+        if abs(_binom(-c, J + 1)) * e ** (J + 1) / (1.0 - e) <= eps:
+            return J
+    return _MAX_FINISH_ORDER
 
 
 def _bound_scale(norm_bound: float, delta: float, m: int) -> float:
@@ -198,6 +308,68 @@ def _schedule_for(
     return freon_schedule(frac, L0, tol_, QR_SWITCH, max_steps), L0
 
 
+@dataclass(frozen=True)
+class Speculation:
+    """A first QR step with optimistic coefficients, and what follows it: ``landed`` if the
+    certificate proves the Gram reached the Cholesky phase, ``fallback`` otherwise."""
+
+    step: FreonStep
+    landed: tuple[FreonStep, ...]
+    fallback: tuple[FreonStep, ...]
+
+
+# The speculative step aims at L ≥ LANDING_TARGET·QR_SWITCH and the certificate shifts the
+# Gram by LANDING_SHIFT·QR_SWITCH: success proves λ_min ≥ 1.25·10⁻³ minus the Gram's
+# rounding (≈ √n·eps relative: 1e-5 in fp32, 1e-14 in fp64), so the Cholesky phase may start
+# from QR_SWITCH; the gap to the target leaves room for that rounding many times over.
+LANDING_TARGET = 2.0
+LANDING_SHIFT = 1.25
+
+
+def _plan(
+    frac: Fraction, m: int, d: torch.dtype, delta: float, l0: float | None,
+    tol: float | None, max_steps: int, norm_bound: float | None, probe: bool,
+) -> tuple[tuple[FreonStep, ...], float, Speculation | None]:
+    """``(schedule, L0, speculation)``; the speculation is None when ℓ₀ is not the default,
+    when it could not save a QR step, or when its fallback would not fit ``max_steps``."""
+    schedule, L0 = _schedule_for(frac, m, d, delta, l0, tol, max_steps, norm_bound)
+    default_l0 = l0 is None and not (delta > 0 and norm_bound is not None)
+    if not (probe and default_l0) or sum(st.kind == "qr" for st in schedule) < 2:
+        return schedule, L0, None
+    tol_ = tol if tol is not None else _DEFAULT_TOL[d]
+    p = ORDERS[frac][0]
+    L_spec = landing_bound(p, LANDING_TARGET * QR_SWITCH)
+    if L_spec <= L0:
+        return schedule, L0, None
+    a, b, g, L_next = minimax_step(p, L_spec)
+    step = FreonStep("qr", p, a, b, g, L_spec, L_next)
+    # Without the certificate only λ ≥ L0 is known; h(λ) = λ u(λ)^p rises on [L0, L_spec]
+    # and stays ≥ L_next above it, so min(h(L0), L_next) bounds the new Gram from below.
+    h_L0 = L0 * ((a + b * L0) / (1 + g * L0)) ** p
+    L_fb = min(h_L0, L_next)
+    L_fb = 10.0 ** (math.floor(4.0 * math.log10(L_fb)) / 4.0)  # down to the cache grid
+    budget = max_steps - 2  # the speculative step and its certificate
+    landed = freon_schedule(frac, QR_SWITCH, tol_, QR_SWITCH, budget)
+    fallback = freon_schedule(frac, L_fb, tol_, QR_SWITCH, budget)
+    fits = budget >= 1 and 1 - fallback[-1].L_next <= tol_ and 1 - landed[-1].L_next <= tol_
+    # A failed certificate must not cost a QR step: the fallback may not add one.
+    qr = sum(st.kind == "qr" for st in schedule)
+    if not fits or 1 + sum(st.kind == "qr" for st in fallback) > qr:
+        return schedule, L0, None
+    return schedule, L0, Speculation(step, landed, fallback)
+
+
+@functools.lru_cache(maxsize=16)
+def landing_bound(p: int, target: float) -> float:
+    """The smallest L on the grid 10^(k/4) from which one order-p step lands at ≥ ``target``.
+    Solved on first use, never at import."""
+    for k in range(-80, 1):
+        L = 10.0 ** (k / 4)
+        if minimax_step(p, L)[3] >= target:
+            return L
+    return 1.0
+
+
 def warm_freon(
     shape: tuple[int, ...],
     *,
@@ -208,8 +380,9 @@ def warm_freon(
     tol: float | None = None,
     max_steps: int = 8,
     norm_bound: float | None = None,
+    probe: bool = True,
 ) -> None:
-    """Solve and cache the schedule a call with these options on ``shape`` will use.
+    """Solve and cache the schedules a call with these options on ``shape`` may use.
 
     Optimizers call this at construction so that a training step only looks the schedule up.
     Schedules that depend on the data (no ``norm_bound`` with δ > 0 still uses ``l0``) are
@@ -220,7 +393,7 @@ def warm_freon(
         return
     d = dtype if dtype in (torch.float32, torch.float64) else torch.float32
     m = min(shape[-2], shape[-1])
-    _schedule_for(frac, m, d, delta, l0, tol, max_steps, norm_bound)
+    _plan(frac, m, d, delta, l0, tol, max_steps, norm_bound, probe)
 
 
 def _inverse_by_qr(X: Tensor) -> Tensor:
@@ -239,7 +412,8 @@ def freon(
     tol: float | None = None,
     max_steps: int = 8,
     norm_bound: float | None = None,
+    probe: bool = True,
 ) -> Tensor:
     """``(G Gᵀ + δ² I)^(−c) G`` by Freon's rational iteration (see :func:`freon_power`)."""
     return freon_power(G, c=c, delta=delta, l0=l0, dtype=dtype, tol=tol, max_steps=max_steps,
-                       norm_bound=norm_bound)[0]
+                       norm_bound=norm_bound, probe=probe)[0]
