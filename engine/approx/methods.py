@@ -185,6 +185,11 @@ def _capped(G: Tensor, map_name: str, options: dict[str, Any], dtype: torch.dtyp
     key = ITERATION_OPTION[map_name]
     cap = int(options.get(key, DEFAULT_CAP[map_name]))
     base = {k: v for k, v in options.items() if k != key}
+    if map_name == "freon":
+        # Freon's speculative first step (``probe``) plans differently under each cap, so the
+        # capped calls would not be the iterates of one run: measure the data-independent path,
+        # the one the optimizer takes, unless the method asks for the probe.
+        base.setdefault("probe", False)
     out: list[Iterate] = []
     done = 0
     for k in range(1, cap + 1):
