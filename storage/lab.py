@@ -60,11 +60,17 @@ def apply_lab_event(cur, ev: dict[str, Any],
     elif kind == "lab_case":
         _apply_case(cur, ev)
     elif kind == "matrix":
+        if cur.execute("SELECT 1 FROM captured_matrices WHERE matrix_id = ?",
+                       [ev["matrix_id"]]).fetchone() is not None:
+            return  # a replay: stored already, and its bytes have left the broker
         blob = fetch(ev["blob"]) if fetch is not None else None
         if blob is None:
             raise ValueError(f"matrix {ev['matrix_id']}: its data ({ev['blob']}) is not in the "
                              "broker (expired?)")
-        data = zlib.decompress(blob)
+        try:
+            data = zlib.decompress(blob)
+        except zlib.error as err:  # a data error: parked, never retried forever
+            raise ValueError(f"matrix {ev['matrix_id']}: corrupt data ({err})") from None
         cur.execute(
             "INSERT OR IGNORE INTO captured_matrices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [ev["matrix_id"], ev["run_id"], int(ev["attempt"]), int(ev["step"]), ev["param"],
@@ -218,12 +224,18 @@ class LabQueries:
         return bool(row and row[0])
 
     def captured(self) -> pd.DataFrame:
-        """Captured matrices, newest first, with their run's label when the run is known."""
+        """Captured matrices, newest first, with their run's label when the run is known.
+
+        A run that restarted or resumed captures its later steps again under a new attempt:
+        each (run, step, parameter, kind) is listed once, from its latest attempt.
+        """
         with self.db.read() as cur:
             return cur.execute("""
                 SELECT c.matrix_id, c.run_id, r.label, c.step, c.param, c.kind, c.rows, c.cols,
                        c.created_at
                 FROM captured_matrices c LEFT JOIN runs r USING (run_id)
+                QUALIFY row_number() OVER (PARTITION BY c.run_id, c.step, c.param, c.kind
+                                           ORDER BY c.attempt DESC) = 1
                 ORDER BY c.created_at DESC, c.matrix_id
             """).df()
 

@@ -143,6 +143,7 @@ class Recorder:
 
     def _apply(self, batch: list[tuple[str, dict[str, Any]]]) -> int:
         metric_rows: list[tuple] = []
+        stored_blobs: list[str] = []  # broker keys whose bytes are now in DuckDB
         with self.db.write() as cur:
             for _eid, ev in batch:
                 kind = ev.get("type")
@@ -159,10 +160,16 @@ class Recorder:
                     self._apply_status(cur, ev)
                 elif kind in LAB_EVENTS:
                     apply_lab_event(cur, ev, self.stream.client.get)
+                    if kind == "matrix":
+                        stored_blobs.append(ev["blob"])
                 else:
                     log.warning("recorder: skipping unknown event %r", kind)
             if metric_rows:
                 self._insert_metrics(cur, metric_rows)
+        if stored_blobs:
+            # Committed: the broker's copy of each captured matrix is no longer needed (a
+            # replayed event finds the row and skips the missing bytes).
+            self.stream.client.delete(*stored_blobs)
         self.stream.ack(eid for eid, _ in batch)
         self.applied += len(batch)
         return len(batch)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import duckdb
 import pytest
 import torch
@@ -143,6 +145,8 @@ def test_captured_gradients_flow_from_a_training_run_into_the_lab(worker, clean_
         return len(q.captured()) == 8  # 2 steps × 2 matrix params × (grad, momentum)
 
     wait_for(captured, 120, "the captured matrices")
+    # Stored in DuckDB, so the broker's copies are gone: captures cannot pile up in Redis.
+    assert connect(clean_broker).keys("approximant:capture:*") == []
     cap = q.captured()
     assert set(cap["step"]) == {3, 6} and set(cap["kind"]) == {"grad", "momentum"}
     assert set(cap["run_id"]) == {run_id} and set(cap["label"]) == {"muon[lr=0.02]"}
@@ -192,3 +196,23 @@ def test_a_lab_job_can_be_cancelled(worker, clean_broker, db):
     job = q.job(spec.job_id)
     assert job["status"] == "cancelled" and job["cases_done"] == 0
     assert job["message"] == "cancelled by request"
+
+
+def test_a_replayed_or_corrupt_captured_matrix_does_not_stop_the_recorder(clean_broker, db):
+    stream = EventStream(connect(clean_broker))
+    client = connect(clean_broker)
+    recorder = Recorder(db, stream)
+    good = {"type": "matrix", "matrix_id": "m-good", "blob": "approximant:capture:m-good",
+            "run_id": "r", "attempt": 1, "step": 3, "param": "w", "kind": "grad", "rows": 1,
+            "cols": 2, "dtype": "float32", "ts": 1.0}
+    client.set(good["blob"], zlib.compress(b"\0" * 8))
+    stream.append([good])
+    recorder.drain()
+    assert client.get(good["blob"]) is None  # recorded, so dropped from the broker
+    bad = {**good, "matrix_id": "m-bad", "blob": "approximant:capture:m-bad"}
+    client.set(bad["blob"], b"not zlib")
+    stream.append([good, bad, {"type": "study", "study_id": "x"}])  # a replay, then garbage
+    recorder.drain()
+    assert list(LabQueries(db).captured()["matrix_id"]) == ["m-good"]
+    assert client.xlen(stream.dead_letter) == 2  # the corrupt matrix and the broken study
+    assert recorder.drain() == 0  # nothing left pending: the stream moves on

@@ -8,7 +8,9 @@ tiny matrix, so the map's own validation (which names the option and its range) 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import math
 from typing import Any, Literal
 
 import torch
@@ -121,6 +123,10 @@ def _problems(spec: LabSpec) -> list[str]:
             problems.append(f"{where}.options.{bad[0]}: set by the lab (dtypes, seed), "
                             "not per method")
             continue
+        typed = _option_type_problems(where, m.map, m.options)
+        if typed:
+            problems.extend(typed)
+            continue
         if m.map in POWER_MAPS and "c" in m.options and float(m.options["c"]) != spec.c:
             problems.append(f"{where}.options.c: must equal the job's c ({spec.c}) "
                             f"(got {m.options['c']})")
@@ -138,16 +144,31 @@ def _problems(spec: LabSpec) -> list[str]:
             opts["generator"] = torch.Generator().manual_seed(0)
         try:
             get_map(m.map).fn(probe, dtype=torch.float64, **opts)
-        except TypeError as err:
-            problems.append(f"{where}.options: {err}")
-        except ValueError as err:
-            problems.append(f"{where}.options.{err}")
+        except (TypeError, ValueError) as err:
+            # The maps name the option first ("l0: must be ..."); anything else is the map's.
+            named = str(err).split(":", 1)[0] in opts
+            problems.append(f"{where}.options{'.' if named else ': '}{err}")
     if not problems:
         elements = sum(_elements(sh) for sh in spec.shapes) * max(1, len(spec.spectra))
         work = elements * len(spec.methods) * len(spec.dtypes) * spec.repeats
         if work > MAX_WORK:
             problems.append(f"methods × spectra × shapes × dtypes × repeats: {work:.3g} "
                             f"element-runs exceeds the limit of {MAX_WORK:.0g}")
+    return problems
+
+
+def _option_type_problems(where: str, map_name: str, options: dict[str, Any]) -> list[str]:
+    """Options given as text where the map takes a number, and numbers that are not finite."""
+    params = inspect.signature(get_map(map_name).fn).parameters
+    problems = []
+    for key, value in options.items():
+        # Annotations are strings here (postponed evaluation): "float", "float | None", "int".
+        note = str(params[key].annotation) if key in params else ""
+        numeric = ("float" in note or "int" in note) and "str" not in note
+        if numeric and isinstance(value, str | bool):
+            problems.append(f"{where}.options.{key}: must be a number (got {value!r})")
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{where}.options.{key}: must be finite (got {value})")
     return problems
 
 

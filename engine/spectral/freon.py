@@ -54,7 +54,7 @@ class FreonInfo:
     qr_steps: int
     cholesky_steps: int
     schedule: tuple[FreonStep, ...]
-    probes: int = 0  # fp64 Cholesky factorisations spent certifying a larger ℓ₀
+    probes: int = 0  # Cholesky factorisations (working dtype) certifying a larger ℓ₀
 
     @property
     def factorisations(self) -> int:

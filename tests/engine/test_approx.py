@@ -315,3 +315,19 @@ def test_training_captures_gradient_and_momentum_of_matrix_parameters_at_chosen_
         assert torch.allclose(m1[n], 0.05 * g1[n], rtol=1e-5, atol=1e-12)
     # No capture callback, no cost: the same spec trains without one.
     assert train(expand(spec)[0], lambda rows: None).status == "finished"
+
+
+@pytest.mark.parametrize("line, message", [
+    ("freon[c=abc]", "methods.0.options.c: must be a number (got 'abc')"),
+    ("qdwh[l0=x]", "methods.0.options.l0: must be a number (got 'x')"),
+    ("truncated_sgd[fraction=x]", "methods.0.options.fraction: must be a number (got 'x')"),
+    ("kaon_iid[low=inf,high=inf]", "methods.0.options.low: must be finite (got inf)"),
+    ("qdwh[l0=-1]", "methods.0.options.l0: must be in (0, 1] (got -1)"),
+])
+def test_bad_method_options_are_named(line, message):
+    from engine.approx.spec import default_lab, parse_method_lines
+    from engine.errors import SpecError
+
+    with pytest.raises(SpecError) as err:
+        default_lab(methods=parse_method_lines(line))
+    assert message in str(err.value).splitlines()
