@@ -14,6 +14,9 @@ import pandas as pd
 
 ERROR_TITLE = "relative spectral error ‖X − T‖₂ / ‖T‖₂"
 
+# Method labels are long (``newton_schulz[schedule=polar_express,steps=8]``): keep them whole.
+METHOD_COLOR = alt.Color("method:N", legend=alt.Legend(labelLimit=360))
+
 
 def _tooltips(*extra: alt.Tooltip) -> list[alt.Tooltip]:
     return [alt.Tooltip("method:N"), alt.Tooltip("dtype:N"), alt.Tooltip("iteration:Q"),
@@ -34,7 +37,7 @@ def transfer_chart(curves: pd.DataFrame, log_y: bool = True) -> alt.Chart:
         .encode(
             x=alt.X("x:Q", title="input σ / σ_max", scale=alt.Scale(type="log")),
             y=alt.Y("y:Q", title="output φ(σ)", scale=yscale),
-            color=alt.Color("method:N"),
+            color=METHOD_COLOR,
             strokeDash=alt.StrokeDash("dtype:N"),
             opacity=alt.Opacity("iteration:Q", scale=alt.Scale(range=[0.15, 1.0]),
                                 legend=None),
@@ -57,7 +60,7 @@ def error_chart(results: pd.DataFrame, x: str, x_title: str, log_x: bool = False
         .encode(
             x=alt.X(f"{x}:Q", title=x_title, scale=xscale),
             y=alt.Y("err_spec:Q", title=ERROR_TITLE, scale=alt.Scale(type="log")),
-            color=alt.Color("method:N"),
+            color=METHOD_COLOR,
             strokeDash=alt.StrokeDash("dtype:N"),
             tooltip=_tooltips(alt.Tooltip(f"{x}:Q", format=".4g"),
                               alt.Tooltip("err_spec:Q", format=".3g")),
@@ -89,7 +92,7 @@ def pareto_chart(results: pd.DataFrame) -> alt.Chart:
     x = alt.X("wall_median_s:Q", title="median wall time (s)", scale=alt.Scale(type="log"))
     y = alt.Y("err_spec:Q", title=ERROR_TITLE, scale=alt.Scale(type="log"))
     points = base.mark_point(filled=True, size=40).encode(
-        x=x, y=y, color=alt.Color("method:N"), shape=alt.Shape("dtype:N"),
+        x=x, y=y, color=METHOD_COLOR, shape=alt.Shape("dtype:N"),
         tooltip=_tooltips(alt.Tooltip("wall_median_s:Q", title="median s", format=".3g"),
                           alt.Tooltip("wall_min_s:Q", title="min s", format=".3g"),
                           alt.Tooltip("wall_max_s:Q", title="max s", format=".3g"),
@@ -97,7 +100,7 @@ def pareto_chart(results: pd.DataFrame) -> alt.Chart:
                           alt.Tooltip("gemm_frac:Q", title="GEMM fraction", format=".2f")),
     )
     spread = base.mark_rule(opacity=0.5).encode(
-        x="wall_min_s:Q", x2="wall_max_s:Q", y=y, color=alt.Color("method:N"))
+        x="wall_min_s:Q", x2="wall_max_s:Q", y=y, color=METHOD_COLOR)
     line = alt.Chart(front).mark_line(interpolate="step-after", color="black",
                                       strokeWidth=1).encode(
         x=x, y=y, detail="dtype:N")
