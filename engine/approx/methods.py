@@ -4,10 +4,10 @@ The lab needs what the registry's maps do not return: the iterate after each ste
 matmuls and factorisations it took, and how long. Two strategies, both driving the registry's
 own data and kernels rather than copies of them:
 
-* **Stepped** (the matmul-only odd quintics: ``newton_schulz``, ``kaon_chaos``): one pass of the
-  same arithmetic as ``engine.spectral.newton_schulz.odd_quintic_iteration`` (same normalisation,
-  same ``addmm`` chain), keeping each iterate and reading the clock after each step. A test checks
-  the last iterate equals the registry's output bit for bit.
+* **Stepped** (the matmul-only odd quintics: ``newton_schulz``, ``kaon_chaos``): one call of
+  ``engine.spectral.newton_schulz.odd_quintic_iteration`` with an ``after_step`` hook that keeps
+  each iterate and reads the clock after each step. A test checks the last iterate equals the
+  registry's output bit for bit.
 * **Capped** (``qdwh``, ``freon``): the registry function itself, called with its iteration cap
   set to 1, 2, … until the map stops earlier than the cap (it has converged). Each cap is a real,
   separately timed call, so the wall time at iteration k is what a user of k iterations pays.
@@ -29,9 +29,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from engine.spectral import get_map
-from engine.spectral.common import from_wide, to_wide
 from engine.spectral.freon import freon_power
-from engine.spectral.newton_schulz import KAON_GAIN, KAON_OUT_SCALE
+from engine.spectral.newton_schulz import KAON_GAIN, KAON_OUT_SCALE, odd_quintic_iteration
 from engine.spectral.qdwh import qdwh_polar
 from engine.spectral.schedules import get_schedule
 
@@ -137,29 +136,23 @@ def _stepped(G: Tensor, map_name: str, options: dict[str, Any], dtype: torch.dty
     rows, norm_safety, out_scale, eps = quintic_rows(map_name, options)
     batch, m, n = _dims(G)
     times: list[list[float]] = [[] for _ in rows]
-    kept: list[Tensor] = []
-    for _ in range(repeats):
+    kept: list[Tensor] = []  # the last repeat's iterates
+    t0 = [0.0]
+
+    def keep(i: int, X: Tensor) -> None:
+        kept.append(X)
         _sync(G.device)
-        t0 = time.perf_counter()
-        # The arithmetic of odd_quintic_iteration, step by step (see the module docstring).
-        X = G.to(dtype)
-        X, transposed = to_wide(X)
-        norm = X.norm() if X.ndim == 2 else X.norm(dim=(-2, -1), keepdim=True)
-        if norm_safety != 1.0:
-            norm = norm * norm_safety
-        X = X / norm.clamp(min=eps)
-        mm = torch.addmm if X.ndim == 2 else torch.baddbmm
-        kept = []
-        for i, (a, b, c) in enumerate(rows):
-            A = X @ X.mT
-            B = mm(A, A, A, beta=b, alpha=c)
-            X = mm(X, B, X, beta=a)
-            kept.append(X)
-            _sync(G.device)
-            times[i].append(time.perf_counter() - t0)
+        times[i].append(time.perf_counter() - t0[0])
+
+    for _ in range(repeats):
+        kept.clear()
+        _sync(G.device)
+        t0[0] = time.perf_counter()
+        # The registry's own iteration, watched after every step: the iterates are its own.
+        odd_quintic_iteration(G, rows, dtype=dtype, eps=eps, norm_safety=norm_safety,
+                              after_step=keep)
     out = []
-    for i, X in enumerate(kept):
-        Y = from_wide(X, transposed)
+    for i, Y in enumerate(kept):
         if out_scale != 1.0:
             Y = Y / out_scale
         out.append(Iterate(i + 1, Y, 3 * (i + 1), 0, batch * quintic_flops(m, n) * (i + 1),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -18,6 +18,7 @@ def odd_quintic_iteration(
     dtype: torch.dtype,
     eps: float = 1e-7,
     norm_safety: float = 1.0,
+    after_step: Callable[[int, Tensor], None] | None = None,
 ) -> Tensor:
     """Apply ``X ← aX + b(XXᵀ)X + c(XXᵀ)²X`` per row of ``coefficients`` to ``G/‖G‖_F``.
 
@@ -33,10 +34,12 @@ def odd_quintic_iteration(
         norm = norm * norm_safety
     X = X / norm.clamp(min=eps)
     mm = torch.addmm if X.ndim == 2 else torch.baddbmm
-    for a, b, c in coefficients:
+    for i, (a, b, c) in enumerate(coefficients):
         A = X @ X.mT
         B = mm(A, A, A, beta=b, alpha=c)
         X = mm(X, B, X, beta=a)
+        if after_step is not None:  # the lab watches every iterate; training passes None
+            after_step(i, from_wide(X, transposed))
     return from_wide(X, transposed)
 
 
