@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,19 @@ class Services:
                 self.recorder.drain_once()
             except Exception as err:  # the page still renders what DuckDB has
                 log.warning("refresh failed: %s", err)
+
+    def await_registration(self, present: Callable[[], bool], tries: int = 10,
+                           pause_s: float = 0.2) -> bool:
+        """Whether ``present()`` holds, draining the stream between tries for a moment: a page
+        opened right after a submission may be ahead of the registration on the stream."""
+        if present():
+            return True
+        for _ in range(tries if self.recorder is not None else 0):
+            time.sleep(pause_s)
+            self.refresh()
+            if present():
+                return True
+        return False
 
     def close(self) -> None:
         if self.recorder is not None:

@@ -4,7 +4,6 @@ transfer functions, convergence, cost and the Pareto front from the results."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -317,14 +316,8 @@ def _body(lq: LabQueries, job_id: str) -> None:
 def _results_section(services: Services, lq: LabQueries) -> None:
     jobs = lq.jobs()
     job_id = st.query_params.get("job")
-    if job_id and lq.job(job_id) is None:
-        for _ in range(10 if services.recorder is not None else 0):
-            # Just submitted: its registration may be a moment behind on the stream.
-            time.sleep(0.2)
-            services.refresh()
-            if lq.job(job_id) is not None:
-                jobs = lq.jobs()
-                break
+    if job_id and services.await_registration(lambda: lq.job(job_id) is not None):
+        jobs = lq.jobs()  # it may have arrived only now
     if jobs.empty:
         st.info("No lab jobs yet. Configure one under **New job** and press **Run**.")
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from app import charts
@@ -57,8 +58,6 @@ def render() -> None:
             reached = a.time_to_target([sid], metric, target, "step")
             sub = runs[runs["study_id"] == sid]
             costs.append(an.profile_costs(sub, finals, reached))
-        import pandas as pd
-
         table = pd.concat(costs) if costs else pd.DataFrame(columns=["task", "solver", "cost"])
         table["cost"] = table["cost"].replace(0, 1)  # reached at step 0: one step is the floor
     else:

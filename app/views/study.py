@@ -7,8 +7,6 @@ page renders read-only for a share token: no cancel, re-run, add-seed or share c
 
 from __future__ import annotations
 
-import time
-
 import pandas as pd
 import streamlit as st
 
@@ -363,19 +361,6 @@ def _share(services: Services, study: dict, view: ViewState, out: dict) -> None:
     )
 
 
-def _load_study(services: Services, study_id: str) -> dict | None:
-    q = services.queries
-    study = q.study(study_id)
-    for _ in range(10 if study is None and services.recorder is not None else 0):
-        # Just submitted: the registration may be a moment behind on the stream.
-        time.sleep(0.2)
-        services.refresh()
-        study = q.study(study_id)
-        if study is not None:
-            break
-    return study
-
-
 def _pick_study(q: Queries) -> str | None:
     studies = q.studies()
     if studies.empty:
@@ -466,7 +451,8 @@ def render() -> None:
     study_id = st.query_params.get("study") or _pick_study(services.queries)
     if not study_id:
         return
-    study = _load_study(services, study_id)
+    services.await_registration(lambda: services.queries.study(study_id) is not None)
+    study = services.queries.study(study_id)
     if study is None:
         _missing(services, study_id)
         return
