@@ -26,21 +26,6 @@ def _as_array(values) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
-def bootstrap_ci(values, level: float = 0.95, n_boot: int = BOOT_SAMPLES,
-                 seed: int = BOOT_SEED) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean. A single value has no spread: (v, v)."""
-    a = _as_array(values)
-    if a.size == 0:
-        return math.nan, math.nan
-    if a.size == 1:
-        return float(a[0]), float(a[0])
-    rng = np.random.default_rng(seed)
-    means = a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(axis=1)
-    tail = (1 - level) / 2
-    lo, hi = np.quantile(means, [tail, 1 - tail])
-    return float(lo), float(hi)
-
-
 def band_frame(frame: pd.DataFrame, keys: list[str], value: str = "value",
                center: str = "mean", band: str = "std", level: float = 0.95,
                n_boot: int = BOOT_SAMPLES, seed: int = BOOT_SEED) -> pd.DataFrame:
