@@ -134,6 +134,11 @@ BATCH_MAX_NUMEL_CPU = 256 * 256
 BATCHING = ("auto", "always", "never")
 
 
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}: must be one of {', '.join(allowed)} (got {value!r})")
+
+
 class SpectralOptimizer(torch.optim.Optimizer):
     """Spectral update on matrix parameters: ``θ ← (1 − lr·wd) θ − lr·s(shape)·D(momentum)``.
 
@@ -184,20 +189,13 @@ class SpectralOptimizer(torch.optim.Optimizer):
             raise ValueError(f"momentum: must be in [0, 1) (got {momentum})")
         if not weight_decay >= 0:
             raise ValueError(f"weight_decay: must be >= 0 (got {weight_decay})")
-        if shape_scale not in SHAPE_SCALES:
-            raise ValueError(
-                f"shape_scale: must be one of {', '.join(SHAPE_SCALES)} (got {shape_scale!r})"
-            )
+        _one_of("shape_scale", shape_scale, SHAPE_SCALES)
         if schatten_c is not None and not 0 <= schatten_c <= 1:
             raise ValueError(f"schatten_c: must be in [0, 1] (got {schatten_c})")
         if not schatten_floor >= 0:
             raise ValueError(f"schatten_floor: must be >= 0 (got {schatten_floor})")
-        if nonfinite not in NONFINITE:
-            raise ValueError(
-                f"nonfinite: must be one of {', '.join(NONFINITE)} (got {nonfinite!r})"
-            )
-        if batch not in BATCHING:
-            raise ValueError(f"batch: must be one of {', '.join(BATCHING)} (got {batch!r})")
+        _one_of("nonfinite", nonfinite, NONFINITE)
+        _one_of("batch", batch, BATCHING)
         if not callable(spectral_map):
             raise ValueError("spectral_map: must be callable (a ConfiguredMap or M -> D)")
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
