@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         if args.command in ("up", "worker", "run"):
-            from tasks.run import checkpoint_every_s
+            from tasks.celery_app import checkpoint_every_s
 
             checkpoint_every_s()  # a bad setting fails here, not later inside every run
         return int(args.func(args) or 0)

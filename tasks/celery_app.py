@@ -38,6 +38,20 @@ app.conf.update(
 )
 
 
+# Seconds between a running run's checkpoints (see tasks.run); read by every worker process.
+ENV_CHECKPOINT_S = "APPROXIMANT_CHECKPOINT_S"
+DEFAULT_CHECKPOINT_S = 60.0
+
+
+def checkpoint_every_s() -> float:
+    raw = os.environ.get(ENV_CHECKPOINT_S, "")
+    try:
+        return float(raw) if raw else DEFAULT_CHECKPOINT_S
+    except ValueError:
+        raise ValueError(f"{ENV_CHECKPOINT_S}: must be a number of seconds, ≤ 0 to turn "
+                         f"checkpoints off (got {raw!r})") from None
+
+
 def configure(broker_url: str) -> Celery:
     """Point the app at ``broker_url`` (before a worker starts or a task is sent)."""
     app.conf.broker_url = broker_url

@@ -25,7 +25,7 @@ from celery import Task
 from engine.specs import RunSpec
 from engine.training import checkpoint_bytes, load_checkpoint, train
 from storage.stream import TERMINAL, EventStream, connect
-from tasks.celery_app import app
+from tasks.celery_app import DEFAULT_CHECKPOINT_S, app, checkpoint_every_s
 from tasks.publisher import (
     LEASE_KEY,
     LEASE_TTL_S,
@@ -44,8 +44,6 @@ SKIPPED_KEY = "approximant:skipped"  # hash "run_id:verdict" → deliveries not 
 # The latest checkpoint of a run that has not ended, in the broker so that whichever worker
 # gets the run again (any machine in team mode) resumes it instead of starting over.
 CHECKPOINT_KEY = "approximant:checkpoint:{run_id}"
-ENV_CHECKPOINT_S = "APPROXIMANT_CHECKPOINT_S"
-DEFAULT_CHECKPOINT_S = 60.0
 
 _clients: dict[tuple[int, str], Any] = {}
 
@@ -97,15 +95,6 @@ def claim(client, run_id: str, lease_ttl_s: float = LEASE_TTL_S, poll_s: float =
             return "duplicate"
         seen = now_seen
         time.sleep(poll_s)
-
-
-def checkpoint_every_s() -> float:
-    raw = os.environ.get(ENV_CHECKPOINT_S, "")
-    try:
-        return float(raw) if raw else DEFAULT_CHECKPOINT_S
-    except ValueError:
-        raise ValueError(f"{ENV_CHECKPOINT_S}: must be a number of seconds, ≤ 0 to turn "
-                         f"checkpoints off (got {raw!r})") from None
 
 
 class _Checkpointer:
