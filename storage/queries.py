@@ -69,33 +69,6 @@ class Queries:
         runs["progress"] = (runs["last_step"] / runs["steps"].clip(lower=1)).clip(0, 1)
         return runs
 
-    def curves(self, study_id: str, names: list[str], max_points: int = 200) -> pd.DataFrame:
-        """Metric curves of a study's runs (latest attempt), at most ``max_points`` per curve.
-
-        Steps are bucketed per run and metric; each bucket gives its mean value at its last step,
-        so a chart carries a few thousand points however long the runs are.
-        """
-        if not names:
-            return pd.DataFrame(columns=["run_id", "label", "seed", "name", "step", "value"])
-        placeholders = ", ".join("?" for _ in names)
-        with self.db.read() as cur:
-            return cur.execute(f"""
-                WITH m AS (
-                    SELECT m.run_id, r.label, r.seed, m.name, m.step, m.value
-                    FROM metrics m JOIN runs r ON m.run_id = r.run_id AND m.attempt = r.attempt
-                    WHERE r.study_id = ? AND m.name IN ({placeholders})
-                ), w AS (
-                    SELECT *, greatest(1, ceil((max(step) OVER (PARTITION BY run_id, name) + 1)
-                                                / ?))::BIGINT AS width
-                    FROM m
-                )
-                SELECT run_id, any_value(label) AS label, any_value(seed) AS seed, name,
-                       max(step) AS step, avg(value) AS value
-                FROM w
-                GROUP BY run_id, name, step // width
-                ORDER BY run_id, name, step
-            """, [study_id, *names, max_points]).df()
-
     def data_version(self, study_id: str) -> tuple:
         """Changes whenever the study's runs or metrics change; a cache key for the pages."""
         with self.db.read() as cur:
