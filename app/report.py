@@ -45,20 +45,23 @@ SETTINGS = {
 
 @dataclass(frozen=True)
 class View:
-    metric: str = "val_loss"
-    metric2: str = "train_loss"
-    x: str = "step"
-    group: str = "config"
-    center: str = "mean"
-    band: str = "std"
-    smooth: float = 0.0
-    logy: bool = False
-    xmin: float | None = None
-    xmax: float | None = None
-    measure: str = "final"
-    baseline: str = ""
-    target: float | None = None
-    within: float = 10.0
+    """The settings a report depends on (``pause`` only steers the page); defaults as in
+    ``SETTINGS``, which also parses them from a URL."""
+
+    metric: str = SETTINGS["metric"].default
+    metric2: str = SETTINGS["metric2"].default
+    x: str = SETTINGS["x"].default
+    group: str = SETTINGS["group"].default
+    center: str = SETTINGS["center"].default
+    band: str = SETTINGS["band"].default
+    smooth: float = SETTINGS["smooth"].default
+    logy: bool = SETTINGS["logy"].default
+    xmin: float | None = SETTINGS["xmin"].default
+    xmax: float | None = SETTINGS["xmax"].default
+    measure: str = SETTINGS["measure"].default
+    baseline: str = SETTINGS["baseline"].default
+    target: float | None = SETTINGS["target"].default
+    within: float = SETTINGS["within"].default
 
     @classmethod
     def from_query(cls, params: dict[str, str]) -> View:
