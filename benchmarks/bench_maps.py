@@ -11,8 +11,9 @@ one same-size GEMM ``X Xᵀ`` (m×n by n×m), "GEMM-equivalents". Each method is
 interleaved with its baselines (GEMM, fp32 SVD, Gram eigh) repeat by repeat, so the ratios
 hold on a loaded machine; times are medians; the device is synchronised before each read.
 Freon rows use the default lower bound (1e-6 in fp32) unless they say ℓ₀ = 1/(2κ) (a known
-bound); "δ=1e-3" rows compare with the floored target (GGᵀ + δ²I)^(−c)G, δ relative to
-‖G‖₂ = 1.
+bound), and the default finish (eigh on a CPU, Cholesky steps on a GPU) unless they say
+finish=cholesky (the rational iteration throughout); "δ=1e-3" rows compare with the floored
+target (GGᵀ + δ²I)^(−c)G, δ relative to ‖G‖₂ = 1.
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ def methods(kappa: float) -> list[tuple[str, float, float, Callable[[torch.Tenso
         rows.append((f"gram eigh fp32 c={label}", c, 0.0,
                      lambda G, c=c: apply_map("gram_eigh", G, c=c)))
         rows.append((f"freon fp32 c={label}", c, 0.0, lambda G, c=c: apply_map("freon", G, c=c)))
+        if c != 1.0:  # the rational iteration throughout (the default finish is eigh on a CPU)
+            rows.append((f"freon fp32 c={label} finish=cholesky", c, 0.0,
+                         lambda G, c=c: apply_map("freon", G, c=c, finish="cholesky")))
         if c in (0.5, 2 / 3):
             l0 = 0.5 / kappa  # a known bound: fewer QR steps than the default 1e-6
             rows.append((f"freon fp32 c={label} ℓ₀=1/(2κ)", c, 0.0,

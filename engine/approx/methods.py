@@ -99,9 +99,11 @@ def qdwh_flops(m: int, n: int, qr_steps: int, chol_steps: int) -> float:
     return qr_steps * qr + chol_steps * chol
 
 
-def freon_flops(m: int, n: int, steps: tuple, c: float) -> float:
-    """QR phase as QDWH's plus the Horner products; Cholesky phase on the m×m Gram (each step:
-    chol, a solve against I, U^p and A·U^p, the accumulator); the finish (E², W·X)."""
+def freon_flops(m: int, n: int, steps: tuple, c: float, eigh: bool = False) -> float:
+    """QR phase as QDWH's plus the products (I + gA)⁻ʲX; then either the Cholesky phase on the
+    m×m Gram (each step: chol, a solve against I, U^p and A·U^p, the accumulator) and the
+    finish (E², W·X), or the Gram, its eigh (≈ 9m³, the textbook count with vectors) and
+    W·X."""
     total = 0.0
     gram = False
     for st in steps:
@@ -113,6 +115,8 @@ def freon_flops(m: int, n: int, steps: tuple, c: float) -> float:
                 gram = True
             mults = (st.p - 1) + 1 + max(int(c * st.p) - 1, 0) + 1
             total += m**3 / 3.0 + 2.0 * m**3 + 2.0 * m**3 * mults
+    if eigh:
+        return total + 2.0 * m * m * n + 9.0 * m**3 + 2.0 * m**3 + 2.0 * m * m * n
     return total + 2.0 * m**3 + 2.0 * m * m * n
 
 
@@ -179,10 +183,11 @@ def _capped(G: Tensor, map_name: str, options: dict[str, Any], dtype: torch.dtyp
     cap = int(options.get(key, DEFAULT_CAP[map_name]))
     base = {k: v for k, v in options.items() if k != key}
     if map_name == "freon":
-        # Freon's speculative first step (``probe``) plans differently under each cap, so the
-        # capped calls would not be the iterates of one run: measure the data-independent path,
-        # the one the optimizer takes, unless the method asks for the probe.
+        # Freon's speculative first step (``probe``) and its eigh finish plan differently under
+        # each cap, so the capped calls would not be the iterates of one run: measure the
+        # data-independent rational iteration unless the method asks for them.
         base.setdefault("probe", False)
+        base.setdefault("finish", "cholesky")
     out: list[Iterate] = []
     done = 0
     for k in range(1, cap + 1):
@@ -198,9 +203,10 @@ def _capped(G: Tensor, map_name: str, options: dict[str, Any], dtype: torch.dtyp
             get_map("freon").warm(tuple(G.shape), dtype=dtype, max_steps=k, **base)
             (X, info), times = _timed(
                 lambda k=k: freon_power(G, dtype=dtype, max_steps=k, **base), G.device, repeats)
-            qr, chol = info.qr_steps, info.cholesky_steps
-            flops = freon_flops(m, n, info.schedule, float(base.get("c", 0.5)))
-            mat = 2 * qr + 4 * chol + 2
+            qr, chol = info.qr_steps, info.cholesky_steps + info.eigh_steps + info.probes
+            flops = freon_flops(m, n, info.schedule, float(base.get("c", 0.5)),
+                                eigh=info.eigh_steps > 0)
+            mat = 2 * qr + 4 * info.cholesky_steps + 3 * info.eigh_steps + 2
         if qr + chol <= done:
             break  # converged before the cap: a larger cap computes the same thing
         done = qr + chol

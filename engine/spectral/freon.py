@@ -54,11 +54,16 @@ class FreonInfo:
     qr_steps: int
     cholesky_steps: int
     schedule: tuple[FreonStep, ...]
-    probes: int = 0  # Cholesky factorisations (working dtype) certifying a larger ℓ₀
+    probes: int = 0  # certificates of a larger ℓ₀ that were paid for (see ``probe``)
+    eigh_steps: int = 0  # 1 when the eigh finish ran
 
     @property
     def factorisations(self) -> int:
-        return self.qr_steps + self.cholesky_steps + self.probes
+        return self.qr_steps + self.cholesky_steps + self.probes + self.eigh_steps
+
+    @property
+    def finish(self) -> str:
+        return "eigh" if self.eigh_steps else "cholesky"
 
 
 def as_fraction(c: float | Fraction) -> Fraction:
@@ -86,6 +91,7 @@ def freon_power(
     max_steps: int = 8,
     norm_bound: float | None = None,
     probe: bool = True,
+    finish: str = "auto",
 ) -> tuple[Tensor, FreonInfo]:
     """``(G Gᵀ + δ² I)^(−c) G`` in ``dtype`` (G's shape) and the iteration record.
 
@@ -97,16 +103,24 @@ def freon_power(
     the scale is ``√(norm_bound² + mδ²)`` with no power iteration and, when δ > 0 and ``l0`` is
     None, ``l0`` is the rigorous ``δ / scale``: everything is known from shapes, no host sync.
 
+    ``finish``: what follows the QR phase once the Gram is well conditioned (λ ≥ 10⁻³).
+    ``"cholesky"``: the rational iteration goes on with Cholesky steps and a binomial series.
+    ``"eigh"``: one symmetric eigendecomposition of that Gram (cond ≤ 10³, so κ is no longer
+    squared) and its exact −c power; on a CPU this costs less than the Cholesky steps and the
+    iteration's speculative step certifies itself with it, at fp32 accuracy a few 1e-4 rather
+    than a few 1e-5 (docs/freon.md). ``"auto"``: eigh on a CPU, Cholesky elsewhere (GPU
+    eigensolvers are slow). It falls back to Cholesky steps when ``max_steps`` leaves no room.
+
     ``probe``: when ℓ₀ would be the default, the first QR step speculates: it uses the
-    coefficients of the larger bound from which one step lands the Gram at L ≥ 2·10⁻³, then one
-    fp32 Cholesky of ``A − 1.25·10⁻³ I`` (the Gram the Cholesky phase needs anyway) proves that
-    it did, and the iteration switches to Cholesky steps; if it fails, the step still was an
-    exact step of the iteration (the invariant holds for any coefficients) and the QR phase
-    goes on from the rigorous bound it leaves. It saves a QR step when κ ≲ 2e4 (c ≠ ½) or
-    ≲ 2e5 (c = ½) in fp32; otherwise it costs the m×m Cholesky (and at most one Cholesky step).
-    It counts in ``factorisations``, is skipped when ``max_steps`` leaves no room or when a
-    failure would add a QR step (fp64's default ℓ₀ is too low for that), and costs one host
-    sync; ``probe=False`` gives a data-independent path.
+    coefficients of the larger bound from which one step lands the Gram at L ≥ 2·10⁻³, then a
+    certificate (one fp32 Cholesky of ``A − 1.25·10⁻³ I``, or the finishing eigh itself) proves
+    that it did; if it fails, the step still was an exact step of the iteration (the invariant
+    holds for any coefficients) and the QR phase goes on from the rigorous bound it leaves. It
+    saves a QR step when κ ≲ 2e4 (c ≠ ½) or ≲ 2e5 (c = ½) in fp32; otherwise it costs the
+    certificate. It counts in ``factorisations`` (an eigh certificate only when it failed), is
+    skipped when ``max_steps`` leaves no room or when a failure would add a QR step (fp64's
+    default ℓ₀ is too low for that), and costs one host sync; ``probe=False`` gives a
+    data-independent path.
     """
     check_matrix(G)
     if not delta >= 0:
@@ -115,6 +129,7 @@ def freon_power(
         raise ValueError(f"max_steps: must be in [1, 50] (got {max_steps})")
     frac = as_fraction(c)
     d = work_dtype(G, dtype)
+    fin = resolve_finish(finish, G.device)
     X, transposed = to_wide(G.to(d))
     m, n = X.shape[-2], X.shape[-1]
     eye = torch.eye(m, dtype=d, device=X.device)
@@ -131,40 +146,60 @@ def freon_power(
     else:
         alpha = safe_scale(X)
     Xt = X / alpha
-    schedule, L0, spec = _plan(frac, m, d, delta, l0, tol, max_steps, norm_bound, probe)
+    plan = _plan(frac, m, d, delta, l0, tol, max_steps, norm_bound, probe, fin)
+    spec = plan.speculation
     cf = float(frac)
-    F: Tensor | None = None  # ∏ u^(±1) from the QR phase
+    # The output accumulator: Y = F·X with F = ∏ u^(p(2c−1)/2) from the QR phase (None: Y = X,
+    # c = ½). The Cholesky phase's C and the finish act on it; X only drives the Gram.
+    Y: Tensor | None = None
     done: list[FreonStep] = []  # QR steps taken
     A: Tensor | None = None
+    eig: tuple[Tensor, Tensor] | None = None
     probes = 0
-    rest = schedule
+    rest = plan.schedule
     if spec is not None:
-        Xt, F = _qr_step(Xt, F, spec.step, frac, eye)
+        Xt, Y = _qr_step(Xt, Y, spec.step, frac, eye)
         done.append(spec.step)
-        A = Xt @ Xt.mT  # (…, m, m): the Cholesky phase's Gram if the landing is proven
-        probes = 1
-        shifted = _add_diag(A.clone(), -LANDING_SHIFT * QR_SWITCH)
-        if bool((torch.linalg.cholesky_ex(shifted).info == 0).all()):
+        A = Xt @ Xt.mT  # (…, m, m): what the finish needs if the landing is proven
+        threshold = LANDING_SHIFT * QR_SWITCH
+        if plan.finish == "eigh":
+            eig = torch.linalg.eigh(A)
+            landed = bool((eig[0][..., 0] >= threshold).all())
+        else:
+            probes = 1
+            shifted = _add_diag(A.clone(), -threshold)
+            landed = bool((torch.linalg.cholesky_ex(shifted).info == 0).all())
+        if landed:
             rest = spec.landed
         else:
-            rest, A = spec.fallback, None
+            rest, A, probes, eig = spec.fallback, None, 1, None
     while rest and rest[0].kind == "qr":
-        Xt, F = _qr_step(Xt, F, rest[0], frac, eye)
+        Xt, Y = _qr_step(Xt, Y, rest[0], frac, eye)
         done.append(rest[0])
         rest, A = rest[1:], None
     qr_steps = len(done)
     schedule = (*done, *rest)
-    # Only lower triangles feed the Cholesky factorisations, so the Grams below are never
-    # symmetrised (the rounding asymmetry of a GEMM is harmless there and in the finish).
+    L_T = schedule[-1].L_next if schedule else plan.L0
+    # Only lower triangles feed the factorisations, so the Grams below are never symmetrised
+    # (the rounding asymmetry of a GEMM is harmless there and in the finish).
     if A is None:
         A = Xt @ Xt.mT
+    if plan.finish == "eigh":
+        lam, V = eig if eig is not None else torch.linalg.eigh(A)
+        # λ ≥ L_T in exact arithmetic; the clamp only keeps rounding from reaching 0. The
+        # scale α^(1−2c) rides on the eigenvalues (m numbers, not an m×n′ pass).
+        gain = lam.clamp_min(0.5 * L_T) ** -cf * _as_column(alpha ** (1 - 2 * cf))
+        Y = ((V * gain[..., None, :]) @ V.mT) @ (Xt if Y is None else Y)
+        info = FreonInfo(qr_steps, 0, schedule, probes, eigh_steps=1)
+        return from_wide(Y[..., :n], transposed), info
+
     C: Tensor | None = None
     chol_steps = 0
     chol = schedule[qr_steps:]
     # c = ½ (QDWH) needs no accumulated factor if X itself moves (X ← U X, A = XXᵀ afresh):
     # two m×m×n′ GEMMs a step instead of three m×m×m ones plus a final W·X, cheaper while
     # n′ < 2m.
-    move_x = frac == Fraction(1, 2) and Xt.shape[-1] < 2 * m
+    move_x = Y is None and frac == Fraction(1, 2) and Xt.shape[-1] < 2 * m
     for idx, st in enumerate(chol):
         beta, dd = st.b / st.g, st.a - st.b / st.g
         Lc = torch.linalg.cholesky(_add_diag(st.g * A, 1.0))
@@ -191,9 +226,8 @@ def freon_power(
 
     # Finish: A_T = s(I + E) with s the middle of its bound [L_T, 1]; (I + E)^(−c) by its
     # binomial series, as many terms as the dtype needs (none when E is below its resolution).
-    L_T = schedule[-1].L_next if schedule else L0
     mid = 0.5 * (1.0 + L_T)
-    W: Tensor | None = C
+    W_: Tensor | None = C
     J = _finish_order(L_T, cf, d)
     if J > 0:
         E = _add_diag(A / mid, -1.0)
@@ -201,53 +235,86 @@ def freon_power(
         S = _add_diag(coef[J] * E, coef[J - 1])  # Horner in E
         for j in range(J - 2, -1, -1):
             S = _add_diag(S @ E, coef[j])
-        W = S if W is None else W @ S
-    if F is not None:
-        W = F if W is None else F @ W
-    Y = Xt if W is None else W @ Xt
-    Y = Y * (mid**-cf * alpha ** (1 - 2 * cf))
-    return from_wide(Y[..., :n], transposed), FreonInfo(qr_steps, chol_steps, schedule, probes)
+        W_ = S if W_ is None else W_ @ S
+    out = Xt if Y is None else Y
+    scale = mid**-cf * alpha ** (1 - 2 * cf)
+    out = out * scale if W_ is None else (W_ * scale) @ out  # scale the smaller factor
+    return from_wide(out[..., :n], transposed), FreonInfo(qr_steps, chol_steps, schedule, probes)
 
 
-def _qr_step(Xt: Tensor, F: Tensor | None, st: FreonStep, frac: Fraction, eye: Tensor
+FINISHES = ("auto", "eigh", "cholesky")
+
+
+def resolve_finish(finish: str, device: torch.device) -> str:
+    """``finish`` with "auto" decided for ``device``: eigh on a CPU, Cholesky steps elsewhere."""
+    if finish not in FINISHES:
+        raise ValueError(f"finish: must be one of {', '.join(FINISHES)} (got {finish!r})")
+    if finish == "auto":
+        return "eigh" if device.type == "cpu" else "cholesky"
+    return finish
+
+
+def _orthonormal_q(stack: Tensor) -> Tensor:
+    """The thin Q of a tall ``stack``: geqrf and orgqr, without forming R (torch.linalg.qr
+    also copies out R: about 10 % of the QR's time at 2048×1024 on the development CPU)."""
+    a, tau = torch.geqrf(stack)
+    return torch.linalg.householder_product(a, tau)
+
+
+def _qr_step(Xt: Tensor, Y: Tensor | None, st: FreonStep, frac: Fraction, eye: Tensor
              ) -> tuple[Tensor, Tensor | None]:
-    """One QR-phase step: ``X ← u(A)^(p/2) X`` in the Q-product form, and the factor
-    ``F ← F u^(p(2c−1)/2)`` (an exponent of ±1 or 0 for the supported c)."""
+    """One QR-phase step: ``X ← u(A)^k X`` (k = p/2) and the output accumulator
+    ``Y ← u(A)^(k+s) Y`` with s = k(2c − 1) ∈ {−1, 0, 1} (Y = None stands for Y = X).
+
+    ``(I + gA)⁻ʲ X`` comes from the Q-product form: ``T₁ = Q₂Q₁ᵀ/√g`` and ``Tⱼ = K Tⱼ₋₁`` with
+    ``K = Q₂Q₂ᵀ = (I + gA)⁻¹`` (norm ≤ 1), and ``u^k X = β^k X + Σⱼ C(k, j) β^(k−j) dʲ Tⱼ``: X
+    Xᵀ is never formed. On the first step Y = X and both come from the same Tⱼ; later, Y
+    moves by (βI + dK) applied k + s times.
+    """
     m = eye.shape[-1]
     k = st.p // 2
-    s = k * (2 * frac - 1)
+    s = int(k * (2 * frac - 1))
     beta, dd, rg = st.b / st.g, st.a - st.b / st.g, math.sqrt(st.g)
-    stack = torch.cat([rg * Xt.mT, eye.expand(*Xt.shape[:-2], m, m)], dim=-2)
-    Q, _ = torch.linalg.qr(stack)  # (…, n′+m, m)
+    # Built transposed so the stack is column-major, as LAPACK's geqrf takes it: one pass over
+    # X, no concatenation and no transposing copy inside geqrf.
+    stack_t = Xt.new_empty(*Xt.shape[:-1], Xt.shape[-1] + m)
+    torch.mul(Xt, rg, out=stack_t[..., :-m])
+    stack_t[..., -m:] = eye
+    Q = _orthonormal_q(stack_t.mT)  # (…, n′+m, m)
     Q1, Q2 = Q[..., :-m, :], Q[..., -m:, :]
-    Xt = beta**k * Xt + _q2_poly(Q2, k, beta, dd) @ (Q1.mT / rg)
-    if s != 0:
-        u = _add_diag(dd * (Q2 @ Q2.mT), beta)
-        if s == 1:
-            F = u if F is None else F @ u
-        else:
-            inv = torch.cholesky_inverse(torch.linalg.cholesky(u))
-            F = inv if F is None else F @ inv
-    return Xt, F
+    first_y = s != 0 and Y is None
+    top = max(k, k + s) if first_y else k
+    T = [(Q2 / rg) @ Q1.mT]  # (I + gA)⁻¹ X
+    K = Q2 @ Q2.mT if top > 1 or (s != 0 and Y is not None) else None
+    while len(T) < top:
+        T.append(K @ T[-1])  # type: ignore[operator]
+    X_next = _u_power(k, Xt, T, beta, dd)
+    if s == 0:
+        return X_next, Y
+    if Y is None:
+        return X_next, _u_power(k + s, Xt, T, beta, dd)
+    for _ in range(k + s):
+        Y = beta * Y + dd * (K @ Y)  # type: ignore[operator]
+    return X_next, Y
+
+
+def _u_power(j: int, X: Tensor, T: list[Tensor], beta: float, dd: float) -> Tensor:
+    """``u^j X = β^j X + Σ_{i=1..j} C(j, i) β^(j−i) dⁱ Tᵢ`` (Tᵢ = (I + gA)⁻ⁱ X)."""
+    out = X * beta**j
+    for i in range(1, j + 1):
+        out.add_(T[i - 1], alpha=math.comb(j, i) * beta ** (j - i) * dd**i)
+    return out
+
+
+def _as_column(alpha: Tensor | float) -> Tensor | float:
+    """A per-matrix scale shaped (…, 1, 1) as (…, 1), to multiply a (…, m) vector."""
+    return alpha[..., 0] if isinstance(alpha, Tensor) else alpha
 
 
 def _add_diag(M: Tensor, s: float) -> Tensor:
     """``M + s·I`` in place on a fresh ``M`` (one pass over the diagonal, not over M)."""
     M.diagonal(dim1=-2, dim2=-1).add_(s)
     return M
-
-
-def _q2_poly(Q2: Tensor, k: int, beta: float, dd: float) -> Tensor:
-    """``Q₂ · P(Q₂ᵀQ₂)`` with ``P(Z) = Σ_{j=1..k} C(k, j) β^(k−j) d^j Z^(j−1)`` (Horner in Z,
-    starting from the top two coefficients so no GEMM multiplies by a multiple of I)."""
-    coef = [math.comb(k, j) * beta ** (k - j) * dd**j for j in range(1, k + 1)]  # Z^0 … Z^(k−1)
-    if k == 1:
-        return coef[0] * Q2
-    Z = Q2.mT @ Q2
-    P = _add_diag(coef[-1] * Z, coef[-2])
-    for j in range(k - 3, -1, -1):
-        P = _add_diag(P @ Z, coef[j])
-    return Q2 @ P
 
 
 def _powers(U: Tensor, wanted: set[int]) -> dict[int, Tensor]:
@@ -311,36 +378,67 @@ def _schedule_for(
 @dataclass(frozen=True)
 class Speculation:
     """A first QR step with optimistic coefficients, and what follows it: ``landed`` if the
-    certificate proves the Gram reached the Cholesky phase, ``fallback`` otherwise."""
+    certificate proves the Gram reached the switch, ``fallback`` otherwise."""
 
     step: FreonStep
     landed: tuple[FreonStep, ...]
     fallback: tuple[FreonStep, ...]
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a call will do: the steps without speculation (QR steps only for the eigh finish),
+    the starting Gram bound, the finish, and the speculation if one pays."""
+
+    schedule: tuple[FreonStep, ...]
+    L0: float
+    finish: str
+    speculation: Speculation | None
+
+
 # The speculative step aims at L ≥ LANDING_TARGET·QR_SWITCH and the certificate shifts the
 # Gram by LANDING_SHIFT·QR_SWITCH: success proves λ_min ≥ 1.25·10⁻³ minus the Gram's
-# rounding (≈ √n·eps relative: 1e-5 in fp32, 1e-14 in fp64), so the Cholesky phase may start
+# rounding (≈ √n·eps relative: 1e-5 in fp32, 1e-14 in fp64), so the finish may start
 # from QR_SWITCH; the gap to the target leaves room for that rounding many times over.
 LANDING_TARGET = 2.0
 LANDING_SHIFT = 1.25
 
 
+def _eigh_steps(frac: Fraction, L0: float, tol: float, budget: int
+                ) -> tuple[FreonStep, ...] | None:
+    """The QR steps that take [L0, 1] to L ≥ QR_SWITCH, if they and the eigh fit ``budget``."""
+    if budget < 1:
+        return None
+    qr = tuple(st for st in freon_schedule(frac, L0, tol, QR_SWITCH, budget) if st.kind == "qr")
+    if (qr[-1].L_next if qr else L0) < QR_SWITCH or len(qr) + 1 > budget:
+        return None
+    return qr
+
+
 def _plan(
     frac: Fraction, m: int, d: torch.dtype, delta: float, l0: float | None,
-    tol: float | None, max_steps: int, norm_bound: float | None, probe: bool,
-) -> tuple[tuple[FreonStep, ...], float, Speculation | None]:
-    """``(schedule, L0, speculation)``; the speculation is None when ℓ₀ is not the default,
-    when it could not save a QR step, or when its fallback would not fit ``max_steps``."""
+    tol: float | None, max_steps: int, norm_bound: float | None, probe: bool, finish: str,
+) -> Plan:
+    """The plan for these options (``finish`` already resolved). The eigh finish falls back
+    to Cholesky steps when ``max_steps`` cannot reach the switch and pay for the eigh; the
+    speculation is None when ℓ₀ is not the default, when it could not save a QR step, or
+    when its fallback would not fit ``max_steps``."""
     schedule, L0 = _schedule_for(frac, m, d, delta, l0, tol, max_steps, norm_bound)
-    default_l0 = l0 is None and not (delta > 0 and norm_bound is not None)
-    if not (probe and default_l0) or sum(st.kind == "qr" for st in schedule) < 2:
-        return schedule, L0, None
     tol_ = tol if tol is not None else _DEFAULT_TOL[d]
+    if finish == "eigh":
+        qr_only = _eigh_steps(frac, L0, tol_, max_steps)
+        if qr_only is None:
+            finish = "cholesky"
+        else:
+            schedule = qr_only
+    default_l0 = l0 is None and not (delta > 0 and norm_bound is not None)
+    qr = sum(st.kind == "qr" for st in schedule)
+    if not (probe and default_l0) or qr < 2:
+        return Plan(schedule, L0, finish, None)
     p = ORDERS[frac][0]
     L_spec = landing_bound(p, LANDING_TARGET * QR_SWITCH)
     if L_spec <= L0:
-        return schedule, L0, None
+        return Plan(schedule, L0, finish, None)
     a, b, g, L_next = minimax_step(p, L_spec)
     step = FreonStep("qr", p, a, b, g, L_spec, L_next)
     # Without the certificate only λ ≥ L0 is known; h(λ) = λ u(λ)^p rises on [L0, L_spec]
@@ -348,15 +446,21 @@ def _plan(
     h_L0 = L0 * ((a + b * L0) / (1 + g * L0)) ** p
     L_fb = min(h_L0, L_next)
     L_fb = 10.0 ** (math.floor(4.0 * math.log10(L_fb)) / 4.0)  # down to the cache grid
+    if finish == "eigh":
+        # Landed: the certifying eigh is the finish (2 factorisations). Failed: the wasted
+        # eigh, the fallback's QR steps and the final eigh.
+        fb = _eigh_steps(frac, L_fb, tol_, max_steps - 2)
+        if max_steps < 2 or fb is None or 1 + len(fb) > qr:
+            return Plan(schedule, L0, finish, None)
+        return Plan(schedule, L0, finish, Speculation(step, (), fb))
     budget = max_steps - 2  # the speculative step and its certificate
     landed = freon_schedule(frac, QR_SWITCH, tol_, QR_SWITCH, budget)
     fallback = freon_schedule(frac, L_fb, tol_, QR_SWITCH, budget)
     fits = budget >= 1 and 1 - fallback[-1].L_next <= tol_ and 1 - landed[-1].L_next <= tol_
     # A failed certificate must not cost a QR step: the fallback may not add one.
-    qr = sum(st.kind == "qr" for st in schedule)
     if not fits or 1 + sum(st.kind == "qr" for st in fallback) > qr:
-        return schedule, L0, None
-    return schedule, L0, Speculation(step, landed, fallback)
+        return Plan(schedule, L0, finish, None)
+    return Plan(schedule, L0, finish, Speculation(step, landed, fallback))
 
 
 @functools.lru_cache(maxsize=16)
@@ -381,6 +485,7 @@ def warm_freon(
     max_steps: int = 8,
     norm_bound: float | None = None,
     probe: bool = True,
+    finish: str = "auto",
 ) -> None:
     """Solve and cache the schedules a call with these options on ``shape`` may use.
 
@@ -393,7 +498,9 @@ def warm_freon(
         return
     d = dtype if dtype in (torch.float32, torch.float64) else torch.float32
     m = min(shape[-2], shape[-1])
-    _plan(frac, m, d, delta, l0, tol, max_steps, norm_bound, probe)
+    resolve_finish(finish, torch.device("cpu"))  # validates; "auto" picks by device, so warm both
+    for fin in ("eigh", "cholesky") if finish == "auto" else (finish,):
+        _plan(frac, m, d, delta, l0, tol, max_steps, norm_bound, probe, fin)
 
 
 def _inverse_by_qr(X: Tensor) -> Tensor:
@@ -413,7 +520,8 @@ def freon(
     max_steps: int = 8,
     norm_bound: float | None = None,
     probe: bool = True,
+    finish: str = "auto",
 ) -> Tensor:
     """``(G Gᵀ + δ² I)^(−c) G`` by Freon's rational iteration (see :func:`freon_power`)."""
     return freon_power(G, c=c, delta=delta, l0=l0, dtype=dtype, tol=tol, max_steps=max_steps,
-                       norm_bound=norm_bound, probe=probe)[0]
+                       norm_bound=norm_bound, probe=probe, finish=finish)[0]

@@ -56,7 +56,7 @@ def test_capped_drivers_reproduce_each_iteration_count_and_stop_when_converged()
     its = run_method(G.float(), "freon", {"c": 0.5}, torch.float32, repeats=1)
     assert its[-1].factorisations == len(its) and len(its) <= 8
     assert torch.equal(its[-1].X, apply_map("freon", G.float(), c=0.5, dtype=torch.float32,
-                                            probe=False))
+                                            probe=False, finish="cholesky"))
 
 
 # -- measurements -----------------------------------------------------------------------------

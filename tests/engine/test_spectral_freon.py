@@ -32,6 +32,7 @@ from engine.spectral.testing import relative_spectral_error as rel_err
 
 C_LIST = [0.25, 1 / 3, 0.5, 2 / 3, 0.75, 1.0]
 SHAPES = [(24, 40), (40, 24), (32, 32)]
+FINISHES = ["eigh", "cholesky"]  # what follows the QR phase; "auto" is eigh on a CPU
 
 
 # ------------------------------------------------------------------------- coefficients
@@ -112,22 +113,27 @@ def test_cholesky_steps_keep_gL_away_from_zero() -> None:
 # ---------------------------------------------------------------------------- accuracy
 
 
+@pytest.mark.parametrize("finish", FINISHES)
 @pytest.mark.parametrize("kappa", [1e2, 1e4, 1e8])
 @pytest.mark.parametrize("c", C_LIST)
-def test_fp64_within_five_factorisations(kappa: float, c: float) -> None:
+def test_fp64_within_five_factorisations(kappa: float, c: float, finish: str) -> None:
     for shape in SHAPES:
         t = controlled_matrix(*shape, 1 / kappa, seed=21)
-        Y, info = freon_power(t.G, c=c, max_steps=5)  # default l0 = 1e-10 covers κ = 1e8
+        # The default l0 = 1e-10 covers κ = 1e8.
+        Y, info = freon_power(t.G, c=c, max_steps=5, finish=finish)
+        assert info.finish == finish or c == 1.0
         assert info.factorisations <= 5
         assert rel_err(Y, spectral_power(t.G, c=c)) <= 1e-4, shape
 
 
+@pytest.mark.parametrize("finish", FINISHES)
 @pytest.mark.parametrize("kappa", [1e2, 1e4])
 @pytest.mark.parametrize("c", C_LIST)
-def test_fp32_within_four_factorisations(kappa: float, c: float) -> None:
+def test_fp32_within_four_factorisations(kappa: float, c: float, finish: str) -> None:
     for shape in SHAPES:
         t = controlled_matrix(*shape, 1 / kappa, seed=22, dtype=torch.float32)
-        Y, info = freon_power(t.G, c=c, max_steps=4)
+        Y, info = freon_power(t.G, c=c, max_steps=4, finish=finish)
+        assert info.finish == finish or c == 1.0
         assert Y.dtype == torch.float32
         assert info.factorisations <= 4
         assert rel_err(Y, spectral_power(t.G.double(), c=c)) <= 1e-3, shape
@@ -138,54 +144,79 @@ def test_fp32_within_four_factorisations(kappa: float, c: float) -> None:
     [(0.25, 1e8, 0.0), (1 / 3, 1e6, 0.0), (1 / 3, 1e8, 1e-5), (0.5, 1e6, 1e-3),
      (2 / 3, 1e8, 1e-3), (0.75, 1e8, 1e-3), (1.0, 1e8, 1e-3)],
 )
-def test_fp32_ill_conditioned_with_exact_floor(c: float, kappa: float, delta: float) -> None:
+@pytest.mark.parametrize("finish", FINISHES)
+def test_fp32_ill_conditioned_with_exact_floor(c: float, kappa: float, delta: float,
+                                               finish: str) -> None:
     t = controlled_matrix(40, 24, 1 / kappa, seed=23, dtype=torch.float32)
     l0 = delta / 2 if delta > 0 else None  # σ_min([G, δI]) ≥ δ and ‖G‖₂ = 1
-    Y, info = freon_power(t.G, c=c, delta=delta, l0=l0, max_steps=4)
+    Y, info = freon_power(t.G, c=c, delta=delta, l0=l0, max_steps=4, finish=finish)
     assert info.factorisations <= 4
     ref = spectral_power(t.G.double(), c=c, delta=delta)
     assert rel_err(Y, ref) <= 1e-3
 
 
+@pytest.mark.parametrize("finish", FINISHES)
 @pytest.mark.parametrize("c", [0.25, 1 / 3, 0.5, 2 / 3, 0.75])
-def test_probe_saves_a_qr_step_when_it_certifies_and_keeps_accuracy(c) -> None:
+def test_probe_saves_a_qr_step_when_it_certifies_and_keeps_accuracy(c, finish) -> None:
     for kappa, shape in ((1e2, (24, 40)), (1e4, (40, 24)), (1e4, (32, 32))):
         t = controlled_matrix(*shape, 1 / kappa, seed=29, dtype=torch.float32)
         ref = spectral_power(t.G.double(), c=c)
-        Y, info = freon_power(t.G, c=c)
-        _, plain = freon_power(t.G, c=c, probe=False)
-        assert info.probes == 1 and plain.probes == 0
+        Y, info = freon_power(t.G, c=c, finish=finish)
+        _, plain = freon_power(t.G, c=c, probe=False, finish=finish)
         assert info.qr_steps == plain.qr_steps - 1, (kappa, shape)
-        assert info.factorisations <= plain.factorisations + 1
+        if finish == "eigh":
+            # The finishing eigh is the certificate: nothing is paid for it.
+            assert info.probes == 0 and info.eigh_steps == 1
+            assert info.factorisations == plain.factorisations - 1 == 2
+        else:
+            assert info.probes == 1 and plain.probes == 0
+            assert info.factorisations <= plain.factorisations + 1
         assert rel_err(Y, ref) <= 1e-3, (kappa, shape)
 
 
+@pytest.mark.parametrize("finish", FINISHES)
 @pytest.mark.parametrize("c", [0.25, 0.5, 2 / 3])
-def test_failed_certificate_costs_no_qr_step_and_stays_exact(c) -> None:
+def test_failed_certificate_costs_no_qr_step_and_stays_exact(c, finish) -> None:
     # κ = 1e6 lies outside what the speculative step assumes: the certificate fails, the QR
     # phase continues from the rigorous bound, and the result is as accurate as without it.
     t = controlled_matrix(24, 40, 1e-6, seed=30, dtype=torch.float32)
-    Y, info = freon_power(t.G, c=c)
-    Y0, plain = freon_power(t.G, c=c, probe=False)
+    Y, info = freon_power(t.G, c=c, finish=finish)
+    Y0, plain = freon_power(t.G, c=c, probe=False, finish=finish)
     assert info.probes == 1 and info.qr_steps == plain.qr_steps
+    assert info.finish == plain.finish == finish
     ref = spectral_power(t.G.double(), c=c)
     assert rel_err(Y, ref) <= 2 * rel_err(Y0, ref) + 1e-6
     # An explicit ℓ₀, fp64 (where a failure would cost a QR step) or a tight max_steps skip it.
-    assert freon_power(t.G, c=c, l0=1e-6)[1].probes == 0
-    assert freon_power(t.G.double(), c=c)[1].probes == 0
-    assert freon_power(t.G, c=c, max_steps=3)[1].probes == 0
+    assert freon_power(t.G, c=c, l0=1e-6, finish=finish)[1].probes == 0
+    assert freon_power(t.G.double(), c=c, finish=finish)[1].probes == 0
+    assert freon_power(t.G, c=c, max_steps=3, finish=finish)[1].probes == 0
 
 
-def test_speculative_step_is_exact_for_any_outcome() -> None:
+@pytest.mark.parametrize("finish", FINISHES)
+def test_speculative_step_is_exact_for_any_outcome(finish) -> None:
     # A batch mixing a certifiable and a non-certifiable matrix: one certificate for all, so
     # the batch falls back, and each matrix still matches its own fp64 reference.
     good = controlled_matrix(24, 40, 1e-2, seed=31, dtype=torch.float32).G
     bad = controlled_matrix(24, 40, 1e-6, seed=32, dtype=torch.float32).G
-    Y, info = freon_power(torch.stack([good, bad]), c=0.5)
+    Y, info = freon_power(torch.stack([good, bad]), c=0.5, finish=finish)
     assert info.probes == 1 and info.qr_steps == 2
     for i, G in enumerate((good, bad)):
         ref = spectral_power(G.double(), c=0.5)
-        assert rel_err(Y[i], ref) <= rel_err(freon_power(G, c=0.5, probe=False)[0], ref) * 2 + 1e-6
+        plain = freon_power(G, c=0.5, probe=False, finish=finish)[0]
+        assert rel_err(Y[i], ref) <= rel_err(plain, ref) * 2 + 1e-6
+
+
+def test_finish_auto_is_eigh_on_cpu_and_falls_back_to_cholesky_under_a_tight_cap() -> None:
+    t = controlled_matrix(24, 40, 1e-4, seed=33)
+    ref = spectral_power(t.G, c=2 / 3)
+    Y, info = freon_power(t.G, c=2 / 3)
+    assert info.finish == "eigh" and info.cholesky_steps == 0
+    # fp64's default ℓ₀ = 1e-10 needs two QR steps before the Gram is well conditioned; with
+    # max_steps = 2 there is no room for the eigh, so the Cholesky form takes what fits.
+    Y2, info2 = freon_power(t.G, c=2 / 3, max_steps=2)
+    assert info2.finish == "cholesky" and info2.factorisations <= 2
+    assert rel_err(Y, ref) <= 1e-10
+    assert rel_err(Y2, ref) > rel_err(Y, ref)  # capped: partly converged, and it says so
 
 
 def test_floor_is_exact_in_fp64() -> None:
@@ -241,4 +272,6 @@ def test_bad_options() -> None:
         apply_map("freon", G, c=0.5, max_steps=0)
     with pytest.raises(ValueError, match="l0"):
         apply_map("freon", G, c=0.5, l0=2.0)
+    with pytest.raises(ValueError, match="finish: must be one of auto, eigh, cholesky"):
+        apply_map("freon", G, c=0.5, finish="svd")
     assert as_fraction(0.6666666666666666) == Fraction(2, 3)
