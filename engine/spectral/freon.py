@@ -29,7 +29,14 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
-from engine.spectral.common import check_matrix, from_wide, safe_scale, to_wide, work_dtype
+from engine.spectral.common import (
+    check_matrix,
+    from_wide,
+    safe_scale,
+    stacked_q,
+    to_wide,
+    work_dtype,
+)
 from engine.spectral.freon_coefficients import ORDERS, FreonStep, freon_schedule, minimax_step
 
 SUPPORTED_C = (Fraction(0), *sorted(ORDERS), Fraction(1))
@@ -158,7 +165,7 @@ def freon_power(
     probes = 0
     rest = plan.schedule
     if spec is not None:
-        Xt, Y = _qr_step(Xt, Y, spec.step, frac, eye)
+        Xt, Y = _qr_step(Xt, Y, spec.step, frac)
         done.append(spec.step)
         A = Xt @ Xt.mT  # (…, m, m): what the finish needs if the landing is proven
         threshold = LANDING_SHIFT * QR_SWITCH
@@ -174,7 +181,7 @@ def freon_power(
         else:
             rest, A, probes, eig = spec.fallback, None, 1, None
     while rest and rest[0].kind == "qr":
-        Xt, Y = _qr_step(Xt, Y, rest[0], frac, eye)
+        Xt, Y = _qr_step(Xt, Y, rest[0], frac)
         done.append(rest[0])
         rest, A = rest[1:], None
     qr_steps = len(done)
@@ -254,33 +261,21 @@ def resolve_finish(finish: str, device: torch.device) -> str:
     return finish
 
 
-def _orthonormal_q(stack: Tensor) -> Tensor:
-    """The thin Q of a tall ``stack``: geqrf and orgqr, without forming R (torch.linalg.qr
-    also copies out R: about 10 % of the QR's time at 2048×1024 on the development CPU)."""
-    a, tau = torch.geqrf(stack)
-    return torch.linalg.householder_product(a, tau)
-
-
-def _qr_step(Xt: Tensor, Y: Tensor | None, st: FreonStep, frac: Fraction, eye: Tensor
+def _qr_step(Xt: Tensor, Y: Tensor | None, st: FreonStep, frac: Fraction
              ) -> tuple[Tensor, Tensor | None]:
     """One QR-phase step: ``X ← u(A)^k X`` (k = p/2) and the output accumulator
     ``Y ← u(A)^(k+s) Y`` with s = k(2c − 1) ∈ {−1, 0, 1} (Y = None stands for Y = X).
 
     ``(I + gA)⁻ʲ X`` comes from the Q-product form: ``T₁ = Q₂Q₁ᵀ/√g`` and ``Tⱼ = K Tⱼ₋₁`` with
-    ``K = Q₂Q₂ᵀ = (I + gA)⁻¹`` (norm ≤ 1), and ``u^k X = β^k X + Σⱼ C(k, j) β^(k−j) dʲ Tⱼ``: X
-    Xᵀ is never formed. On the first step Y = X and both come from the same Tⱼ; later, Y
-    moves by (βI + dK) applied k + s times.
+    ``K = Q₂Q₂ᵀ = (I + gA)⁻¹`` (norm ≤ 1), and ``u^k X = β^k X + Σⱼ C(k, j) β^(k−j) dʲ Tⱼ``;
+    the ill-conditioned Gram XXᵀ is never formed. On the first step Y = X and both come from
+    the same Tⱼ; later, Y moves by (βI + dK) applied k + s times.
     """
-    m = eye.shape[-1]
+    m = Xt.shape[-2]
     k = st.p // 2
     s = int(k * (2 * frac - 1))
     beta, dd, rg = st.b / st.g, st.a - st.b / st.g, math.sqrt(st.g)
-    # Built transposed so the stack is column-major, as LAPACK's geqrf takes it: one pass over
-    # X, no concatenation and no transposing copy inside geqrf.
-    stack_t = Xt.new_empty(*Xt.shape[:-1], Xt.shape[-1] + m)
-    torch.mul(Xt, rg, out=stack_t[..., :-m])
-    stack_t[..., -m:] = eye
-    Q = _orthonormal_q(stack_t.mT)  # (…, n′+m, m)
+    Q = stacked_q(Xt, rg)  # (…, n′+m, m)
     Q1, Q2 = Q[..., :-m, :], Q[..., -m:, :]
     first_y = s != 0 and Y is None
     top = max(k, k + s) if first_y else k
@@ -294,7 +289,7 @@ def _qr_step(Xt: Tensor, Y: Tensor | None, st: FreonStep, frac: Fraction, eye: T
     if Y is None:
         return X_next, _u_power(k + s, Xt, T, beta, dd)
     for _ in range(k + s):
-        Y = beta * Y + dd * (K @ Y)  # type: ignore[operator]
+        Y = (K @ Y).mul_(dd).add_(Y, alpha=beta)  # type: ignore[operator]
     return X_next, Y
 
 

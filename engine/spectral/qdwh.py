@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from engine.spectral.common import check_matrix, from_wide, safe_scale, to_wide, work_dtype
+from engine.spectral.common import (
+    check_matrix,
+    from_wide,
+    safe_scale,
+    stacked_q,
+    to_wide,
+    work_dtype,
+)
 
 # The Cholesky form squares the condition of I + c XᵀX; below this c it loses at most a few
 # digits (Nakatsukasa & Higham 2013 use the same switch).
@@ -74,8 +81,7 @@ def qdwh_polar(
         a, b, c = qdwh_coefficients(lo)
         if c > CHOLESKY_SWITCH:
             # [√c T; I] = [Q₁; Q₂] R  ⇒  T (I + c TᵀT)⁻¹ = Q₁ Q₂ᵀ / √c, never forming TᵀT.
-            stack = torch.cat([math.sqrt(c) * T, eye.expand(*T.shape[:-2], m, m)], dim=-2)
-            Q, _ = torch.linalg.qr(stack)
+            Q = stacked_q(T.mT, math.sqrt(c))
             Q1, Q2 = Q[..., :-m, :], Q[..., -m:, :]
             T = (b / c) * T + ((a - b / c) / math.sqrt(c)) * (Q1 @ Q2.mT)
             info.qr_steps += 1
