@@ -119,7 +119,17 @@ def spectral_direction(
     if getattr(spectral_map, "prescale", False):
         norm = M.norm(dim=(-2, -1), keepdim=True)
         M = M / norm.clamp_min(torch.finfo(M.dtype).tiny)
-    D = spectral_map(M, generator) if isinstance(spectral_map, ConfiguredMap) else spectral_map(M)
+    try:
+        D = (spectral_map(M, generator) if isinstance(spectral_map, ConfiguredMap)
+             else spectral_map(M))
+    except torch.linalg.LinAlgError:
+        # Factorisation-based maps (QR/Cholesky/eigh/SVD) refuse NaN/inf input where matmul
+        # maps pass it on. A non-finite momentum is the "propagate" case: hand NaN on so the
+        # training loop records a divergence, as it would for Newton–Schulz; a finite one
+        # that fails is a real error and is raised.
+        if bool(torch.isfinite(M).all()):
+            raise
+        return torch.full_like(M, float("nan"))
     if schatten_c is not None:
         D = schatten_normalise(M, D, schatten_c, schatten_floor)
     return D

@@ -374,6 +374,26 @@ def test_nonfinite_gradient_raises_or_propagates() -> None:
     assert torch.isnan(v).all()
 
 
+@pytest.mark.parametrize("name,opts", [("freon", {"c": 2 / 3, "delta": 1e-3, "norm_bound": 1.0,
+                                                  "prescale": True, "probe": False}),
+                                       ("freon", {"c": 0.5, "finish": "cholesky"}),
+                                       ("qdwh", {}), ("svd_polar", {})])
+def test_factorisation_maps_propagate_nonfinite_as_nan(name, opts) -> None:
+    # LAPACK refuses NaN input; under "propagate" the update must still be NaN (the loop then
+    # records a divergence) rather than an exception that fails the run.
+    w = torch.nn.Parameter(torch.ones(6, 8))
+    w.grad = torch.randn(6, 8)
+    w.grad[2, 3] = float("inf")
+    SpectralOptimizer([w], configure_map(name, **opts), nonfinite="propagate").step()
+    assert torch.isnan(w).all()
+    # A finite input that fails to factorise is a real error, not a divergence.
+    def broken(M):
+        raise torch.linalg.LinAlgError("linalg.cholesky: not positive-definite")
+    w.grad = torch.randn(6, 8)
+    with pytest.raises(torch.linalg.LinAlgError):
+        SpectralOptimizer([w], broken, nonfinite="propagate").step()
+
+
 def test_hparams_refuse_bad_grid_values_naming_the_field() -> None:
     cases = [
         (MuonParams, {"ns_steps": 0}, "ns_steps"),
