@@ -83,8 +83,9 @@ def safe_scale(X: Tensor, safety: float = 1.05) -> Tensor:
     return alpha[..., None, None]
 
 
-def stacked_q(X: Tensor, scale: float) -> Tensor:
-    """The thin Q factor, (…, n+m, m), of ``[scale·Xᵀ; I]`` for a wide (…, m, n) ``X``.
+def stacked_q(X: Tensor, scale: float, bottom: Tensor | float = 1.0) -> Tensor:
+    """The thin Q factor, (…, n+m, m), of ``[scale·Xᵀ; bottom·I]`` for a wide (…, m, n) ``X``
+    (``bottom`` a number or one per matrix, shaped (…, 1, 1)).
 
     The QR-based rational iterations (QDWH, Freon) read ``(I + scale² XXᵀ)⁻¹`` off it without
     forming XXᵀ. The stack is written transposed, so it is column-major as LAPACK's geqrf takes
@@ -95,6 +96,6 @@ def stacked_q(X: Tensor, scale: float) -> Tensor:
     m = X.shape[-2]
     stack_t = X.new_empty(*X.shape[:-1], X.shape[-1] + m)
     torch.mul(X, scale, out=stack_t[..., :-m])
-    stack_t[..., -m:] = torch.eye(m, dtype=X.dtype, device=X.device)
+    stack_t[..., -m:] = torch.eye(m, dtype=X.dtype, device=X.device) * bottom
     a, tau = torch.geqrf(stack_t.mT)
     return torch.linalg.householder_product(a, tau)

@@ -142,9 +142,9 @@ def freon_power(
     eye = torch.eye(m, dtype=d, device=X.device)
     if frac == 0:
         return from_wide(X, transposed), FreonInfo(0, 0, ())
-    if delta > 0:
-        X = torch.cat([X, delta * eye.expand(*X.shape[:-2], m, m)], dim=-1)  # Gram: A + δ²I
     if frac == 1:
+        if delta > 0:
+            X = torch.cat([X, delta * eye.expand(*X.shape[:-2], m, m)], dim=-1)  # A + δ²I
         Y = _inverse_by_qr(X)
         return from_wide(Y[..., :n], transposed), FreonInfo(1, 0, ())
 
@@ -152,7 +152,13 @@ def freon_power(
         alpha: Tensor | float = _bound_scale(norm_bound, delta, m)
     else:
         alpha = safe_scale(X)
+        if delta > 0:
+            alpha = (alpha**2 + delta**2).sqrt()  # ‖[X, δI]‖₂² = ‖X‖₂² + δ²
     Xt = X / alpha
+    # The floor: the iteration runs on [X, δI] (Gram A + δ²I). Until the first QR step, Xt
+    # stands for that with ``floor`` = δ/α pending: that step takes the floor through its
+    # stack's identity block, and only its result is widened (see _qr_step).
+    floor = delta / alpha if delta > 0 else 0.0
     plan = _plan(frac, m, d, delta, l0, tol, max_steps, norm_bound, probe, fin)
     spec = plan.speculation
     cf = float(frac)
@@ -165,7 +171,8 @@ def freon_power(
     probes = 0
     rest = plan.schedule
     if spec is not None:
-        Xt, Y = _qr_step(Xt, Y, spec.step, frac)
+        Xt, Y = _qr_step(Xt, Y, spec.step, frac, floor)
+        floor = 0.0
         done.append(spec.step)
         A = Xt @ Xt.mT  # (…, m, m): what the finish needs if the landing is proven
         threshold = LANDING_SHIFT * QR_SWITCH
@@ -181,9 +188,12 @@ def freon_power(
         else:
             rest, A, probes, eig = spec.fallback, None, 1, None
     while rest and rest[0].kind == "qr":
-        Xt, Y = _qr_step(Xt, Y, rest[0], frac)
+        Xt, Y = _qr_step(Xt, Y, rest[0], frac, floor)
+        floor = 0.0
         done.append(rest[0])
         rest, A = rest[1:], None
+    if isinstance(floor, Tensor) or floor > 0:  # no QR step: widen X for the Gram
+        Xt = torch.cat([Xt, floor * eye.expand(*Xt.shape[:-2], m, m)], dim=-1)
     qr_steps = len(done)
     schedule = (*done, *rest)
     L_T = schedule[-1].L_next if schedule else plan.L0
@@ -261,8 +271,8 @@ def resolve_finish(finish: str, device: torch.device) -> str:
     return finish
 
 
-def _qr_step(Xt: Tensor, Y: Tensor | None, st: FreonStep, frac: Fraction
-             ) -> tuple[Tensor, Tensor | None]:
+def _qr_step(Xt: Tensor, Y: Tensor | None, st: FreonStep, frac: Fraction,
+             floor: Tensor | float = 0.0) -> tuple[Tensor, Tensor | None]:
     """One QR-phase step: ``X ← u(A)^k X`` (k = p/2) and the output accumulator
     ``Y ← u(A)^(k+s) Y`` with s = k(2c − 1) ∈ {−1, 0, 1} (Y = None stands for Y = X).
 
@@ -270,20 +280,40 @@ def _qr_step(Xt: Tensor, Y: Tensor | None, st: FreonStep, frac: Fraction
     ``K = Q₂Q₂ᵀ = (I + gA)⁻¹`` (norm ≤ 1), and ``u^k X = β^k X + Σⱼ C(k, j) β^(k−j) dʲ Tⱼ``;
     the ill-conditioned Gram XXᵀ is never formed. On the first step Y = X and both come from
     the same Tⱼ; later, Y moves by (βI + dK) applied k + s times.
+
+    ``floor`` = δ > 0 says Xt stands for ``[Xt, δI]``. The stack ``[√g Xᵀ; ρI]`` with
+    ``ρ² = 1 + gδ²`` has the Gram ``I + g(A + δ²I)`` of the widened stack ``[√g Xᵀ; √g δI; I]``
+    at two thirds of its height (for a square X), so ``K = Q₂Q₂ᵀ/ρ²`` and ``T₁ = Q₂Q₁ᵀ/(ρ√g)``;
+    the floor's columns of the result, ``δu^k``, come from the powers of K, and X is returned
+    widened for the steps after.
     """
     m = Xt.shape[-2]
     k = st.p // 2
     s = int(k * (2 * frac - 1))
     beta, dd, rg = st.b / st.g, st.a - st.b / st.g, math.sqrt(st.g)
-    Q = stacked_q(Xt, rg)  # (…, n′+m, m)
+    floored = isinstance(floor, Tensor) or floor > 0
+    rho = (1.0 + st.g * floor**2) ** 0.5 if floored else 1.0
+    Q = stacked_q(Xt, rg, rho)  # (…, n′+m, m)
     Q1, Q2 = Q[..., :-m, :], Q[..., -m:, :]
+    if floored:
+        Q2 = Q2 / rho
     first_y = s != 0 and Y is None
     top = max(k, k + s) if first_y else k
     T = [(Q2 / rg) @ Q1.mT]  # (I + gA)⁻¹ X
-    K = Q2 @ Q2.mT if top > 1 or (s != 0 and Y is not None) else None
+    need_k = top > 1 or (s != 0 and Y is not None) or floored
+    K = Q2 @ Q2.mT if need_k else None
     while len(T) < top:
         T.append(K @ T[-1])  # type: ignore[operator]
     X_next = _u_power(k, Xt, T, beta, dd)
+    if floored:
+        # δu^k = δ(β^k I + Σⱼ C(k, j) β^(k−j) dʲ Kʲ): the floor's m columns, explicit.
+        D = K * (k * beta ** (k - 1) * dd)  # type: ignore[operator]
+        Kj = K
+        for j in range(2, k + 1):
+            Kj = Kj @ K  # type: ignore[operator]
+            D.add_(Kj, alpha=math.comb(k, j) * beta ** (k - j) * dd**j)
+        D = _add_diag(D, beta**k) * floor  # floor: a number or (…, 1, 1)
+        X_next = torch.cat([X_next, D], dim=-1)
     if s == 0:
         return X_next, Y
     if Y is None:

@@ -233,6 +233,22 @@ def test_rank_deficient_with_floor() -> None:
         assert rel_err(Y, spectral_power(t.G, c=c, delta=1e-2)) <= 1e-10
 
 
+@pytest.mark.parametrize("finish", FINISHES)
+def test_floor_through_the_stack_matches_per_matrix_and_without_qr_steps(finish) -> None:
+    # A batch with its own scale per matrix (the floor δ/α is then one number per matrix),
+    # and a floor so large that no QR step runs (ℓ₀ = δ/2 ⇒ L0 ≥ 10⁻³): both exact in fp64.
+    a = controlled_matrix(20, 36, 1e-8, seed=34).G
+    b = 7.0 * controlled_matrix(20, 36, 1e-3, seed=35).G
+    for c in (1 / 3, 0.5, 2 / 3):
+        Y, info = freon_power(torch.stack([a, b]), c=c, delta=1e-3, finish=finish)
+        assert info.qr_steps >= 1
+        for i, G in enumerate((a, b)):
+            assert rel_err(Y[i], spectral_power(G, c=c, delta=1e-3)) <= 1e-9, (c, i)
+        Y, info = freon_power(a, c=c, delta=0.2, l0=0.1, finish=finish)
+        assert info.qr_steps == 0
+        assert rel_err(Y, spectral_power(a, c=c, delta=0.2)) <= 1e-9, c
+
+
 def test_norm_bound_gives_floor_lower_bound_without_estimates() -> None:
     t = controlled_matrix(24, 40, 1e-8, seed=26)
     G = t.G / t.G.norm()
