@@ -108,7 +108,13 @@ def freon_flops(m: int, n: int, steps: tuple, c: float, eigh: bool = False) -> f
     gram = False
     for st in steps:
         if st.kind == "qr":
-            total += qr_flops(n + m, m) + 2.0 * n * m * m + 2.0 * m**3 * max(st.p // 2 - 1, 0)
+            # T₁ = (I + gA)⁻¹X, then K = (I + gA)⁻¹ and Tⱼ = K Tⱼ₋₁ up to the higher of the
+            # iterate's power k and the output's k + s (s = k(2c − 1)).
+            k = st.p // 2
+            top = max(k, k + round(k * (2 * c - 1)))
+            total += qr_flops(n + m, m) + 2.0 * n * m * m
+            if top > 1 or round(k * (2 * c - 1)) != 0:
+                total += 2.0 * m**3 + 2.0 * m * m * n * (top - 1)
         else:
             if not gram:
                 total += 2.0 * m * m * n
