@@ -331,3 +331,18 @@ def test_bad_method_options_are_named(line, message):
     with pytest.raises(SpecError) as err:
         default_lab(methods=parse_method_lines(line))
     assert message in str(err.value).splitlines()
+
+
+def test_freon_cost_model_counts_each_product_by_hand():
+    from engine.approx.methods import freon_flops, qr_flops
+    from engine.spectral.freon_coefficients import FreonStep
+
+    m, n = 4, 10
+    qdwh_step = FreonStep("qr", 2, 1.0, 1.0, 1.0, 1e-6, 1e-2)
+    # c = ½: the QR, T₁ = (I + gA)⁻¹X (2nm²); then the Gram (2m²n), eigh (9m³), W (2m³), W·X.
+    assert freon_flops(m, n, (qdwh_step,), 0.5, eigh=True) == (
+        qr_flops(n + m, m) + 2 * n * m * m + 2 * m * m * n + 9 * m**3 + 2 * m**3 + 2 * m * m * n)
+    # c = ⅔, p = 6: k = 3, the output needs u⁴X, so K (2m³) and T₂…T₄ (three 2m²n).
+    p6 = FreonStep("qr", 6, 1.0, 1.0, 1.0, 1e-6, 1e-2)
+    qr_part = qr_flops(n + m, m) + 2 * n * m * m + 2 * m**3 + 3 * 2 * m * m * n
+    assert freon_flops(m, n, (p6,), 2 / 3) == qr_part + 2 * m**3 + 2 * m * m * n
