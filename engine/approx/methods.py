@@ -111,9 +111,10 @@ def freon_flops(m: int, n: int, steps: tuple, c: float, eigh: bool = False) -> f
             # T₁ = (I + gA)⁻¹X, then K = (I + gA)⁻¹ and Tⱼ = K Tⱼ₋₁ up to the higher of the
             # iterate's power k and the output's k + s (s = k(2c − 1)).
             k = st.p // 2
-            top = max(k, k + round(k * (2 * c - 1)))
+            s = round(k * (2 * c - 1))
+            top = max(k, k + s)
             total += qr_flops(n + m, m) + 2.0 * n * m * m
-            if top > 1 or round(k * (2 * c - 1)) != 0:
+            if top > 1 or s != 0:
                 total += 2.0 * m**3 + 2.0 * m * m * n * (top - 1)
         else:
             if not gram:
@@ -200,23 +201,23 @@ def _capped(G: Tensor, map_name: str, options: dict[str, Any], dtype: torch.dtyp
         if map_name == "qdwh":
             (X, info), times = _timed(
                 lambda k=k: qdwh_polar(G, dtype=dtype, max_iter=k, **base), G.device, repeats)
-            qr, chol = info.qr_steps, info.cholesky_steps
-            flops = qdwh_flops(m, n, qr, chol)
-            mat = qr + chol  # one GEMM-like product per step besides the factorisation
+            flops = qdwh_flops(m, n, info.qr_steps, info.cholesky_steps)
+            facts = info.iterations
+            mat = facts  # one GEMM-like product per step besides the factorisation
         else:
             # Solving the coefficient schedule is a one-off per option set (cached), not part
             # of what a training step pays: do it before the clock starts.
             get_map("freon").warm(tuple(G.shape), dtype=dtype, max_steps=k, **base)
             (X, info), times = _timed(
                 lambda k=k: freon_power(G, dtype=dtype, max_steps=k, **base), G.device, repeats)
-            qr, chol = info.qr_steps, info.cholesky_steps + info.eigh_steps + info.probes
             flops = freon_flops(m, n, info.schedule, float(base.get("c", 0.5)),
                                 eigh=info.eigh_steps > 0)
-            mat = 2 * qr + 4 * info.cholesky_steps + 3 * info.eigh_steps + 2
-        if qr + chol <= done:
+            facts = info.factorisations
+            mat = 2 * info.qr_steps + 4 * info.cholesky_steps + 3 * info.eigh_steps + 2
+        if facts <= done:
             break  # converged before the cap: a larger cap computes the same thing
-        done = qr + chol
-        out.append(Iterate(done, X, mat, qr + chol, batch * flops, times))
+        done = facts
+        out.append(Iterate(done, X, mat, facts, batch * flops, times))
         if done < k:
             break
     return out

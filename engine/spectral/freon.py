@@ -158,7 +158,7 @@ def freon_power(
     # The floor: the iteration runs on [X, δI] (Gram A + δ²I). Until the first QR step, Xt
     # stands for that with ``floor`` = δ/α pending: that step takes the floor through its
     # stack's identity block, and only its result is widened (see _qr_step).
-    floor = delta / alpha if delta > 0 else 0.0
+    floor: Tensor | float | None = delta / alpha if delta > 0 else None
     plan = _plan(frac, m, d, delta, l0, tol, max_steps, norm_bound, probe, fin)
     spec = plan.speculation
     cf = float(frac)
@@ -172,7 +172,7 @@ def freon_power(
     rest = plan.schedule
     if spec is not None:
         Xt, Y = _qr_step(Xt, Y, spec.step, frac, floor)
-        floor = 0.0
+        floor = None
         done.append(spec.step)
         A = Xt @ Xt.mT  # (…, m, m): what the finish needs if the landing is proven
         threshold = LANDING_SHIFT * QR_SWITCH
@@ -189,10 +189,10 @@ def freon_power(
             rest, A, probes, eig = spec.fallback, None, 1, None
     while rest and rest[0].kind == "qr":
         Xt, Y = _qr_step(Xt, Y, rest[0], frac, floor)
-        floor = 0.0
+        floor = None
         done.append(rest[0])
         rest, A = rest[1:], None
-    if isinstance(floor, Tensor) or floor > 0:  # no QR step: widen X for the Gram
+    if floor is not None:  # no QR step ran: widen X for the Gram
         Xt = torch.cat([Xt, floor * eye.expand(*Xt.shape[:-2], m, m)], dim=-1)
     qr_steps = len(done)
     schedule = (*done, *rest)
@@ -272,7 +272,7 @@ def resolve_finish(finish: str, device: torch.device) -> str:
 
 
 def _qr_step(Xt: Tensor, Y: Tensor | None, st: FreonStep, frac: Fraction,
-             floor: Tensor | float = 0.0) -> tuple[Tensor, Tensor | None]:
+             floor: Tensor | float | None = None) -> tuple[Tensor, Tensor | None]:
     """One QR-phase step: ``X ← u(A)^k X`` (k = p/2) and the output accumulator
     ``Y ← u(A)^(k+s) Y`` with s = k(2c − 1) ∈ {−1, 0, 1} (Y = None stands for Y = X).
 
@@ -281,7 +281,7 @@ def _qr_step(Xt: Tensor, Y: Tensor | None, st: FreonStep, frac: Fraction,
     the ill-conditioned Gram XXᵀ is never formed. On the first step Y = X and both come from
     the same Tⱼ; later, Y moves by (βI + dK) applied k + s times.
 
-    ``floor`` = δ > 0 says Xt stands for ``[Xt, δI]``. The stack ``[√g Xᵀ; ρI]`` with
+    ``floor`` = δ (not None) says Xt stands for ``[Xt, δI]``. The stack ``[√g Xᵀ; ρI]`` with
     ``ρ² = 1 + gδ²`` has the Gram ``I + g(A + δ²I)`` of the widened stack ``[√g Xᵀ; √g δI; I]``
     at two thirds of its height (for a square X), so ``K = Q₂Q₂ᵀ/ρ²`` and ``T₁ = Q₂Q₁ᵀ/(ρ√g)``;
     the floor's columns of the result, ``δu^k``, come from the powers of K, and X is returned
@@ -291,8 +291,8 @@ def _qr_step(Xt: Tensor, Y: Tensor | None, st: FreonStep, frac: Fraction,
     k = st.p // 2
     s = int(k * (2 * frac - 1))
     beta, dd, rg = st.b / st.g, st.a - st.b / st.g, math.sqrt(st.g)
-    floored = isinstance(floor, Tensor) or floor > 0
-    rho = (1.0 + st.g * floor**2) ** 0.5 if floored else 1.0
+    floored = floor is not None
+    rho = (1.0 + st.g * floor**2) ** 0.5 if floored else 1.0  # type: ignore[operator]
     Q = stacked_q(Xt, rg, rho)  # (…, n′+m, m)
     Q1, Q2 = Q[..., :-m, :], Q[..., -m:, :]
     if floored:
@@ -470,7 +470,7 @@ def _plan(
     # and stays ≥ L_next above it, so min(h(L0), L_next) bounds the new Gram from below.
     h_L0 = L0 * ((a + b * L0) / (1 + g * L0)) ** p
     L_fb = min(h_L0, L_next)
-    L_fb = 10.0 ** (math.floor(4.0 * math.log10(L_fb)) / 4.0)  # down to the cache grid
+    L_fb = _quantise_l0(L_fb)  # down to the cache grid (the same 10^(k/4) rounding)
     if finish == "eigh":
         # Landed: the certifying eigh is the finish (2 factorisations). Failed: the wasted
         # eigh, the fallback's QR steps and the final eigh.
