@@ -23,6 +23,7 @@ import pandas as pd
 
 from storage.db import Database
 from storage.lab import LAB_EVENTS, apply_lab_event
+from storage.schema import INSERT_RUN
 from storage.stream import TERMINAL, EventStream, status_change
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ class Recorder:
             for i, r in enumerate(ev["runs"])
         ]
         cur.executemany(
-            f"INSERT OR IGNORE INTO runs VALUES ({', '.join('?' * 19)})", rows,
+            INSERT_RUN, rows,
         )
 
     @staticmethod

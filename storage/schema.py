@@ -36,7 +36,6 @@ MIGRATIONS: list[list[str]] = [
             last_step   INTEGER NOT NULL DEFAULT 0,
             message     VARCHAR,
             worker      VARCHAR,
-            info        JSON,
             created_at  TIMESTAMPTZ NOT NULL,
             started_at  TIMESTAMPTZ,
             finished_at TIMESTAMPTZ,
@@ -166,9 +165,22 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
     ],
+    # 4: a run's worker-reported info (checkpoint resumes and the like). Stop 8 put this column
+    # into migration 1 instead, so databases created by that release already have it (in the
+    # middle of the table) and older ones do not: IF NOT EXISTS serves both, and every insert
+    # names its columns (RUN_COLUMNS) because the position differs.
+    ["ALTER TABLE runs ADD COLUMN IF NOT EXISTS info JSON"],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+RUN_COLUMNS = (
+    "run_id", "study_id", "position", "label", "optimizer", "seed", "hparams", "spec", "steps",
+    "status", "attempt", "last_step", "message", "worker", "info", "created_at", "started_at",
+    "finished_at", "updated_at",
+)
+INSERT_RUN = (f"INSERT OR IGNORE INTO runs ({', '.join(RUN_COLUMNS)}) "
+              f"VALUES ({', '.join('?' * len(RUN_COLUMNS))})")
 
 
 def current_version(con: duckdb.DuckDBPyConnection) -> int:

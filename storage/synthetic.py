@@ -13,6 +13,7 @@ import json
 from datetime import UTC, datetime
 
 from storage.db import Database
+from storage.schema import INSERT_RUN
 
 # optimizer → (floor, best log10 lr); a deliberately clear ordering for tests.
 OPTIMIZERS = {"adamw": (0.30, -3.0), "muon": (0.20, -1.5), "sgd": (0.45, -1.0),
@@ -48,7 +49,7 @@ def synthetic_study(db: Database, name: str, optimizers: list[str], lrs: list[fl
         cur.execute("INSERT OR IGNORE INTO studies VALUES (?, ?, ?, ?, ?, ?)",
                     [study_id, name, workload, json.dumps(spec), len(runs), now])
         cur.executemany(
-            f"INSERT OR IGNORE INTO runs VALUES ({', '.join('?' * 19)})",
+            INSERT_RUN,
             [(rid, study_id, i, label, o, seed, json.dumps({"lr": lr}),
               json.dumps({"run_id": rid, "label": label, "optimizer": o, "seed": seed}),
               steps, "diverged" if bad else "finished", 1, steps // 2 if bad else steps,

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import pytest
 
 from storage import analytics as an
+from storage.schema import INSERT_RUN
 from storage.synthetic import synthetic_study
 
 
@@ -26,7 +27,7 @@ def _insert(db, study_id: str, runs: dict[str, tuple[str, str, int, float, str]]
         cur.execute("INSERT INTO studies VALUES (?, ?, 'w', ?, ?, ?)",
                     [study_id, study_id, json.dumps(spec), len(runs), now])
         for i, (rid, (label, opt, seed, lr, status)) in enumerate(runs.items()):
-            cur.execute(f"INSERT INTO runs VALUES ({', '.join('?' * 19)})",
+            cur.execute(INSERT_RUN,
                         [rid, study_id, i, label, opt, seed, json.dumps({"lr": lr}), "{}", 10,
                          status, 1, 10, None, None, None, now, now, now, now])
         cur.executemany("INSERT INTO metrics VALUES (?, 1, ?, ?, ?, ?, ?)",

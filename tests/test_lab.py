@@ -63,6 +63,43 @@ def test_a_version_1_database_upgrades_to_the_lab_schema(tmp_path):
     con.close()
 
 
+@pytest.mark.parametrize("release", ["stop 7 (v1)", "stop 8 (v3, info inside runs)"])
+def test_released_databases_upgrade_and_take_runs(tmp_path, release):
+    # Databases as earlier releases left them: v1 without runs.info, and v3 from the release
+    # that had added info to migration 1 (mid-table). Both must upgrade and accept a run.
+    from storage.queries import Queries
+    from storage.schema import INSERT_RUN, RUN_COLUMNS
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    stmts = list(MIGRATIONS[0])
+    version = 1
+    if release.startswith("stop 8"):
+        stmts[1] = stmts[1].replace("worker      VARCHAR,", "worker      VARCHAR, info JSON,")
+        assert "info JSON" in stmts[1]
+        stmts += MIGRATIONS[1] + MIGRATIONS[2]
+        version = 3
+    for stmt in stmts:
+        con.execute(stmt)
+    con.execute("INSERT INTO schema_version VALUES (?)", [version])
+    con.execute("INSERT INTO studies VALUES ('st-1', 'old', 'digits_mlp', '{}', 1, now())")
+    con.close()
+    db = Database(path)
+    row = dict.fromkeys(RUN_COLUMNS)
+    row.update(run_id="r1", study_id="st-1", position=0, label="sgd", optimizer="sgd", seed=0,
+               hparams="{}", spec="{}", steps=10, status="queued", attempt=0, last_step=0,
+               info='{"resumed_from": 4}', created_at="2026-11-25 10:00:00+00",
+               updated_at="2026-11-25 10:00:00+00")
+    with db.write() as cur:
+        cur.execute(INSERT_RUN, [row[c] for c in RUN_COLUMNS])
+    runs = Queries(db).runs("st-1")
+    assert list(runs["run_id"]) == ["r1"] and list(runs["status"]) == ["queued"]
+    with db.read() as cur:
+        assert cur.execute("SELECT info->>'resumed_from' FROM runs").fetchone()[0] == "4"
+    db.close()
+
+
 def test_matrix_encoding_round_trips_bit_for_bit():
     t = torch.randn(7, 5)
     rows, cols, dtype, data = encode_matrix(t)
