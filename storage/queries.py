@@ -50,8 +50,7 @@ class Queries:
         with self.db.read() as cur:
             runs = cur.execute("""
                 SELECT run_id, label, optimizer, seed, status, attempt, last_step, steps,
-                       message, worker, started_at, finished_at, updated_at, hparams, info,
-                       epoch(now()) - epoch(updated_at) AS silent_s
+                       message, worker, started_at, finished_at, updated_at, hparams, info
                 FROM runs WHERE study_id = ? ORDER BY position
             """, [study_id]).df()
             finals = cur.execute("""

@@ -175,6 +175,23 @@ def test_a_running_run_that_went_silent_is_flagged(seeded, services):
     assert list(_frame(at, "runs_table")["status"]) == ["finished", "running? silent 10 min"]
 
 
+def test_a_run_that_goes_silent_while_the_page_is_open_is_flagged(seeded, services, monkeypatch):
+    # The runs frame is cached by data version, which silence does not change: the age must
+    # come from the clock of each rerun, not from the cached query.
+    from app.views import study
+
+    recent = {"type": "status", "run_id": seeded[1].run_id, "attempt": 1, "status": "running",
+              "step": 20, "message": None, "worker": "w", "ts": time.time() - 60}
+    EventStream(connect(services.broker_url)).append([recent])
+    services.recorder.drain()
+    at = _study_page(app())
+    assert list(_frame(at, "runs_table")["status"]) == ["finished", "running"]
+    later = time.time() + 600
+    monkeypatch.setattr(study, "_now", lambda: later)
+    at.run()
+    assert list(_frame(at, "runs_table")["status"]) == ["finished", "running? silent 11 min"]
+
+
 def test_view_settings_come_from_the_url_and_go_back_to_it(seeded):
     at = _study_page(app(), band="bootstrap", group="optimizer", x="wall", smooth="0.5",
                      center="nonsense")

@@ -7,6 +7,8 @@ page renders read-only for a share token: no cancel, re-run, add-seed or share c
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 import streamlit as st
 
@@ -76,6 +78,15 @@ class _CachedData(report.StudyData):
 
 
 # --- small helpers ----------------------------------------------------------------------------
+
+def _silent_s(updated_at: pd.Series) -> pd.Series:
+    """Seconds since each run last reported, on the clock of this rerun: the runs frame is
+    cached by data version, which a run that went quiet does not change."""
+    return _now() - updated_at.map(lambda t: t.timestamp())
+
+
+_now = time.time  # one indirection, so a test can move the clock
+
 
 def _status_text(status: str, silent_s: float) -> str:
     if status == "running" and silent_s > SILENT_S:
@@ -233,7 +244,8 @@ def _diagnostics_tab(data: _CachedData, runs: pd.DataFrame, v: View, metrics: li
 def _runs_tab(services: Services, study: dict, runs: pd.DataFrame, status: pd.DataFrame,
               varying: list[str], readonly: bool, out: dict) -> None:
     table = report.runs_table(status.assign(status=[
-        _status_text(s, q) for s, q in zip(status["status"], status["silent_s"], strict=True)
+        _status_text(s, q)
+        for s, q in zip(status["status"], _silent_s(status["updated_at"]), strict=True)
     ]), runs, varying)
     config = {
         "label": st.column_config.TextColumn("config"),
