@@ -376,7 +376,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         name = "".join(ch if ch.isalnum() else "-" for ch in study["name"]).strip("-")
         html_path = out / f"{name or study['study_id']}-snapshot.html"
         meta = (f"{study['study_id']} · workload {study['workload']} · "
-                f"{len(q.runs(study['study_id']))} runs")
+                f"{q.data_version(study['study_id'])[0]} runs")
         html_path.write_text(build_snapshot(study["name"], meta, charts, tables, study["spec"]))
         parquet_path = html_path.with_name(html_path.name.replace("-snapshot.html",
                                                                   "-metrics.parquet"))

@@ -176,11 +176,15 @@ def group_curves(curves: pd.DataFrame, runs: pd.DataFrame, group_by: str = "conf
     else:
         keyed["smooth"] = keyed["value"]
     out = stats.band_frame(keyed, ["group", "cell"], value="smooth", center=center, band=band)
-    raw = stats.band_frame(keyed, ["group", "cell"], value="value", center=center, band="none")
+    if smoothing:
+        raw = stats.band_frame(keyed, ["group", "cell"], value="value", center=center,
+                               band="none")
+        out = out.merge(raw[["group", "cell", "center"]].rename(columns={"center": "raw"}),
+                        on=["group", "cell"])
+    else:
+        out["raw"] = out["center"]  # unsmoothed: the raw centre is the centre
     xs = keyed.groupby(["group", "cell"], observed=True)["x"].mean().rename("x")
-    out = out.merge(raw[["group", "cell", "center"]].rename(columns={"center": "raw"}),
-                    on=["group", "cell"]).merge(xs, on=["group", "cell"])
-    return out[cols]
+    return out.merge(xs, on=["group", "cell"])[cols]
 
 
 def group_table(runs: pd.DataFrame, finals: pd.DataFrame, group_by: str = "config",

@@ -52,6 +52,12 @@ def _finals(_a: an.Analytics, study_id: str, version: tuple, metric: str) -> pd.
     return _a.finals([study_id], metric)
 
 
+@st.cache_data(max_entries=128, show_spinner=False)
+def _reached(_a: an.Analytics, study_id: str, version: tuple, metric: str, target: float,
+             x: str) -> pd.DataFrame:
+    return _a.time_to_target([study_id], metric, target, x)
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
 def _status_runs(_q: Queries, study_id: str, version: tuple) -> pd.DataFrame:
     return _q.runs(study_id)
@@ -75,6 +81,9 @@ class _CachedData(report.StudyData):
 
     def finals(self, metric: str) -> pd.DataFrame:
         return _finals(self.a, self.study_id, self.version, metric)
+
+    def reached(self, metric: str, target: float, x: str) -> pd.DataFrame:
+        return _reached(self.a, self.study_id, self.version, metric, target, x)
 
 
 # --- small helpers ----------------------------------------------------------------------------
@@ -263,10 +272,10 @@ def _runs_tab(services: Services, study: dict, runs: pd.DataFrame, status: pd.Da
     event = st.dataframe(table, hide_index=True, width="stretch", key="runs_table",
                          column_config=config, on_select="rerun", selection_mode="multi-row")
     picked = table.iloc[event.selection.rows] if event and event.selection.rows else table[:0]
-    _run_actions(services, study, status, picked)
+    _run_actions(services, study, runs, status, picked)
 
 
-def _run_actions(services: Services, study: dict, status: pd.DataFrame,
+def _run_actions(services: Services, study: dict, runs: pd.DataFrame, status: pd.DataFrame,
                  picked: pd.DataFrame) -> None:
     from engine.errors import SpecError
     from engine.specs import RunSpec, parse_study
@@ -284,7 +293,7 @@ def _run_actions(services: Services, study: dict, status: pd.DataFrame,
     if c[1].button(f"Re-run selected ({len(again)})", key="rerun_runs", disabled=again.empty,
                    help="Failed or cancelled runs train again as a new attempt."):
         specs = [RunSpec.model_validate(s) for s in
-                 _spec_of(services, study["study_id"], list(again["run_id"]))]
+                 _specs(runs, again["run_id"])]
         others = status.loc[~raw.isin(TERMINAL) & ~status["run_id"].isin(again["run_id"]),
                             "run_id"].tolist()
         n = rerun(specs, services.broker_url, keep_cancelled=others)
@@ -301,7 +310,7 @@ def _run_actions(services: Services, study: dict, status: pd.DataFrame,
                 seeds = _parse_seeds(text)
                 spec = parse_study(study["spec"])  # may fail: a workload since removed
                 existing = [RunSpec.model_validate(s) for s in
-                            _spec_of(services, study["study_id"], list(status["run_id"]))]
+                            _specs(runs, status["run_id"])]
                 others = status.loc[~raw.isin(TERMINAL), "run_id"].tolist()
                 sub = add_seeds(spec, existing, label, seeds, services.broker_url,
                                 keep_cancelled=others)
@@ -335,9 +344,10 @@ def _parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _spec_of(services: Services, study_id: str, run_ids: list[str]) -> list[dict]:
-    runs = an.Analytics(services.db).runs([study_id]).set_index("run_id")
-    return [runs.at[rid, "spec"] for rid in run_ids]
+def _specs(runs: pd.DataFrame, run_ids: pd.Series) -> list[dict]:
+    """Each run's stored spec, from the runs frame the page already holds."""
+    by_id = runs.set_index("run_id")["spec"]
+    return [by_id[rid] for rid in run_ids]
 
 
 def _share(services: Services, study: dict, view: ViewState, out: dict) -> None:
@@ -378,8 +388,8 @@ def _pick_study(q: Queries) -> str | None:
     if studies.empty:
         st.info("No studies yet. Start one from **New study**.")
         return None
-    sid = st.selectbox("Study", studies["study_id"],
-                       format_func=lambda s: studies.set_index("study_id").at[s, "name"])
+    names = dict(zip(studies["study_id"], studies["name"], strict=True))
+    sid = st.selectbox("Study", studies["study_id"], format_func=names.__getitem__)
     st.query_params["study"] = sid
     return sid
 
