@@ -17,6 +17,7 @@ import pandas as pd
 
 from storage import stats
 from storage.db import Database
+from storage.stream import TERMINAL
 
 # The x axes a person can choose, and the metric column behind each: ``tokens`` holds examples
 # or tokens seen; ``wall_s`` is cumulative training time with evaluation excluded.
@@ -253,7 +254,7 @@ def ttt_outcome(status: str, reached: float) -> str:
     """How a run stands against the target: reached, never (it ended without), or not yet."""
     if math.isfinite(reached):
         return "reached"
-    return "never" if status in DONE + BROKEN + ("cancelled",) else "not yet"
+    return "never" if status in TERMINAL else "not yet"
 
 
 def ttt_summary(runs: pd.DataFrame, reached: pd.DataFrame,

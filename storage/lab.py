@@ -24,22 +24,15 @@ import json
 import logging
 import zlib
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
 
 from storage.db import Database
-from storage.stream import TERMINAL, status_change
+from storage.stream import TERMINAL, TERMINAL_SQL, event_time, status_change
 
 log = logging.getLogger(__name__)
 LAB_EVENTS = ("lab_job", "lab_status", "lab_case", "matrix")
-_TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in TERMINAL) + ")"
-
-
-def _ts(ev: dict[str, Any]) -> datetime:
-    ts = ev.get("ts")
-    return datetime.fromtimestamp(float(ts), UTC) if ts else datetime.now(UTC)
 
 
 def apply_lab_event(cur, ev: dict[str, Any],
@@ -48,7 +41,7 @@ def apply_lab_event(cur, ev: dict[str, Any],
     broker key (a captured matrix's bytes)."""
     kind = ev["type"]
     if kind == "lab_job":
-        ts = _ts(ev)
+        ts = event_time(ev)
         cur.execute(
             "INSERT OR IGNORE INTO lab_jobs (job_id, name, spec, n_cases, status, created_at, "
             "updated_at) VALUES (?, ?, ?, ?, 'queued', ?, ?)",
@@ -74,14 +67,14 @@ def apply_lab_event(cur, ev: dict[str, Any],
         cur.execute(
             "INSERT OR IGNORE INTO captured_matrices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [ev["matrix_id"], ev["run_id"], int(ev["attempt"]), int(ev["step"]), ev["param"],
-             ev["kind"], int(ev["rows"]), int(ev["cols"]), ev["dtype"], data, _ts(ev)],
+             ev["kind"], int(ev["rows"]), int(ev["cols"]), ev["dtype"], data, event_time(ev)],
         )
     else:
         raise ValueError(f"not a lab event: {kind!r}")
 
 
 def _apply_status(cur, ev: dict[str, Any]) -> None:
-    ts = _ts(ev)
+    ts = event_time(ev)
     status, attempt = ev["status"], int(ev["attempt"])
     row = cur.execute("SELECT attempt, status FROM lab_jobs WHERE job_id = ?",
                       [ev["job_id"]]).fetchone()
@@ -220,7 +213,7 @@ class LabQueries:
         with self.db.read() as cur:
             row = cur.execute(
                 f"SELECT count(*) FROM lab_jobs WHERE job_id = ? AND status NOT IN "
-                f"{_TERMINAL_SQL}", [job_id]).fetchone()
+                f"{TERMINAL_SQL}", [job_id]).fetchone()
         return bool(row and row[0])
 
     def captured(self) -> pd.DataFrame:

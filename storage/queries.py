@@ -8,9 +8,7 @@ from typing import Any
 import pandas as pd
 
 from storage.db import Database
-from storage.stream import TERMINAL
-
-_TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in TERMINAL) + ")"
+from storage.stream import TERMINAL_SQL
 
 
 class Queries:
@@ -23,7 +21,7 @@ class Queries:
             return cur.execute(f"""
                 SELECT s.study_id, s.name, s.workload, s.created_at,
                        count(r.run_id) AS n_runs,
-                       count(*) FILTER (WHERE r.status IN {_TERMINAL_SQL}) AS done,
+                       count(*) FILTER (WHERE r.status IN {TERMINAL_SQL}) AS done,
                        count(*) FILTER (WHERE r.status = 'running') AS running,
                        count(*) FILTER (WHERE r.status = 'queued') AS queued,
                        count(*) FILTER (WHERE r.status IN ('diverged', 'failed')) AS failed
@@ -78,7 +76,7 @@ class Queries:
     def is_active(self, study_id: str) -> bool:
         with self.db.read() as cur:
             row = cur.execute(
-                f"SELECT count(*) FROM runs WHERE study_id = ? AND status NOT IN {_TERMINAL_SQL}",
+                f"SELECT count(*) FROM runs WHERE study_id = ? AND status NOT IN {TERMINAL_SQL}",
                 [study_id],
             ).fetchone()
         return bool(row and row[0])

@@ -15,7 +15,6 @@ import logging
 import socket
 import threading
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
@@ -24,7 +23,7 @@ import pandas as pd
 from storage.db import Database
 from storage.lab import LAB_EVENTS, apply_lab_event
 from storage.schema import INSERT_RUN
-from storage.stream import TERMINAL, EventStream, status_change
+from storage.stream import TERMINAL, EventStream, event_time, status_change
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +32,6 @@ METRIC_COLUMNS = ["run_id", "attempt", "step", "name", "value", "wall_s", "token
 # lost broker) leaves the entries pending, to be applied when the problem is gone.
 DATA_ERRORS = (KeyError, TypeError, ValueError, IndexError, duckdb.ConversionException,
                duckdb.ConstraintException, duckdb.InvalidInputException)
-
-
-def _ts(ev: dict[str, Any]) -> datetime:
-    """When the event happened (its producer's clock); now, for an event without a time."""
-    ts = ev.get("ts")
-    return datetime.fromtimestamp(float(ts), UTC) if ts else datetime.now(UTC)
 
 
 LOCK_KEY = "approximant:recorder"
@@ -189,7 +182,7 @@ class Recorder:
 
     @staticmethod
     def _apply_study(cur, ev: dict[str, Any]) -> None:
-        ts = _ts(ev)
+        ts = event_time(ev)
         spec = ev["spec"]
         cur.execute(
             "INSERT OR IGNORE INTO studies VALUES (?, ?, ?, ?, ?, ?)",
@@ -208,7 +201,7 @@ class Recorder:
 
     @staticmethod
     def _apply_status(cur, ev: dict[str, Any]) -> None:
-        ts = _ts(ev)
+        ts = event_time(ev)
         status, attempt, step = ev["status"], int(ev["attempt"]), int(ev.get("step") or 0)
         row = cur.execute(
             "SELECT attempt, status FROM runs WHERE run_id = ?", [ev["run_id"]]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -25,6 +26,8 @@ import redis
 STREAM = "approximant:events"
 GROUP = "recorder"
 TERMINAL = ("finished", "diverged", "failed", "cancelled")
+# The same, as an SQL list for ``status IN …`` (fixed words, not user input).
+TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in TERMINAL) + ")"
 
 
 def connect(url: str) -> redis.Redis:
@@ -106,3 +109,9 @@ def status_change(cur_attempt: int, cur_status: str, attempt: int, status: str) 
 
 def now() -> float:
     return time.time()
+
+
+def event_time(ev: dict[str, Any]) -> datetime:
+    """When an event happened (its producer's clock); now, for an event without a time."""
+    ts = ev.get("ts")
+    return datetime.fromtimestamp(float(ts), UTC) if ts else datetime.now(UTC)
