@@ -164,7 +164,7 @@ def submit_lab(spec: LabSpec, broker_url: str,
         pipe.set(STAGED_KEY.format(matrix_id=key),
                  f"{rows}:{cols}:{dtype}:".encode() + zlib.compress(raw, 1), ex=STAGED_TTL_S)
     pipe.execute()
-    n_cases = len(lab_case_list(spec, None))
+    n_cases = len(lab_case_list(spec))
     EventStream(client).append([{"type": "lab_job", "job_id": job_id,
                                  "spec": spec.model_dump(mode="json"), "n_cases": n_cases,
                                  "ts": now()}])
@@ -204,7 +204,7 @@ def execute_lab(spec: LabSpec, broker_url: str, worker: str = "") -> dict[str, A
     client = _client(broker_url)
     job_id = spec.job_id
     attempt = int(client.incr(ATTEMPT_KEY.format(run_id=job_id)))
-    n_cases = len(lab_case_list(spec, None))
+    n_cases = len(lab_case_list(spec))
     pub = LabPublisher(EventStream(client), job_id, attempt, n_cases, worker=worker)
     pub.flush("running")
     cancel = CancelFlag(client, [CANCEL_LAB_KEY.format(job_id=job_id)])

@@ -27,7 +27,7 @@ from engine.approx.measure import (
     measure,
     references,
 )
-from engine.approx.methods import POLAR_MAPS, final_call, peak_extra_bytes, run_method
+from engine.approx.methods import final_call, peak_extra_bytes, run_method
 from engine.approx.spec import DTYPES, LabSpec
 from engine.specs import resolve_device
 from engine.spectral import get_map
@@ -57,7 +57,6 @@ class CaseResult:
 class LabSummary:
     status: str  # finished | cancelled
     cases_done: int
-    cases_total: int
     wall_s: float
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -104,7 +103,7 @@ def _finite(x: float) -> float | None:
     return x if isinstance(x, float) and math.isfinite(x) else None
 
 
-def case_list(spec: LabSpec, captured: dict[str, Tensor] | None) -> list[tuple[str, str, str]]:
+def case_list(spec: LabSpec) -> list[tuple[str, str, str]]:
     """(case_id, spectrum, shape) for generated cases, then ("captured:…", key, "") per capture."""
     out = [(f"{sp}@{sh}", sp, sh) for sp, sh in spec.cases()]
     for ref in spec.captured:
@@ -121,7 +120,7 @@ def run_lab(
     """Run the whole job; ``captured`` maps a ``CapturedRef.key`` to its matrix."""
     device = torch.device(resolve_device(spec.device))
     t_start = time.perf_counter()
-    cases = case_list(spec, captured)
+    cases = case_list(spec)
     info: dict[str, Any] = {"device": str(device), "torch": torch.__version__,
                             "threads": torch.get_num_threads(), "skipped": []}
     if "bfloat16" in spec.dtypes:
@@ -132,7 +131,7 @@ def run_lab(
     gemm_cache: dict[tuple[int, int, str], float] = {}
     for done, (case_id, a, b) in enumerate(cases):
         if should_stop is not None and should_stop():
-            return LabSummary("cancelled", done, len(cases), time.perf_counter() - t_start, info)
+            return LabSummary("cancelled", done, time.perf_counter() - t_start, info)
         if case_id.startswith("captured:"):
             if captured is None or a not in captured:
                 raise ValueError(f"captured: matrix {a!r} was not delivered to the worker")
@@ -171,7 +170,7 @@ def run_lab(
                 _run_one(spec, method, G, dtype, dname, refs, polar, gen, gemm_cache[gkey],
                          case_id, result)
         sink(result)
-    return LabSummary("finished", len(cases), len(cases), time.perf_counter() - t_start, info)
+    return LabSummary("finished", len(cases), time.perf_counter() - t_start, info)
 
 
 def _run_one(spec: LabSpec, method, G: Tensor, dtype: torch.dtype, dname: str, refs: list,
@@ -192,10 +191,9 @@ def _run_one(spec: LabSpec, method, G: Tensor, dtype: torch.dtype, dname: str, r
         nan_row[-1] = False
         result.results.append(nan_row)
         return
-    target_polar = polar or method.map in POLAR_MAPS
     for j, it in enumerate(iterates):
         with off_the_clock():
-            meas = measure(it.X, refs, target_polar and polar)
+            meas = measure(it.X, refs, polar)
         med = statistics.median(it.times)
         achieved = it.flops / med / 1e9 if med > 0 else float("nan")
         result.results.append([

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from engine.spectral.exact import null_mask
+
 CURVE_POINTS = 64  # points kept per transfer curve and per output spectrum
 
 
@@ -32,12 +34,6 @@ class Reference:
     def scale(self) -> float:
         top = float(self.f.max()) if self.f.numel() else 0.0
         return top if top > 0 else 1.0
-
-
-def null_mask(s: Tensor) -> Tensor:
-    """Singular values that are zero to fp64 working precision (relative to the largest)."""
-    tol = s.amax(dim=-1, keepdim=True) * max(s.shape[-1], 1) * torch.finfo(s.dtype).eps
-    return s <= tol
 
 
 def target_values(s: Tensor, c: float) -> Tensor:

@@ -40,7 +40,6 @@ ITERATION_OPTION = {"newton_schulz": "steps", "kaon_chaos": "steps", "qdwh": "ma
 # Maps whose target is (GGᵀ)^(−c) G: the lab passes the job's c to them.
 POWER_MAPS = ("freon", "gram_eigh", "spectral_power")
 # Maps whose result is the polar factor whatever their options.
-POLAR_MAPS = ("newton_schulz", "qdwh", "svd_polar")
 # Options the lab sets itself (per job or per run) rather than per method.
 RESERVED_OPTIONS = ("dtype", "generator", "f")
 DEFAULT_CAP = {"qdwh": 10, "freon": 8}

@@ -49,11 +49,6 @@ def from_wide(X: Tensor, transposed: bool) -> Tensor:
     return X.mT if transposed else X
 
 
-def eye_like(X: Tensor, m: int) -> Tensor:
-    """An m×m identity on ``X``'s device and dtype, broadcastable over ``X``'s batch."""
-    return torch.eye(m, dtype=X.dtype, device=X.device)
-
-
 def spectral_norm_estimate(X: Tensor, iters: int = 8) -> Tensor:
     """A deterministic lower estimate of ‖X‖₂ per matrix (shape ``X.shape[:-2]``).
 

@@ -14,7 +14,7 @@ from torch import Tensor
 from engine.spectral.common import check_matrix, from_wide, to_wide, work_dtype
 
 
-def _null_mask(s: Tensor) -> Tensor:
+def null_mask(s: Tensor) -> Tensor:
     """Singular values that are zero to working precision (relative to the largest)."""
     tol = s.amax(dim=-1, keepdim=True) * max(s.shape[-1], 1) * torch.finfo(s.dtype).eps
     return s <= tol
@@ -36,7 +36,7 @@ def _power_values(s: Tensor, c: float, delta: float) -> Tensor:
     """σ (σ² + δ²)^(−c), with 0 for numerically-zero σ when there is no floor."""
     out = s * (s * s + delta * delta).pow(-c)
     if delta == 0 and c > 0:
-        out = torch.where(_null_mask(s), torch.zeros_like(s), out)
+        out = torch.where(null_mask(s), torch.zeros_like(s), out)
     return out
 
 
@@ -120,7 +120,7 @@ def kaon_iid(G: Tensor, *, low: float = 0.5, high: float = 1.5, distribution: st
                 torch.tensor(high, dtype=torch.float64))
             draw = torch.exp(lo + (hi - lo) * u)
         draw = draw.to(device=s.device, dtype=s.dtype)
-        return torch.where(_null_mask(s), torch.zeros_like(s), draw)
+        return torch.where(null_mask(s), torch.zeros_like(s), draw)
 
     return svd_map(G, f=f, dtype=dtype)
 
