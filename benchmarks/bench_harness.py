@@ -67,9 +67,11 @@ def _forget(url: str, run_id: str) -> None:
     """Clear the run's progress and lease so the next repeat trains it again."""
     import redis
 
-    redis.Redis.from_url(url).delete(f"approximant:progress:{run_id}",
-                                     f"approximant:lease:{run_id}",
-                                     f"approximant:submitted:{run_id}")
+    from tasks.publisher import LEASE_KEY, PROGRESS_KEY
+    from tasks.submit import SUBMITTED_KEY
+
+    redis.Redis.from_url(url).delete(*(k.format(run_id=run_id)
+                                       for k in (PROGRESS_KEY, LEASE_KEY, SUBMITTED_KEY)))
 
 
 def published(run, url: str) -> float:
@@ -84,6 +86,7 @@ def published(run, url: str) -> float:
 def full(spec, url: str) -> float:
     import redis
 
+    from tasks.publisher import PROGRESS_KEY
     from tasks.submit import submit_study
 
     for r in expand(spec):
@@ -92,7 +95,7 @@ def full(spec, url: str) -> float:
     sub = submit_study(spec, url)
     rid = sub.runs[0].run_id
     client = redis.Redis.from_url(url)
-    while client.hget(f"approximant:progress:{rid}", "status") != b"finished":
+    while client.hget(PROGRESS_KEY.format(run_id=rid), "status") != b"finished":
         time.sleep(0.005)
     return time.perf_counter() - t0
 

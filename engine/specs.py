@@ -277,7 +277,10 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _run(spec: StudySpec, name: str, point: dict[str, GridValue], seed: int) -> RunSpec:
+def _run(spec: StudySpec, study_id: str, name: str, point: dict[str, GridValue], seed: int
+         ) -> RunSpec:
+    """One run; ``study_id`` is ``spec.study_id``, hashed once by the caller (it dumps and
+    hashes the whole spec)."""
     label = run_label(name, point)
     params = OPTIMIZERS[name].params
     hparams = params(**point).model_dump()
@@ -285,10 +288,10 @@ def _run(spec: StudySpec, name: str, point: dict[str, GridValue], seed: int) -> 
         # An optimizer's own randomness (Kaon's draws) follows the run's seed unless the grid
         # fixes it, so seeds replicate the whole run.
         hparams["seed"] = seed
-    digest = hashlib.sha256(f"{spec.study_id}|{label}|seed={seed}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{study_id}|{label}|seed={seed}".encode()).hexdigest()
     return RunSpec(
-        study_id=spec.study_id,
-        run_id=f"{spec.study_id}-{digest[:10]}",
+        study_id=study_id,
+        run_id=f"{study_id}-{digest[:10]}",
         label=label,
         workload=spec.workload,
         optimizer=name,
@@ -303,7 +306,8 @@ def _run(spec: StudySpec, name: str, point: dict[str, GridValue], seed: int) -> 
 
 def expand(spec: StudySpec) -> list[RunSpec]:
     """All runs of a study in a fixed order: optimizer entry, grid point, seed."""
-    return [_run(spec, name, point, seed)
+    sid = spec.study_id
+    return [_run(spec, sid, name, point, seed)
             for name, point in spec.grid_points() for seed in spec.seeds]
 
 
@@ -316,5 +320,6 @@ def extra_seed_runs(spec: StudySpec, label: str, seeds: list[int]) -> list[RunSp
         raise SpecError(f"seeds: {err}") from None
     for name, point in spec.grid_points():
         if run_label(name, point) == label:
-            return [_run(spec, name, point, seed) for seed in seeds]
+            sid = spec.study_id
+            return [_run(spec, sid, name, point, seed) for seed in seeds]
     raise SpecError(f"label: no configuration {label!r} in study {spec.study_id}")

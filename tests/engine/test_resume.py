@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
-import torch
 
 from engine.specs import expand, parse_study
-from engine.training import train
+from engine.training import checkpoint_bytes, load_checkpoint, train
 
 GPT = {"depth": 1, "width": 32, "heads": 2, "context": 16, "batch_size": 4,
        "corpus_bytes": 20_000, "eval_batches": 1}
@@ -45,13 +42,11 @@ def test_resumed_run_reproduces_the_uninterrupted_one(case):
 
     def keep(step, make):
         if step in (5, 8):
-            buf = io.BytesIO()
-            torch.save(make(), buf)  # now: the state holds live tensors
-            saved[step] = buf.getvalue()
+            saved[step] = checkpoint_bytes(make())  # now: the state holds live tensors
 
     assert train(run, full.extend, checkpoint=keep).status == "finished"
     for step, blob in saved.items():
-        state = torch.load(io.BytesIO(blob), weights_only=True)
+        state = load_checkpoint(blob)  # as the worker does
         rest: list[dict] = []
         assert train(run, rest.extend, resume=state).status == "finished"
         assert min(r["step"] for r in rest) == step + 1  # no step is trained twice
