@@ -27,15 +27,15 @@ from engine.approx.bench import case_list as lab_case_list
 from engine.approx.spec import LabSpec
 from storage.stream import EventStream, connect, now
 from tasks.celery_app import app, configure
-from tasks.publisher import PROGRESS_KEY, PROGRESS_TTL_S, MetricPublisher
+from tasks.publisher import PROGRESS_TTL_S, MetricPublisher
 from tasks.run import ATTEMPT_KEY, CancelFlag, _client, claim_delivery
+from tasks.submit import queue_once
 
 log = logging.getLogger(__name__)
 
 STAGED_KEY = "approximant:labmatrix:{matrix_id}"
 STAGED_TTL_S = 7 * 24 * 3600
 CANCEL_LAB_KEY = "approximant:cancel:lab:{job_id}"
-SUBMITTED_LAB_KEY = "approximant:submitted:{job_id}"
 
 
 # -- captured matrices on the wire -------------------------------------------------------------
@@ -168,18 +168,8 @@ def submit_lab(spec: LabSpec, broker_url: str,
     EventStream(client).append([{"type": "lab_job", "job_id": job_id,
                                  "spec": spec.model_dump(mode="json"), "n_cases": n_cases,
                                  "ts": now()}])
-    if not client.set(SUBMITTED_LAB_KEY.format(job_id=job_id), now(), nx=True,
-                      ex=PROGRESS_TTL_S):
-        return LabSubmission(job_id, False)
-    key = PROGRESS_KEY.format(run_id=job_id)
-    client.hset(key, mapping={"status": "queued", "step": 0, "steps": n_cases, "attempt": 0})
-    client.expire(key, PROGRESS_TTL_S)
-    try:
-        lab_task.apply_async(args=[spec.model_dump(mode="json")], task_id=job_id)
-    except Exception:
-        client.delete(SUBMITTED_LAB_KEY.format(job_id=job_id))
-        raise
-    return LabSubmission(job_id, True)
+    sent = queue_once(client, lab_task, job_id, n_cases, spec.model_dump(mode="json"))
+    return LabSubmission(job_id, sent)
 
 
 def cancel_lab(job_id: str, broker_url: str) -> None:

@@ -30,31 +30,35 @@ def _register(client, spec: StudySpec, runs: list[RunSpec]) -> None:
     }])
 
 
+def queue_once(client, task, item_id: str, steps: int, payload: dict, *, force: bool = False,
+               connection=None) -> bool:
+    """Send ``payload`` to ``task`` as ``item_id`` unless it was sent before (``force``: send it
+    again); True if it was sent. The queued progress record is written first, and the
+    "submitted" mark is taken back if sending fails, so a retried submission sends it."""
+    submitted = SUBMITTED_KEY.format(run_id=item_id)
+    if force:
+        client.delete(submitted)
+    # Lives as long as the progress record, which the CLI waits on.
+    if not client.set(submitted, now(), nx=True, ex=PROGRESS_TTL_S):
+        return False
+    key = PROGRESS_KEY.format(run_id=item_id)
+    client.delete(key)  # a re-run's old terminal status would make its claim "ended"
+    client.hset(key, mapping={"status": "queued", "step": 0, "steps": steps, "attempt": 0})
+    client.expire(key, PROGRESS_TTL_S)
+    try:
+        task.apply_async(args=[payload], task_id=item_id, connection=connection)
+    except Exception:
+        client.delete(submitted)
+        raise
+    return True
+
+
 def _queue(client, runs: list[RunSpec], force: bool = False) -> int:
     """Send each run to the queue unless it was sent before (``force``: send it again)."""
-    queued = 0
     with app.connection_for_write() as conn:
-        for run in runs:
-            submitted = SUBMITTED_KEY.format(run_id=run.run_id)
-            if force:
-                client.delete(submitted)
-            # Lives as long as the run's progress record, which the CLI waits on.
-            if not client.set(submitted, now(), nx=True, ex=PROGRESS_TTL_S):
-                continue
-            key = PROGRESS_KEY.format(run_id=run.run_id)
-            client.delete(key)  # a re-run's old terminal status would make its claim "ended"
-            client.hset(key, mapping={"status": "queued", "step": 0, "steps": run.steps,
-                                      "attempt": 0})
-            client.expire(key, PROGRESS_TTL_S)
-            try:
-                run_task.apply_async(args=[run.model_dump(mode="json")], task_id=run.run_id,
-                                     connection=conn)
-            except Exception:
-                # Not queued, so not submitted: a retry of the submission must send it.
-                client.delete(submitted)
-                raise
-            queued += 1
-    return queued
+        return sum(queue_once(client, run_task, run.run_id, run.steps,
+                              run.model_dump(mode="json"), force=force, connection=conn)
+                   for run in runs)
 
 
 def submit_study(spec: StudySpec, broker_url: str) -> Submission:
