@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 import traceback
 import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import redis
 import torch
 from celery import Task
 
@@ -68,17 +66,9 @@ def publish_matrix(pub: MetricPublisher, run_id: str, attempt: int, step: int, p
     matrix_id = f"{run_id}:{attempt}:{step}:{param}:{kind}"
     rows, cols, dtype, data = encode_matrix(t)
     key = CAPTURE_KEY.format(matrix_id=matrix_id)
-    deadline = time.monotonic() + pub.retry_for_s
-    while True:
-        try:
-            pub.stream.client.set(key, data, ex=CAPTURE_TTL_S)
-            break
-        except (redis.ConnectionError, redis.TimeoutError):
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(1.0)
+    pub.retrying(lambda: pub.stream.client.set(key, data, ex=CAPTURE_TTL_S))
     pub.flush("running")  # the run's rows so far go first: the stream keeps its order
-    pub._send([{"type": "matrix", "matrix_id": matrix_id, "run_id": run_id,
+    pub.send([{"type": "matrix", "matrix_id": matrix_id, "run_id": run_id,
                 "attempt": attempt, "step": step, "param": param, "kind": kind, "rows": rows,
                 "cols": cols, "dtype": dtype, "blob": key, "ts": now()}], "running")
     return matrix_id
@@ -124,7 +114,7 @@ class LabPublisher(MetricPublisher):
               "cases": {"columns": list(CASE_FIELDS), "rows": result.cases},
               "results": {"columns": list(RESULT_FIELDS), "rows": result.results},
               "curves": {"columns": [*CURVE_FIELDS[:5], "x", "y"], "rows": curves}}
-        self._send([ev, self.status_event("running")], "running")
+        self.send([ev, self.status_event("running")], "running")
 
 
 def _pack_curves(rows: list[list[Any]]) -> list[list[Any]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -95,18 +95,28 @@ class MetricPublisher:
             events.append({"type": "metrics", "run_id": self.run_id, "attempt": self.attempt,
                            "rows": rows})
         events.append(self.status_event(status, message, info, resumed_from))
-        self._send(events, status)
+        self.send(events, status)
         self._rows = []
         self.published += len(rows)
         self._last_flush = time.monotonic()
 
-    def _send(self, events: list[dict[str, Any]], status: str) -> None:
+    def send(self, events: list[dict[str, Any]], status: str) -> None:
+        """Append ``events`` to the stream and mark progress as ``status`` (with retries)."""
+
+        def both() -> None:
+            self.stream.append(events)
+            self._set_progress(status)
+
+        self.retrying(both)
+
+    def retrying(self, write: Callable[[], object]) -> None:
+        """Run a broker write, retrying with backoff while the broker is unreachable, for up
+        to ``retry_for_s``; then the error propagates (the task fails and is redelivered)."""
         deadline = time.monotonic() + self.retry_for_s
         delay = 0.2
         while True:
             try:
-                self.stream.append(events)
-                self._set_progress(status)
+                write()
                 return
             except (redis.ConnectionError, redis.TimeoutError):
                 if time.monotonic() >= deadline:

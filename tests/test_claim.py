@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from storage.stream import connect
 from tasks.publisher import LEASE_KEY, PROGRESS_KEY
 from tasks.run import claim
@@ -54,3 +56,38 @@ def test_a_dead_attempts_lease_is_waited_out(clean_broker):
     assert client.exists(key)
     assert claim(client, "r1", lease_ttl_s=5, poll_s=0.1) == "run"
     assert client.get(key) == b"0:claimed"  # the dead attempt's lease lapsed; ours replaced it
+
+
+def test_publisher_retries_an_unreachable_broker_then_gives_up(clean_broker, monkeypatch):
+    # Every broker write of a run (metric batches, captured matrices) goes through retrying():
+    # transient failures are retried with backoff, a lasting one raises after retry_for_s.
+    import redis
+    import torch
+
+    from storage.stream import STREAM, EventStream
+    from tasks import publisher as publisher_mod
+    from tasks.lab import CAPTURE_KEY, publish_matrix
+    from tasks.publisher import MetricPublisher
+
+    monkeypatch.setattr(publisher_mod.time, "sleep", lambda s: None)
+    stream = EventStream(connect(clean_broker))
+    pub = MetricPublisher(stream, "r9", attempt=1, steps=10)
+    real_append, fails = stream.append, [2]
+
+    def flaky(events):
+        if fails[0]:
+            fails[0] -= 1
+            raise redis.ConnectionError("down")
+        return real_append(events)
+
+    monkeypatch.setattr(stream, "append", flaky)
+    pub.add([{"step": 1, "name": "train_loss", "value": 0.5, "wall_s": 0.1, "tokens": 8}])
+    pub.flush("running")
+    assert fails == [0] and stream.client.xlen(STREAM) == 2  # the rows and the status, once
+    mid = publish_matrix(pub, "r9", 1, 1, "w", "grad", torch.ones(2, 3))
+    assert stream.client.exists(CAPTURE_KEY.format(matrix_id=mid))
+
+    pub.retry_for_s = 0.0
+    fails[0] = 1
+    with pytest.raises(redis.ConnectionError):  # a broker that stays down fails the task
+        pub.flush("running")
