@@ -30,7 +30,12 @@ from torch.utils._pytree import tree_flatten
 
 from engine.spectral import get_map
 from engine.spectral.freon import freon_power
-from engine.spectral.newton_schulz import KAON_GAIN, KAON_OUT_SCALE, odd_quintic_iteration
+from engine.spectral.newton_schulz import (
+    KAON_OUT_SCALE,
+    kaon_rows,
+    newton_schulz_rows,
+    odd_quintic_iteration,
+)
 from engine.spectral.qdwh import qdwh_polar
 from engine.spectral.schedules import get_schedule
 
@@ -133,12 +138,10 @@ def quintic_rows(map_name: str, options: dict[str, Any]
     """(rows applied, norm safety, output divisor, eps) for a stepped map and its options."""
     eps = float(options.get("eps", 1e-7))
     if map_name == "newton_schulz":
-        sched = get_schedule(options.get("schedule", "keller"))
-        steps = options.get("steps")
-        n = int(sched.params.get("steps", len(sched.rows))) if steps is None else int(steps)
-        return sched.coefficients(n), sched.norm_safety, 1.0, eps
-    steps = int(options.get("steps", 5))
-    return [(KAON_GAIN, -2 * KAON_GAIN, KAON_GAIN)] * steps, 1.0, KAON_OUT_SCALE, eps
+        name = options.get("schedule", "keller")
+        rows = newton_schulz_rows(name, options.get("steps"))
+        return rows, get_schedule(name).norm_safety, 1.0, eps
+    return kaon_rows(int(options.get("steps", 5))), 1.0, KAON_OUT_SCALE, eps
 
 
 def _stepped(G: Tensor, map_name: str, options: dict[str, Any], dtype: torch.dtype,

@@ -59,13 +59,20 @@ def newton_schulz(
     """
     check_matrix(G)
     sched = get_schedule(schedule)
-    n = int(sched.params.get("steps", len(sched.rows))) if steps is None else steps
-    if not 1 <= n <= 100:
-        raise ValueError(f"steps: must be in [1, 100] (got {n})")
     d = work_dtype(G, dtype, allow_half=True)
     return odd_quintic_iteration(
-        G, sched.coefficients(n), dtype=d, eps=eps, norm_safety=sched.norm_safety
+        G, newton_schulz_rows(schedule, steps), dtype=d, eps=eps, norm_safety=sched.norm_safety
     )
+
+
+def newton_schulz_rows(schedule: str, steps: int | None) -> list[tuple[float, float, float]]:
+    """The (a, b, c) rows ``newton_schulz`` applies: ``steps`` of them (default: the
+    schedule's own length), checked to lie in [1, 100]."""
+    sched = get_schedule(schedule)
+    n = int(sched.params.get("steps", len(sched.rows))) if steps is None else int(steps)
+    if not 1 <= n <= 100:
+        raise ValueError(f"steps: must be in [1, 100] (got {n})")
+    return sched.coefficients(n)
 
 
 KAON_GAIN = 4.1
@@ -83,8 +90,12 @@ def kaon_chaos(G: Tensor, *, steps: int = 5, dtype: torch.dtype | None = None,
     deterministic, but not monotone in σ (noise-like singular values).
     """
     check_matrix(G)
+    d = work_dtype(G, dtype, allow_half=True)
+    return odd_quintic_iteration(G, kaon_rows(steps), dtype=d, eps=eps) / KAON_OUT_SCALE
+
+
+def kaon_rows(steps: int) -> list[tuple[float, float, float]]:
+    """The rows of ``kaon_chaos``: ``steps`` times 4.1(1 − s²)² as (a, b, c), steps in [1, 100]."""
     if not 1 <= steps <= 100:
         raise ValueError(f"steps: must be in [1, 100] (got {steps})")
-    d = work_dtype(G, dtype, allow_half=True)
-    rows = [(KAON_GAIN, -2 * KAON_GAIN, KAON_GAIN)] * steps
-    return odd_quintic_iteration(G, rows, dtype=d, eps=eps) / KAON_OUT_SCALE
+    return [(KAON_GAIN, -2 * KAON_GAIN, KAON_GAIN)] * steps
