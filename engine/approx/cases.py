@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from engine.spectral.testing import loguniform_values
+
 # The 2-D weight shapes of GPT-2 small (d_model 768), as (rows, cols) of nn.Linear.weight.
 GPT2_SHAPES: dict[str, tuple[int, int]] = {
     "gpt2:attn_qkv": (2304, 768),
@@ -64,15 +66,6 @@ def parse_shape(text: str) -> Shape:
     return Shape(batch, rows, cols)
 
 
-def _loguniform(r: int, g: torch.Generator, lower: float) -> Tensor:
-    """r values log-uniform on [lower, 1] with both ends hit exactly (κ = 1/lower)."""
-    expo = torch.rand(r, generator=g, dtype=torch.float64) * math.log10(lower)
-    expo[0] = 0.0
-    if r > 1:
-        expo[-1] = math.log10(lower)
-    return torch.sort(10.0**expo, descending=True).values
-
-
 def _haar(rows: int, r: int, g: torch.Generator) -> Tensor:
     Q, R = torch.linalg.qr(torch.randn(rows, r, generator=g, dtype=torch.float64))
     # Sign fix makes Q Haar-distributed rather than biased by QR's sign convention.
@@ -97,7 +90,7 @@ class SpectrumKind:
 
 
 def _b_loguniform(m: int, n: int, p: float, g: torch.Generator) -> Tensor:
-    return _from_values(m, n, _loguniform(min(m, n), g, p), g)
+    return _from_values(m, n, loguniform_values(min(m, n), g, p), g)
 
 
 def _b_powerlaw(m: int, n: int, p: float, g: torch.Generator) -> Tensor:
@@ -109,7 +102,7 @@ def _b_lowrank(m: int, n: int, p: float, g: torch.Generator) -> Tensor:
     r = min(m, n)
     k = min(int(p), r)
     s = torch.full((r,), 0.0, dtype=torch.float64)
-    s[:k] = _loguniform(k, g, 1e-1) if k > 0 else s[:0]
+    s[:k] = loguniform_values(k, g, 1e-1) if k > 0 else s[:0]
     G = _from_values(m, n, s, g)
     noise = torch.randn(m, n, generator=g, dtype=torch.float64)
     # Scaled so the noise's top singular value is ≈ LOWRANK_NOISE (‖N‖₂ ≈ √m + √n).
@@ -124,7 +117,7 @@ def _b_rankdef(m: int, n: int, p: float, g: torch.Generator) -> Tensor:
     r = min(m, n)
     k = max(1, int(round(r * (1 - p))))
     s = torch.zeros(r, dtype=torch.float64)
-    s[:k] = _loguniform(k, g, 1e-3)
+    s[:k] = loguniform_values(k, g, 1e-3)
     return _from_values(m, n, s, g)
 
 

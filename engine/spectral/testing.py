@@ -1,7 +1,8 @@
-"""Matrices with controlled spectra and error metrics, for tests and benchmarks (no I/O)."""
+"""Matrices with controlled spectra and error metrics: tests, benchmarks, lab cases (no I/O)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -39,18 +40,23 @@ def controlled_matrix(
     V, _ = torch.linalg.qr(torch.randn(n, r, generator=g, dtype=torch.float64))
     s = torch.zeros(r, dtype=torch.float64)
     if k > 0:
-        expo = torch.rand(k, generator=g, dtype=torch.float64) * torch.log10(
-            torch.tensor(lower, dtype=torch.float64))
-        expo[0] = 0.0
-        if k > 1:
-            expo[-1] = torch.log10(torch.tensor(lower, dtype=torch.float64))
-        s[:k] = torch.sort(10.0**expo, descending=True).values
+        s[:k] = loguniform_values(k, g, lower)
     G = (U * s) @ V.mT
     tm = SpectrumCase(G, U, s, V)
     if dtype != torch.float64 or torch.device(device).type != "cpu":
         tm = SpectrumCase(G.to(device=device, dtype=dtype), U.to(device), s.to(device),
                         V.to(device))
     return tm
+
+
+def loguniform_values(k: int, g: torch.Generator, lower: float) -> Tensor:
+    """k values log-uniform on [lower, 1], descending, fp64, with both ends hit exactly (so
+    κ = 1/lower); one draw of k uniforms from ``g``."""
+    expo = torch.rand(k, generator=g, dtype=torch.float64) * math.log10(lower)
+    expo[0] = 0.0
+    if k > 1:
+        expo[-1] = math.log10(lower)
+    return torch.sort(10.0**expo, descending=True).values
 
 
 def relative_spectral_error(Y: Tensor, ref: Tensor) -> float:
