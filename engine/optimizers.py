@@ -201,18 +201,27 @@ def _spectral(
     seed: int = 0,
 ) -> RoutedOptimizer:
     """Matrices to one SpectralOptimizer over ``cmap``, everything else to AdamW."""
+    # "propagate": a NaN gradient reaches the parameters and the training loop records the
+    # run as diverged (a result), instead of an exception that would crash the task.
+    return _route(params, matrix, hp, lambda mats: SpectralOptimizer(
+        mats, cmap, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov,
+        weight_decay=hp.weight_decay, shape_scale=hp.shape_scale, schatten_c=schatten_c,
+        schatten_floor=schatten_floor, nonfinite="propagate", seed=seed,
+    ))
+
+
+def _route(params: Iterable[torch.nn.Parameter], matrix: set[int],
+           hp: SpectralParams | TorchMuonParams,
+           matrix_opt: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+           ) -> RoutedOptimizer:
+    """The matrix parameters to ``matrix_opt``, the rest (embeddings, heads, biases, gains)
+    to AdamW with the hyper-parameters' own AdamW lr and weight decay."""
     params = list(params)
     mats = [p for p in params if id(p) in matrix]
     rest = [p for p in params if id(p) not in matrix]
     parts: list[torch.optim.Optimizer] = []
     if mats:
-        # "propagate": a NaN gradient reaches the parameters and the training loop records
-        # the run as diverged (a result), instead of an exception that would crash the task.
-        parts.append(SpectralOptimizer(
-            mats, cmap, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov,
-            weight_decay=hp.weight_decay, shape_scale=hp.shape_scale, schatten_c=schatten_c,
-            schatten_floor=schatten_floor, nonfinite="propagate", seed=seed,
-        ))
+        parts.append(matrix_opt(mats))
     if rest:
         parts.append(torch.optim.AdamW(rest, lr=hp.adamw_lr, weight_decay=hp.adamw_weight_decay))
     return RoutedOptimizer(parts)
@@ -228,18 +237,10 @@ def _muon(params: Iterable[torch.nn.Parameter], matrix: set[int], hp: MuonParams
 
 
 def _torch_muon(params: Iterable[torch.nn.Parameter], matrix: set[int], hp: TorchMuonParams):
-    params = list(params)
-    mats = [p for p in params if id(p) in matrix]
-    rest = [p for p in params if id(p) not in matrix]
-    parts: list[torch.optim.Optimizer] = []
-    if mats:
-        parts.append(torch.optim.Muon(
-            mats, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum,
-            nesterov=hp.nesterov, ns_steps=hp.ns_steps, adjust_lr_fn=hp.adjust_lr_fn,
-        ))
-    if rest:
-        parts.append(torch.optim.AdamW(rest, lr=hp.adamw_lr, weight_decay=hp.adamw_weight_decay))
-    return RoutedOptimizer(parts)
+    return _route(params, matrix, hp, lambda mats: torch.optim.Muon(
+        mats, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum,
+        nesterov=hp.nesterov, ns_steps=hp.ns_steps, adjust_lr_fn=hp.adjust_lr_fn,
+    ))
 
 
 def _freon(params: Iterable[torch.nn.Parameter], matrix: set[int], hp: FreonParams):
