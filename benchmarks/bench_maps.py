@@ -32,12 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from engine.spectral import apply_map  # noqa: E402
+from engine.spectral.common import sync  # noqa: E402
 from engine.spectral.testing import controlled_matrix  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _time_interleaved(fns: list[Callable[[], torch.Tensor]], device: torch.device,
@@ -50,10 +46,10 @@ def _time_interleaved(fns: list[Callable[[], torch.Tensor]], device: torch.devic
         # Rotate who goes first, so a burst of load on a shared machine favours no one.
         for i in [*range(r % len(fns), len(fns)), *range(r % len(fns))]:
             fn = fns[i]
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             y = fn()
-            _sync(device)
+            sync(device)
             ts[i].append(time.perf_counter() - t0)
             if i == len(fns) - 1:
                 out = y

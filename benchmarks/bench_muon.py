@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from engine.spectral.common import sync  # noqa: E402
 from engine.spectral.optimizer import SpectralOptimizer, configure_map  # noqa: E402
 
 SHAPE_SETS = {
@@ -40,11 +41,6 @@ SHAPE_SETS = {
     # Two GPT-2-small blocks' attention projection and MLP matrices (shape groups of 2).
     "GPT-2 block ×2": [(768, 768), (768, 3072), (3072, 768)] * 2,
 }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _make(shapes, device, kind: str) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
@@ -72,10 +68,10 @@ def bench(shapes, device: torch.device, repeats: int, warmup: int) -> dict[str, 
     for i in range(warmup + repeats):
         # Rotate who goes first, so a burst of load on a shared machine favours no one.
         for k in kinds[i % len(kinds):] + kinds[:i % len(kinds)]:
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             opts[k].step()
-            _sync(device)
+            sync(device)
             if i >= warmup:
                 times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}

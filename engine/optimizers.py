@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from engine.spectral.common import DTYPES
 from engine.spectral.freon import SUPPORTED_C
 from engine.spectral.optimizer import ConfiguredMap, SpectralOptimizer, configure_map
 
@@ -227,12 +228,9 @@ def _route(params: Iterable[torch.nn.Parameter], matrix: set[int],
     return RoutedOptimizer(parts)
 
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
-
-
 def _muon(params: Iterable[torch.nn.Parameter], matrix: set[int], hp: MuonParams):
     cmap = configure_map("newton_schulz", schedule=hp.schedule, steps=hp.ns_steps,
-                         dtype=_DTYPES[hp.ns_dtype], eps=1e-7)
+                         dtype=DTYPES[hp.ns_dtype], eps=1e-7)
     return _spectral(params, matrix, hp, cmap)
 
 
@@ -244,7 +242,7 @@ def _torch_muon(params: Iterable[torch.nn.Parameter], matrix: set[int], hp: Torc
 
 
 def _freon(params: Iterable[torch.nn.Parameter], matrix: set[int], hp: FreonParams):
-    dtype = _DTYPES[hp.dtype]
+    dtype = DTYPES[hp.dtype]
     # The map sees M/‖M‖_F (prescale), so the floor is relative and, for the rational
     # iteration, ‖M‖_F ≤ 1 gives the scale and ℓ₀ = δ/scale from shapes alone.
     c = hp.c

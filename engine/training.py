@@ -20,6 +20,7 @@ import torch
 from engine.diagnostics import Diagnostics
 from engine.optimizers import build_optimizer
 from engine.specs import RunSpec, resolve_device
+from engine.spectral.common import sync
 from engine.workloads import Task, get_workload
 
 Row = dict[str, float | int | str]
@@ -41,11 +42,6 @@ class RunResult:
     final: dict[str, float] = field(default_factory=dict)
     message: str = ""
     info: dict[str, str | int | float] = field(default_factory=dict)  # e.g. corpus fingerprint
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -181,7 +177,7 @@ def train(
             group["lr"] = peak * mult
         measure = diagnostics is not None and step % run.diagnostics_every == 0
 
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with autocast:
@@ -190,10 +186,10 @@ def train(
         snapshot = None
         if measure:
             # Copying parameters and gradients is diagnostic work: keep it off the clock.
-            _sync(device)
+            sync(device)
             dt_before = time.perf_counter() - t0
             snapshot = diagnostics.snapshot()
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter() - dt_before
         grad_norm = None
         if run.grad_clip is not None:

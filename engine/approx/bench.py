@@ -28,9 +28,10 @@ from engine.approx.measure import (
     references,
 )
 from engine.approx.methods import final_call, peak_extra_bytes, run_method
-from engine.approx.spec import DTYPES, LabSpec
+from engine.approx.spec import LabSpec
 from engine.specs import resolve_device
 from engine.spectral import get_map
+from engine.spectral.common import DTYPES
 
 RESULT_FIELDS = (
     "case_id", "method", "map", "dtype", "iteration", "matmuls", "factorisations", "flops",

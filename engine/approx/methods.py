@@ -29,6 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from engine.spectral import get_map
+from engine.spectral.common import sync
 from engine.spectral.freon import freon_power
 from engine.spectral.newton_schulz import (
     KAON_OUT_SCALE,
@@ -60,11 +61,6 @@ class Iterate:
     factorisations: int
     flops: float
     times: list[float] = field(default_factory=list)  # seconds, one per repeat
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _dims(G: Tensor) -> tuple[int, int, int]:
@@ -154,12 +150,12 @@ def _stepped(G: Tensor, map_name: str, options: dict[str, Any], dtype: torch.dty
 
     def keep(i: int, X: Tensor) -> None:
         kept.append(X)
-        _sync(G.device)
+        sync(G.device)
         times[i].append(time.perf_counter() - t0[0])
 
     for _ in range(repeats):
         kept.clear()
-        _sync(G.device)
+        sync(G.device)
         t0[0] = time.perf_counter()
         # The registry's own iteration, watched after every step: the iterates are its own.
         odd_quintic_iteration(G, rows, dtype=dtype, eps=eps, norm_safety=norm_safety,
@@ -177,10 +173,10 @@ def _timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[A
     times = []
     result = None
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         result = fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return result, times
 

@@ -23,7 +23,6 @@ from engine.specs import run_label
 from engine.spectral import SPECTRAL_MAPS, get_map
 from engine.spectral.schedules import SCHEDULES
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 # Elements × methods × dtypes above this is refused: hours of CPU, not a lab run.
 MAX_WORK = 4e9
 LAB_MAPS = tuple(n for n in SPECTRAL_MAPS if n != "svd")  # "svd" takes a Python callable

@@ -6,6 +6,15 @@ import torch
 from torch import Tensor
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# The dtypes a spec may name, by name (optimizer hyper-parameters, lab specs).
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (clocks read after it measure the work, not the
+    launch); nothing to wait for on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def check_matrix(G: Tensor, name: str = "G") -> None:
