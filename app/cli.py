@@ -15,13 +15,15 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import redis
 
-from app.config import Stack, data_dir, read_stack, remove_stack, write_stack
+from app.config import STACK_FILE, Stack, data_dir, read_stack, remove_stack, write_stack
 from storage.stream import TERMINAL
-from tasks.broker import ENV_BROKER, EmbeddedBroker, check_broker, explicit_broker
+from tasks.broker import ENV_BROKER, EmbeddedBroker, check_broker, explicit_broker, masked
 
 log = logging.getLogger("approximant")
 
@@ -30,6 +32,87 @@ def _child(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pop
     # A session of its own: Ctrl-C reaches only us, and we stop the children in order.
     return subprocess.Popen([sys.executable, "-m", "app.cli", *args],
                             env={**os.environ, **(env or {})}, start_new_session=True)
+
+
+def _broker_env(url: str) -> dict[str, str]:
+    # The URL may carry a password: children get it by environment, which only their user can
+    # read, never in argv, which ``ps`` shows to everyone.
+    return {ENV_BROKER: url}
+
+
+def _write_stack_private(directory: Path, stack: Stack) -> None:
+    """``write_stack``, readable by this user only: the file holds the broker's URL."""
+    # write_stack rewrites STACK_FILE.tmp and renames it; a file created 0600 keeps that mode.
+    tmp = directory / (STACK_FILE + ".tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    tmp.chmod(0o600)
+    write_stack(directory, stack)
+
+
+class _Proc(Protocol):
+    def poll(self) -> int | None: ...
+
+
+class _BrokerProc:
+    """The embedded broker seen as a child process (``poll``) for the supervisor."""
+
+    def __init__(self, broker: EmbeddedBroker) -> None:
+        self.broker = broker
+
+    def poll(self) -> int | None:
+        return None if self.broker.alive() else (self.broker.returncode or -1)
+
+    @classmethod
+    def restarted(cls, broker: EmbeddedBroker) -> _BrokerProc:
+        broker.restart()  # same port, password and data: the children's URL stays valid
+        return cls(broker)
+
+
+# Back-off between restarts of a child that keeps dying: doubles from 1 s up to this; a child
+# that stayed up for STABLE_S starts again from 1 s.
+RESTART_MAX_S = 30.0
+STABLE_S = 60.0
+
+
+class Supervised:
+    """One child of ``up``: restarted with back-off whenever it exits, until the stack stops."""
+
+    def __init__(self, name: str, spawn: Callable[[], _Proc], proc: _Proc | None = None) -> None:
+        self.name = name
+        self.spawn = spawn
+        self.proc = proc if proc is not None else spawn()
+        self.started = time.monotonic()
+        self.restarts = 0
+        self.delay = 1.0
+        self.due: float | None = None  # when a restart is scheduled
+
+    def check(self, now: float) -> None:
+        """Notice an exit (and schedule a restart), or restart when one is due."""
+        if self.due is None:
+            code = self.proc.poll()
+            if code is not None:
+                self._schedule(now, f"exited ({code})")
+        elif now >= self.due:
+            try:
+                self.proc = self.spawn()
+            except Exception as err:  # e.g. the broker's port is taken: try again later
+                self._schedule(now, f"could not start ({err})")
+                return
+            self.started, self.due = now, None
+            print(f"Approximant: the {self.name} is running again.", file=sys.stderr,
+                  flush=True)
+
+    def _schedule(self, now: float, why: str) -> None:
+        if self.due is None and now - self.started >= STABLE_S:
+            self.delay = 1.0
+        self.restarts += 1
+        self.due = now + self.delay
+        print(f"Approximant: the {self.name} {why}; restarting in {self.delay:g} s "
+              f"(restart {self.restarts})", file=sys.stderr, flush=True)
+        self.delay = min(self.delay * 2, RESTART_MAX_S)
+
+    def popen(self) -> subprocess.Popen | None:
+        return self.proc if isinstance(self.proc, subprocess.Popen) else None
 
 
 def _stop_child(proc: subprocess.Popen | None, name: str, grace_s: float,
@@ -106,31 +189,37 @@ def cmd_up(args: argparse.Namespace) -> int:
               f"(pid {running.pid}).", file=sys.stderr)
         return 1
     url, broker = _start_broker(args, directory)
-    worker = dashboard = None
+    children: list[Supervised] = []
     _on_stop_signals()
     try:
+        env = _broker_env(url)
+        if broker is not None:
+            children.append(Supervised("broker", lambda: _BrokerProc.restarted(broker),
+                                       _BrokerProc(broker)))
         if args.workers > 0:
-            worker = _child(["worker", "--broker", url, "--concurrency", str(args.workers)])
-        dashboard = _child(["dashboard", "--data-dir", str(directory), "--broker", url,
-                            "--host", args.host, "--port", str(args.port)])
+            children.append(Supervised("worker", lambda: _child(
+                ["worker", "--concurrency", str(args.workers)], env)))
+        dashboard_args = ["dashboard", "--data-dir", str(directory),
+                          "--host", args.host, "--port", str(args.port)]
+        children.append(Supervised("dashboard", lambda: _child(dashboard_args, env)))
         shown_host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
         dash_url = f"http://{shown_host}:{args.port}"
-        write_stack(directory, Stack(os.getpid(), url, dash_url))
-        print(f"Approximant: dashboard {dash_url} · broker {url}"
+        _write_stack_private(directory, Stack(os.getpid(), url, dash_url))
+        print(f"Approximant: dashboard {dash_url} · broker {masked(url)}"
               f"{' (embedded)' if broker else ''} · data {directory}\nPress Ctrl-C to stop.",
               flush=True)
         while True:
-            for name, proc in (("dashboard", dashboard), ("worker", worker)):
-                if proc is not None and proc.poll() is not None:
-                    print(f"Approximant: the {name} exited ({proc.returncode}); stopping.",
-                          file=sys.stderr)
-                    return 1
+            # A child that dies is restarted, not a reason to stop the others: workers and the
+            # recorder wait for a restarted broker, runs resume from their checkpoints.
+            for child in children:
+                child.check(time.monotonic())
             time.sleep(0.5)
     except (KeyboardInterrupt, _Interrupted):
         print("\nApproximant: stopping…", flush=True)
         return 0
     finally:
-        _stop_stack(worker, dashboard, broker)
+        procs = {c.name: c.popen() for c in children}
+        _stop_stack(procs.get("worker"), procs.get("dashboard"), broker)
         remove_stack(directory)
 
 
@@ -285,9 +374,9 @@ def _own_stack(directory: Path, args: argparse.Namespace) -> dict:
     recorder = Recorder(db, EventStream(connect(url)))
     recorder.acquire()
     recorder.start()
-    worker = _child(["worker", "--broker", url, "--concurrency", str(args.workers),
-                     "--loglevel", "WARNING"])
-    write_stack(directory, Stack(os.getpid(), url, ""))
+    worker = _child(["worker", "--concurrency", str(args.workers), "--loglevel", "WARNING"],
+                    _broker_env(url))
+    _write_stack_private(directory, Stack(os.getpid(), url, ""))
     print(f"run: no dashboard running for {directory}; started a local broker and worker")
     return {"url": url, "broker": broker, "db": db, "recorder": recorder, "worker": worker}
 
