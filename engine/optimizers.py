@@ -17,13 +17,16 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from engine.errors import short
 from engine.spectral.common import DTYPES
 from engine.spectral.freon import SUPPORTED_C
 from engine.spectral.optimizer import ConfiguredMap, SpectralOptimizer, configure_map
 
 
 class HParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: lr = "0.001" or nesterov = "yes" is refused naming the field, never coerced
+    # (an int is still a valid float: lr = 1).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class SGDParams(HParams):
@@ -312,7 +315,7 @@ def get_optimizer(name: str) -> OptimizerDef:
         return OPTIMIZERS[name]
     except KeyError:
         raise ValueError(
-            f"unknown optimizer {name!r}; allowed: {', '.join(sorted(OPTIMIZERS))}"
+            f"unknown optimizer {short(name)}; allowed: {', '.join(sorted(OPTIMIZERS))}"
         ) from None
 
 

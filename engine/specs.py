@@ -10,17 +10,32 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
 import tomllib
+from collections import Counter
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from engine.errors import SpecError, format_validation_error
+from engine.errors import (
+    SpecError,
+    check_name,
+    clip,
+    format_validation_error,
+    join_problems,
+    short,
+)
 from engine.optimizers import OPTIMIZERS
 from engine.workloads import WORKLOADS
 
 DEFAULT_MAX_RUNS = 500
+# A spec is a page of text; anything near this is an attack or an accident, and parsing and
+# echoing it would only cost time.
+MAX_SPEC_CHARS = 1_000_000
+# Hyper-parameters per optimizer and settings per workload are a dozen or two: more keys than
+# this are junk, refused before each is validated (and reported) one by one.
+MAX_KEYS = 64
 # Categorical hyper-parameters (a schedule name, a dtype) are strings.
 GridValue = bool | int | float | str
 
@@ -31,28 +46,106 @@ def max_runs() -> int:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a spec says what it means. "0.001" is not a learning rate and true is not a
+    # step count; pydantic's lax mode would coerce both silently. An int is still accepted
+    # where a float is expected (lr = 1).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _few_keys(v: Any, what: str) -> Any:
+    if isinstance(v, dict) and len(v) > MAX_KEYS:
+        raise ValueError(f"at most {MAX_KEYS} {what} (got {len(v)})")
+    return v
 
 
 class WorkloadSpec(_Strict):
-    name: str = Field(description="registered workload name")
+    name: str = Field(max_length=120, description="registered workload name")
     settings: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, v: str) -> str:
+        return check_name(v)
+
+    @field_validator("settings", mode="before")
+    @classmethod
+    def _bounded(cls, v: Any) -> Any:
+        return _few_keys(v, "settings")
 
 
 class OptimizerEntry(_Strict):
-    name: str = Field(description="registered optimizer name")
+    name: str = Field(max_length=120, description="registered optimizer name")
     # Values are checked against the optimizer's hyper-parameter model in _deep_problems,
     # which names the field and its range; a union type here would give vaguer messages.
     grid: dict[str, list[Any]] = Field(
         default_factory=dict, description="hyper-parameter → values; the runs take the product"
     )
 
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, v: str) -> str:
+        return check_name(v)
+
     @field_validator("grid", mode="before")
     @classmethod
     def _scalars_are_singletons(cls, v: Any) -> Any:
         if isinstance(v, dict):
+            _few_keys(v, "grid keys")
+            for k in v:
+                if isinstance(k, str):
+                    check_name(k)
             return {k: (x if isinstance(x, list) else [x]) for k, x in v.items()}
         return v
+
+
+def _size_problems(data: Any) -> list[str]:
+    """The run count of raw spec data and the lengths behind it, by arithmetic alone.
+
+    Runs before any field is validated, so an over-limit study is refused in time that does
+    not grow with its size: no value is validated and no grid point is built. An empty grid
+    list counts as one value here (it is reported as empty later); this keeps the bound that
+    matters, that no more than ``max_runs()`` grid points' worth of values are validated.
+    """
+    if not isinstance(data, dict):
+        return []
+    limit = max_runs()
+    problems: list[str] = []
+    seeds = data.get("seeds", [0])
+    n_seeds = len(seeds) if isinstance(seeds, list) else 1
+    if n_seeds > limit:
+        problems.append(f"seeds: {n_seeds} seeds; at most {limit} (APPROXIMANT_MAX_RUNS)")
+    entries = data.get("optimizers")
+    if not isinstance(entries, list):
+        return problems
+    if len(entries) > limit:
+        problems.append(f"optimizers: {len(entries)} entries; at most {limit} "
+                        "(APPROXIMANT_MAX_RUNS)")
+        return problems
+    points = 0
+    for i, entry in enumerate(entries):
+        grid = entry.get("grid") if isinstance(entry, dict) else None
+        if not isinstance(grid, dict):
+            points += 1
+            continue
+        if len(grid) > MAX_KEYS:
+            problems.append(f"optimizers.{i}.grid: at most {MAX_KEYS} grid keys "
+                            f"(got {len(grid)})")
+            continue
+        product = 1
+        for key, values in grid.items():
+            n = len(values) if isinstance(values, list) else 1
+            if n > limit:
+                name = key if isinstance(key, str) and len(key) <= 40 else short(key, 40)
+                problems.append(f"optimizers.{i}.grid.{name}: {n} values; a grid list holds "
+                                f"at most {limit} (APPROXIMANT_MAX_RUNS)")
+            product *= max(n, 1)
+        points += product
+    if not problems and points * n_seeds > limit:
+        problems.append(
+            f"optimizers × grid × seeds: {points * n_seeds} runs exceeds the limit of {limit} "
+            "(APPROXIMANT_MAX_RUNS)"
+        )
+    return problems
 
 
 def _fmt(v: GridValue) -> str:
@@ -136,14 +229,28 @@ class StudySpec(_Strict):
         "for the approximation lab; empty: off",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _size_first(cls, data: Any) -> Any:
+        problems = _size_problems(data)
+        if problems:
+            raise ValueError(join_problems(problems))
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, v: str) -> str:
+        return check_name(v)
+
     @field_validator("seeds")
     @classmethod
     def _seeds_in_range(cls, v: list[int]) -> list[int]:
         bad = [s for s in v if not 0 <= s < 2**31]
         if bad:
-            raise ValueError(f"every seed must be in [0, 2^31); got {bad}")
+            raise ValueError(f"every seed must be in [0, 2^31); got {short(bad)}")
         if len(set(v)) != len(v):
-            raise ValueError(f"seeds must be distinct; got {v}")
+            dupes = sorted(k for k, n in Counter(v).items() if n > 1)
+            raise ValueError(f"seeds must be distinct; repeated: {short(dupes)}")
         return v
 
     @model_validator(mode="after")
@@ -174,7 +281,9 @@ class StudySpec(_Strict):
         return out
 
     def n_runs(self) -> int:
-        return len(self.grid_points()) * len(self.seeds)
+        """Runs the study expands into, by arithmetic (no grid point is built)."""
+        points = sum(math.prod(len(v) for v in e.grid.values()) for e in self.optimizers)
+        return points * len(self.seeds)
 
 
 _LATER_FIELDS = (
@@ -188,7 +297,7 @@ def _schedule_problems(spec: StudySpec) -> list[str]:
     bad = [s for s in spec.capture_steps if not 1 <= s <= spec.steps]
     if bad:
         problems.append(f"capture_steps: every step must be in [1, steps = {spec.steps}] "
-                        f"(got {bad})")
+                        f"(got {short(bad)})")
     if spec.warmup_steps > spec.steps:
         problems.append(
             f"warmup_steps: must be at most steps ({spec.steps}) (got {spec.warmup_steps})"
@@ -201,7 +310,7 @@ def _deep_problems(spec: StudySpec) -> list[str]:
     wl = WORKLOADS.get(spec.workload.name)
     if wl is None:
         problems.append(
-            f"workload.name: unknown workload {spec.workload.name!r}; "
+            f"workload.name: unknown workload {short(spec.workload.name)}; "
             f"allowed: {', '.join(sorted(WORKLOADS))}"
         )
     else:
@@ -214,15 +323,16 @@ def _deep_problems(spec: StudySpec) -> list[str]:
         d = OPTIMIZERS.get(entry.name)
         if d is None:
             problems.append(
-                f"{where}.name: unknown optimizer {entry.name!r}; "
+                f"{where}.name: unknown optimizer {short(entry.name)}; "
                 f"allowed: {', '.join(sorted(OPTIMIZERS))}"
             )
             continue
         allowed = d.params.model_fields
         for key, values in entry.grid.items():
+            shown = key if len(key) <= 40 else short(key, 40)
             if key not in allowed:
                 problems.append(
-                    f"{where}.grid.{key}: not a hyper-parameter of {entry.name}; "
+                    f"{where}.grid.{shown}: not a hyper-parameter of {entry.name}; "
                     f"allowed: {', '.join(allowed)}"
                 )
                 continue
@@ -230,42 +340,60 @@ def _deep_problems(spec: StudySpec) -> list[str]:
                 problems.append(f"{where}.grid.{key}: empty list; give at least one value")
             for v in values:
                 if isinstance(v, list | dict):
-                    problems.append(f"{where}.grid.{key}: must be a single value (got {v!r})")
+                    problems.append(f"{where}.grid.{key}: must be a single value "
+                                    f"(got {short(v)})")
                     continue
                 try:
+                    # Strict like the spec itself: "0.001" and true are refused, not coerced.
                     d.params(**{key: v})
                 except ValidationError as err:
                     for item in err.errors():
-                        problems.append(f"{where}.grid.{key}: {item['msg']} (got {v!r})")
+                        problems.append(f"{where}.grid.{key}: {item['msg']} (got {short(v)})")
     if problems:
         return problems
     n = spec.n_runs()
     limit = max_runs()
     if n > limit:
+        # Also refused before validation (_size_problems); kept for specs built in code.
         problems.append(
             f"optimizers × grid × seeds: {n} runs exceeds the limit of {limit} "
             "(APPROXIMANT_MAX_RUNS)"
         )
-    labels = [run_label(name, point) for name, point in spec.grid_points()]
-    dupes = sorted({x for x in labels if labels.count(x) > 1})
+        return problems
+    counts = Counter(run_label(name, point) for name, point in spec.grid_points())
+    dupes = sorted(x for x, c in counts.items() if c > 1)
     if dupes:
-        problems.append(f"optimizers: the same configuration appears twice: {', '.join(dupes)}")
+        problems.append(f"optimizers: the same configuration appears twice: "
+                        f"{clip(', '.join(dupes))}")
     return problems
 
 
 def parse_study(data: dict[str, Any]) -> StudySpec:
-    """Validate a study from plain data; raise ``SpecError`` listing every problem."""
+    """Validate a study from plain data; raise ``SpecError`` listing every problem.
+
+    Nothing else escapes for any input: a malformed spec is a ``SpecError``.
+    """
     try:
         return StudySpec.model_validate(data)
     except ValidationError as err:
         raise SpecError(format_validation_error(err)) from None
+    except (ValueError, TypeError, RecursionError) as err:  # a limit's own env var, say
+        raise SpecError(f"<spec>: {short(str(err), 200)}") from None
 
 
 def parse_study_toml(text: str) -> StudySpec:
+    """``parse_study`` of a TOML document; ``SpecError`` for malformed or oversized text."""
+    if not isinstance(text, str):
+        raise SpecError(f"<toml>: expected text (got {type(text).__name__})")
+    if len(text) > MAX_SPEC_CHARS:
+        raise SpecError(f"<toml>: {len(text)} characters; a spec may have at most "
+                        f"{MAX_SPEC_CHARS}")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise SpecError(f"<toml>: malformed TOML: {err}") from None
+        raise SpecError(f"<toml>: malformed TOML: {short(str(err), 200)}") from None
+    except RecursionError:
+        raise SpecError("<toml>: nested too deeply") from None
     return parse_study(data)
 
 
@@ -322,4 +450,4 @@ def extra_seed_runs(spec: StudySpec, label: str, seeds: list[int]) -> list[RunSp
         if run_label(name, point) == label:
             sid = spec.study_id
             return [_run(spec, sid, name, point, seed) for seed in seeds]
-    raise SpecError(f"label: no configuration {label!r} in study {spec.study_id}")
+    raise SpecError(f"label: no configuration {short(label)} in study {spec.study_id}")

@@ -16,8 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from pydantic import ValidationError
 
 from engine.diagnostics import Diagnostics
+from engine.errors import format_validation_error
 from engine.optimizers import build_optimizer
 from engine.specs import RunSpec, resolve_device
 from engine.spectral.common import sync
@@ -119,7 +121,13 @@ def train(
     # Workloads seed their own generators; this covers anything that draws from the global one.
     torch.manual_seed(run.seed)
     wl = get_workload(run.workload.name)
-    task = wl.build(wl.settings(**run.workload.settings), run.seed, device)
+    try:
+        settings = wl.settings(**run.workload.settings)
+    except ValidationError as err:
+        # Checked again on the worker (its data folder may differ from the dashboard's): say
+        # which setting, briefly, as the spec form would.
+        raise ValueError(format_validation_error(err, "workload.settings")) from None
+    task = wl.build(settings, run.seed, device)
     named = [(n, p) for n, p in task.model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     opt = build_optimizer(run.optimizer, run.hparams, params, task.matrix_params)

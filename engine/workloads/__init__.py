@@ -1,5 +1,6 @@
 """The one registry of workloads (training tasks)."""
 
+from engine.errors import short
 from engine.workloads.base import Task, Workload
 from engine.workloads.digits import DigitsCNN, DigitsMLP
 from engine.workloads.random_features import RandomFeatures
@@ -15,7 +16,7 @@ def get_workload(name: str) -> type[Workload]:
         return WORKLOADS[name]
     except KeyError:
         raise ValueError(
-            f"unknown workload {name!r}; allowed: {', '.join(sorted(WORKLOADS))}"
+            f"unknown workload {short(name)}; allowed: {', '.join(sorted(WORKLOADS))}"
         ) from None
 
 

@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict
 
 
 class WorkloadSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: hidden = "64" or a float width is refused naming the setting, never coerced.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 @dataclass

@@ -8,12 +8,17 @@
 * ``bin``: nanoGPT-style ``train.bin`` and ``val.bin`` of little-endian uint16 token ids,
   memory-mapped so a multi-gigabyte corpus costs no RAM.
 
+User corpora come only from the operator's data folder (``APPROXIMANT_FILES_DIR``, see
+``engine/files.py``); paths are resolved there before any reader here sees them, and every
+file read is checked again to lie inside it (a link in the folder may point out of it).
+
 Text corpora are byte-level (vocabulary 256, one token per byte), so bits per byte is the loss
 in bits. Every problem with a user corpus is a ``ValueError`` naming the setting.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
 import sysconfig
@@ -21,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from engine.errors import short
+from engine.files import ENV, display_path, inside_data_folder
 
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
 _WHERE = "workload.settings"
@@ -57,37 +65,72 @@ def stdlib_bytes(limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def user_text_bytes(path: str, limit: int) -> bytes:
-    """A UTF-8 file, or a directory's non-hidden files in sorted order, up to ``limit`` bytes."""
-    p = Path(path).expanduser()
+def _inside(f: Path, field: str) -> Path:
+    """``f`` resolved, refused unless it is still inside the data folder: a link in the folder
+    must not lead a reader out of it."""
+    real = Path(os.path.realpath(f))
+    if not inside_data_folder(real):
+        raise ValueError(f"{field}: {short(display_path(f))} leads outside the data folder "
+                         f"({ENV})")
+    return real
+
+
+def _utf8_prefix_ok(data: bytes, complete: bool) -> int | None:
+    """The offset of the first byte that is not UTF-8, or None. A chunk cut at the byte
+    limit may end inside a character; that tail is not an error."""
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(data, final=complete)
+    except UnicodeDecodeError as err:
+        return err.start
+    return None
+
+
+def user_text_bytes(path: Path, limit: int, shown: str | None = None) -> bytes:
+    """A UTF-8 file, or a directory's non-hidden files in sorted order, up to ``limit`` bytes.
+
+    ``path`` is resolved inside the data folder (``engine.files.resolve_data_file``); every
+    file read is checked to be there too. ``shown`` is how messages name it.
+    """
+    field = f"{_WHERE}.corpus_path"
+    p = Path(path)
+    shown = shown if shown is not None else display_path(p)
     if not p.exists():
-        raise ValueError(f"{_WHERE}.corpus_path: {path!r} does not exist")
+        raise ValueError(f"{field}: {short(shown)} is not in the data folder ({ENV})")
     if p.is_file():
         files = [p]
-    else:
+    elif p.is_dir():
         files = sorted(
             f for f in p.rglob("*")
-            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            if not any(part.startswith(".") for part in f.relative_to(p).parts) and f.is_file()
         )
+    else:
+        raise ValueError(f"{field}: {short(shown)} is neither a file nor a folder")
     chunks: list[bytes] = []
     total = 0
     for f in files:
-        data = f.read_bytes()
+        real = _inside(f, field)
         try:
-            data.decode("utf-8")
-        except UnicodeDecodeError as err:
+            with real.open("rb") as fh:
+                # Read no more than is used: a many-gigabyte file costs only the limit.
+                data = fh.read(limit - total)
+                complete = not fh.read(1)
+        except OSError as err:
+            raise ValueError(f"{field}: {short(display_path(f))} cannot be read "
+                             f"({err.strerror})") from None
+        bad = _utf8_prefix_ok(data, complete)
+        if bad is not None:
             raise ValueError(
-                f"{_WHERE}.corpus_path: {str(f)!r} is not UTF-8 text (byte {err.start}); "
+                f"{field}: {short(display_path(f))} is not UTF-8 text (byte {bad}); "
                 "pre-tokenised corpora need corpus = 'bin'"
-            ) from None
+            )
         if not data:
             continue
-        chunks.append(data[: limit - total])
-        total += len(chunks[-1])
+        chunks.append(data)
+        total += len(data)
         if total >= limit:
             break
     if total == 0:
-        raise ValueError(f"{_WHERE}.corpus_path: {path!r} holds no text (empty)")
+        raise ValueError(f"{field}: {short(shown)} holds no text (empty)")
     return b"".join(chunks)
 
 
@@ -96,7 +139,7 @@ def byte_corpus(data: bytes, val_fraction: float, context: int, source: str) -> 
     n_val = int(len(data) * val_fraction)
     if min(n_val, len(data) - n_val) < context + 1:
         raise ValueError(
-            f"{_WHERE}.corpus_path: {source!r} has {len(data)} bytes, too few: with "
+            f"{_WHERE}.corpus_path: {short(source)} has {len(data)} bytes, too few: with "
             f"val_fraction {val_fraction} each split needs at least context + 1 = {context + 1}"
         )
     tokens = np.frombuffer(data, dtype=np.uint8)
@@ -110,28 +153,36 @@ def byte_corpus(data: bytes, val_fraction: float, context: int, source: str) -> 
     )
 
 
-def bin_corpus(path: str, context: int) -> Corpus:
-    """``train.bin`` and ``val.bin`` under directory ``path`` (uint16, nanoGPT layout)."""
-    p = Path(path).expanduser()
+def bin_corpus(path: Path, context: int, shown: str | None = None) -> Corpus:
+    """``train.bin`` and ``val.bin`` under directory ``path`` (uint16, nanoGPT layout).
+
+    ``path`` is resolved inside the data folder; both files are checked to be there too.
+    """
+    field = f"{_WHERE}.corpus_path"
+    p = Path(path)
+    shown = shown if shown is not None else display_path(p)
     if not p.is_dir():
         raise ValueError(
-            f"{_WHERE}.corpus_path: {path!r} is not a directory holding train.bin and val.bin"
+            f"{field}: {short(shown)} is not a folder holding train.bin and val.bin in the "
+            f"data folder ({ENV})"
         )
     arrays = {}
     h = hashlib.sha256()
     for split in ("train", "val"):
         f = p / f"{split}.bin"
+        name = short(f"{shown.rstrip('/')}/{split}.bin")
         if not f.is_file():
-            raise ValueError(f"{_WHERE}.corpus_path: {str(f)!r} is missing")
+            raise ValueError(f"{field}: {name} is missing")
+        f = _inside(f, field)
         size = f.stat().st_size
         if size % 2:
             raise ValueError(
-                f"{_WHERE}.corpus_path: {str(f)!r} has {size} bytes, not a whole number of "
+                f"{field}: {name} has {size} bytes, not a whole number of "
                 "uint16 tokens (corrupt or not a token file)"
             )
         if size // 2 < context + 1:
             raise ValueError(
-                f"{_WHERE}.corpus_path: {str(f)!r} has {size // 2} tokens; context {context} "
+                f"{field}: {name} has {size // 2} tokens; context {context} "
                 f"needs at least {context + 1}"
             )
         arrays[split] = np.memmap(f, dtype="<u2", mode="r")
@@ -148,5 +199,5 @@ def bin_corpus(path: str, context: int) -> Corpus:
         vocab_size=0,  # set by the workload's vocab_size setting
         bytes_per_token=None,
         fingerprint="ends-sha256:" + h.hexdigest(),
-        source=str(p),
+        source=shown,
     )

@@ -21,8 +21,17 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, ValidationInfo, field_validator
 
+from engine.errors import check_name
+from engine.files import display_path, files_dir, resolve_data_file, unset_message
 from engine.workloads.base import Task, Workload, WorkloadSettings
-from engine.workloads.corpus import Corpus, bin_corpus, byte_corpus, stdlib_bytes, user_text_bytes
+from engine.workloads.corpus import (
+    _WHERE,
+    Corpus,
+    bin_corpus,
+    byte_corpus,
+    stdlib_bytes,
+    user_text_bytes,
+)
 
 
 class TinyGPTSettings(WorkloadSettings):
@@ -47,7 +56,9 @@ class TinyGPTSettings(WorkloadSettings):
         64, ge=1, le=100_000, description="sequences in the fixed batch that estimates G"
     )
     corpus_path: str = Field(
-        "", validate_default=True, description="text file or folder; folder of train/val.bin"
+        "", validate_default=True, max_length=4096,
+        description="text file or folder; folder of train/val.bin (inside the operator's "
+        "data folder, APPROXIMANT_FILES_DIR)",
     )
 
     @field_validator("heads")
@@ -61,9 +72,18 @@ class TinyGPTSettings(WorkloadSettings):
     @field_validator("corpus_path")
     @classmethod
     def _path_when_needed(cls, v: str, info: ValidationInfo) -> str:
+        check_name(v)
         corpus = info.data.get("corpus")
-        if corpus in ("text", "bin") and not v.strip():
-            raise ValueError(f"required when corpus is {corpus!r}")
+        if corpus in ("text", "bin"):
+            if files_dir() is None:
+                # Before "required": with reading off, asking for a path would mislead.
+                raise ValueError(unset_message())
+            if not v.strip():
+                raise ValueError(f"required when corpus is {corpus!r}: a path inside the data "
+                                 "folder")
+            # The path is kept as written (the study id hashes it, and a worker resolves it
+            # against its own data folder); here it only has to stay inside this host's.
+            resolve_data_file(v)
         return v
 
 
@@ -183,12 +203,14 @@ class TinyGPTTask(Task):
 def load_corpus(s: TinyGPTSettings) -> Corpus:
     if s.corpus == "stdlib":
         return byte_corpus(stdlib_bytes(s.corpus_bytes), s.val_fraction, s.context, "stdlib")
+    # Resolved again here, against this worker's data folder: settings validated elsewhere
+    # (a dashboard on another host, a spec stored before the folder changed) prove nothing.
+    real = resolve_data_file(s.corpus_path, f"{_WHERE}.corpus_path")
+    shown = display_path(real)
     if s.corpus == "text":
-        return byte_corpus(
-            user_text_bytes(s.corpus_path, s.corpus_bytes), s.val_fraction, s.context,
-            s.corpus_path,
-        )
-    return bin_corpus(s.corpus_path, s.context)
+        return byte_corpus(user_text_bytes(real, s.corpus_bytes, shown), s.val_fraction,
+                           s.context, shown)
+    return bin_corpus(real, s.context, shown)
 
 
 class TinyGPT(Workload):

@@ -20,6 +20,13 @@ TINY = {"depth": 1, "width": 32, "heads": 2, "context": 16, "batch_size": 8,
 CPU = torch.device("cpu")
 
 
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tmp_path as the operator's data folder: user corpora are read only from there."""
+    monkeypatch.setenv("APPROXIMANT_FILES_DIR", str(tmp_path))
+    return tmp_path
+
+
 def build(seed: int = 0, **settings):
     wl = WORKLOADS["tiny_gpt"]
     return wl.build(wl.settings(**{**TINY, **settings}), seed, CPU)
@@ -76,7 +83,8 @@ def test_attention_is_causal():
     assert not torch.allclose(a[:, 10:], b[:, 10:])
 
 
-def test_a_user_text_folder_is_read_in_sorted_order(tmp_path: Path):
+def test_a_user_text_folder_is_read_in_sorted_order(data_dir: Path):
+    tmp_path = data_dir
     (tmp_path / "b.txt").write_text("second file. " * 40)
     (tmp_path / "a.txt").write_text("first file! " * 40)
     (tmp_path / ".hidden").write_text("never read")
@@ -86,7 +94,8 @@ def test_a_user_text_folder_is_read_in_sorted_order(tmp_path: Path):
     assert task.train_loss(1).item() > 0
 
 
-def test_a_bin_corpus_trains(tmp_path: Path):
+def test_a_bin_corpus_trains(data_dir: Path):
+    tmp_path = data_dir
     rng = np.random.default_rng(0)
     np.arange(4_000, dtype="<u2").__mod__(7).tofile(tmp_path / "train.bin")
     rng.integers(0, 7, 500).astype("<u2").tofile(tmp_path / "val.bin")
@@ -105,14 +114,15 @@ def errors_of(**settings) -> str:
     return str(err.value)
 
 
-def test_corpus_errors_name_the_setting(tmp_path: Path):
+def test_corpus_errors_name_the_setting(data_dir: Path):
+    tmp_path = data_dir
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")
     assert "corpus_path" in errors_of(corpus="text", corpus_path=str(empty))
     assert "empty" in errors_of(corpus="text", corpus_path=str(empty))
     (tmp_path / "empty_dir").mkdir()
     assert "no text" in errors_of(corpus="text", corpus_path=str(tmp_path / "empty_dir"))
-    assert "does not exist" in errors_of(corpus="text", corpus_path=str(tmp_path / "nope"))
+    assert "'nope' is not in the data folder" in errors_of(corpus="text", corpus_path="nope")
     binary = tmp_path / "blob.txt"
     binary.write_bytes(b"\xff\xfe\x00\x81" * 100)
     msg = errors_of(corpus="text", corpus_path=str(binary))
@@ -122,7 +132,8 @@ def test_corpus_errors_name_the_setting(tmp_path: Path):
     assert "too few" in errors_of(corpus="text", corpus_path=str(short))
 
 
-def test_bin_corpus_errors_name_the_setting(tmp_path: Path):
+def test_bin_corpus_errors_name_the_setting(data_dir: Path):
+    tmp_path = data_dir
     np.zeros(100, dtype="<u2").tofile(tmp_path / "train.bin")
     msg = errors_of(corpus="bin", corpus_path=str(tmp_path))
     assert "workload.settings.corpus_path" in msg and "val.bin" in msg and "missing" in msg
@@ -131,10 +142,10 @@ def test_bin_corpus_errors_name_the_setting(tmp_path: Path):
     np.full(100, 300, dtype="<u2").tofile(tmp_path / "val.bin")
     msg = errors_of(corpus="bin", corpus_path=str(tmp_path), vocab_size=256)
     assert "workload.settings.vocab_size" in msg and "300" in msg
-    assert "not a directory" in errors_of(corpus="bin", corpus_path=str(tmp_path / "train.bin"))
+    assert "not a folder" in errors_of(corpus="bin", corpus_path=str(tmp_path / "train.bin"))
 
 
-def test_settings_errors_reach_the_spec_with_the_field_name():
+def test_settings_errors_reach_the_spec_with_the_field_name(data_dir: Path):
     with pytest.raises(SpecError, match=r"workload\.settings\.corpus_path: required"):
         parse_study(study({"corpus": "text"}))
     with pytest.raises(SpecError, match=r"workload\.settings\.heads: must divide width \(32\)"):
