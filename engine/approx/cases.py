@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from engine.errors import short
 from engine.spectral.testing import loguniform_values
 
 # The 2-D weight shapes of GPT-2 small (d_model 768), as (rows, cols) of nn.Linear.weight.
@@ -48,21 +49,23 @@ class Shape:
 def parse_shape(text: str) -> Shape:
     """``"256x512"``, ``"8x64x96"`` (a batch of 8) or a GPT-2 name; ``ValueError`` otherwise."""
     t = text.strip().lower()
+    if len(t) > 64:  # int() of a thousand-digit string is itself slow
+        raise ValueError(f"shape {short(text)}: expected ROWSxCOLS, BATCHxROWSxCOLS or a name")
     if t in GPT2_SHAPES:
         return Shape(None, *GPT2_SHAPES[t])
     if not re.fullmatch(r"\d+x\d+(x\d+)?", t):
         raise ValueError(
-            f"shape {text!r}: expected ROWSxCOLS, BATCHxROWSxCOLS or one of "
+            f"shape {short(text)}: expected ROWSxCOLS, BATCHxROWSxCOLS or one of "
             f"{', '.join(GPT2_SHAPES)}"
         )
     nums = [int(x) for x in t.split("x")]
     batch, rows, cols = (None, *nums) if len(nums) == 2 else nums
     if not (1 <= rows <= MAX_DIM and 1 <= cols <= MAX_DIM):
-        raise ValueError(f"shape {text!r}: rows and cols must be in [1, {MAX_DIM}]")
+        raise ValueError(f"shape {short(text)}: rows and cols must be in [1, {MAX_DIM}]")
     if batch is not None and not 1 <= batch <= MAX_BATCH:
-        raise ValueError(f"shape {text!r}: batch must be in [1, {MAX_BATCH}]")
+        raise ValueError(f"shape {short(text)}: batch must be in [1, {MAX_BATCH}]")
     if (batch or 1) * rows * cols > MAX_ELEMENTS:
-        raise ValueError(f"shape {text!r}: more than {MAX_ELEMENTS} elements")
+        raise ValueError(f"shape {short(text)}: more than {MAX_ELEMENTS} elements")
     return Shape(batch, rows, cols)
 
 
@@ -168,18 +171,20 @@ def parse_spectrum(text: str) -> Spectrum:
     name, _, arg = text.strip().partition(":")
     kind = SPECTRA.get(name)
     if kind is None:
-        raise ValueError(f"spectrum {text!r}: unknown kind {name!r}; allowed: "
+        raise ValueError(f"spectrum {short(text)}: unknown kind {short(name)}; allowed: "
                          f"{', '.join(SPECTRA)}")
     if kind.default is None:
         if arg:
-            raise ValueError(f"spectrum {text!r}: {name} takes no parameter")
+            raise ValueError(f"spectrum {short(text)}: {name} takes no parameter")
         return Spectrum(kind, None)
     try:
         p = float(arg) if arg else kind.default
     except ValueError:
-        raise ValueError(f"spectrum {text!r}: parameter {arg!r} is not a number") from None
+        raise ValueError(
+            f"spectrum {short(text)}: parameter {short(arg)} is not a number") from None
     if not (kind.low <= p <= kind.high):
-        raise ValueError(f"spectrum {text!r}: parameter must be in [{kind.low:g}, {kind.high:g}]")
+        raise ValueError(
+            f"spectrum {short(text)}: parameter must be in [{kind.low:g}, {kind.high:g}]")
     return Spectrum(kind, p)
 
 

@@ -65,6 +65,9 @@ def qdwh_polar(
     stay zero. Stops once the scalar bound is within 10·eps of 1, i.e. at working accuracy.
     """
     check_matrix(G)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        # Fewer than one step returns the scaled input, which is not a polar factor.
+        raise ValueError(f"max_iter: must be an integer >= 1 (got {max_iter!r})")
     d = work_dtype(G, dtype)
     eps = torch.finfo(d).eps
     # eps/20: covers κ up to ≈ 1/eps after the 1.05 safety of the scale, still ≤ 6 steps.

@@ -171,9 +171,11 @@ def test_lab_spec_errors_name_the_field_and_the_allowed_range():
                                  {"map": "freon", "options": {"dtype": "float16"}},
                                  {"map": "freon", "options": {"c": 0.25}}]))
     text = str(err.value)
-    assert "methods.0.options.steps: must be in [1, 100] (got 0)" in text
-    assert "methods.1.options.l0: must be in (0, 1] (got 2.0)" in text
-    assert "methods.2.options.schedule: unknown 'x'; allowed: keller" in text
+    assert ("methods.0.options.steps: must be an integer in [1, 100] for newton_schulz "
+            "(got 0)") in text
+    assert "methods.1.options.l0: must be a number in (0, 1] for qdwh (got 2.0)" in text
+    assert ("methods.2.options.schedule: must be one of keller, " in text
+            and "for newton_schulz (got 'x')" in text)
     assert "methods.3.options.dtype: set by the lab" in text
     assert "methods.4.options.c: must equal the job's c (0.5)" in text
     with pytest.raises(SpecError, match="c: the polar target is c = 0.5"):
@@ -318,11 +320,31 @@ def test_training_captures_gradient_and_momentum_of_matrix_parameters_at_chosen_
 
 
 @pytest.mark.parametrize("line, message", [
-    ("freon[c=abc]", "methods.0.options.c: must be a number (got 'abc')"),
-    ("qdwh[l0=x]", "methods.0.options.l0: must be a number (got 'x')"),
-    ("truncated_sgd[fraction=x]", "methods.0.options.fraction: must be a number (got 'x')"),
-    ("kaon_iid[low=inf,high=inf]", "methods.0.options.low: must be finite (got inf)"),
-    ("qdwh[l0=-1]", "methods.0.options.l0: must be in (0, 1] (got -1)"),
+    ("freon[c=abc]", "methods.0.options.c: must be a number in [0, 1] for freon (got 'abc')"),
+    ("qdwh[l0=x]", "methods.0.options.l0: must be a number in (0, 1] for qdwh (got 'x')"),
+    ("truncated_sgd[fraction=x]",
+     "methods.0.options.fraction: must be a number in [0, 1) for truncated_sgd (got 'x')"),
+    ("kaon_iid[low=inf,high=inf]",
+     "methods.0.options.low: must be a number in (0, 1000] for kaon_iid (got inf)"),
+    ("qdwh[l0=-1]", "methods.0.options.l0: must be a number in (0, 1] for qdwh (got -1)"),
+    ("qdwh[max_iter=-1]",
+     "methods.0.options.max_iter: must be an integer in [1, 50] for qdwh (got -1)"),
+    ("qdwh[max_iter=2.5]",
+     "methods.0.options.max_iter: must be an integer in [1, 50] for qdwh (got 2.5)"),
+    ("newton_schulz[steps=true]",
+     "methods.0.options.steps: must be an integer in [1, 100] for newton_schulz (got True)"),
+    ("kaon_chaos[steps=0]",
+     "methods.0.options.steps: must be an integer in [1, 100] for kaon_chaos (got 0)"),
+    ("freon[max_steps=51]",
+     "methods.0.options.max_steps: must be an integer in [1, 50] for freon (got 51)"),
+    ("freon[probe=1]", "methods.0.options.probe: must be true or false for freon (got 1)"),
+    ("freon[finish=qr]",
+     "methods.0.options.finish: must be one of auto, eigh, cholesky for freon (got 'qr')"),
+    ("kaon_iid[distribution=normal]", "methods.0.options.distribution: must be one of "
+     "uniform, loguniform for kaon_iid (got 'normal')"),
+    ("qdwh[steps=3]", "methods.0.options.steps: qdwh has no such option; allowed: l0, "
+     "max_iter"),
+    ("svd_polar[x=1]", "methods.0.options.x: svd_polar has no such option; allowed: none"),
 ])
 def test_bad_method_options_are_named(line, message):
     from engine.approx.spec import default_lab, parse_method_lines
@@ -331,6 +353,28 @@ def test_bad_method_options_are_named(line, message):
     with pytest.raises(SpecError) as err:
         default_lab(methods=parse_method_lines(line))
     assert message in str(err.value).splitlines()
+
+
+def test_the_option_table_covers_every_keyword_of_every_lab_map():
+    import inspect
+
+    from engine.approx.methods import RESERVED_OPTIONS
+    from engine.approx.spec import LAB_MAPS, LAB_OPTIONS
+    from engine.spectral import get_map
+
+    assert set(LAB_OPTIONS) == set(LAB_MAPS)
+    for name in LAB_MAPS:
+        params = inspect.signature(get_map(name).fn).parameters
+        keywords = {k for k, p in params.items()
+                    if p.kind is p.KEYWORD_ONLY and k not in RESERVED_OPTIONS}
+        assert set(LAB_OPTIONS[name]) == keywords, name
+
+
+def test_every_default_lab_method_passes_the_option_table():
+    from engine.approx.spec import POLAR_METHODS, POWER_METHODS, default_lab
+
+    assert len(default_lab().methods) == len(POLAR_METHODS)
+    assert default_lab(target="power", c=2 / 3, methods=list(POWER_METHODS))
 
 
 def test_freon_cost_model_counts_each_product_by_hand():
