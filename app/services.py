@@ -11,17 +11,34 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import redis
 
 from app.config import data_dir
 from storage.db import Database
 from storage.queries import Queries
-from storage.recorder import Recorder, RecorderBusy
+from storage.recorder import BROKER_ERRORS, Recorder, RecorderBusy
 from storage.stream import EventStream, connect
-from tasks.broker import ENV_BROKER
+from tasks.broker import ENV_BROKER, masked
 
 log = logging.getLogger(__name__)
+
+# How long one probe of the broker is reused: every page rerun asks, and a probe of a broker
+# that does not answer costs up to PROBE_TIMEOUT_S.
+PROBE_CACHE_S = 1.5
+PROBE_TIMEOUT_S = 0.5
+
+
+@dataclass
+class _Probe:
+    """The dashboard's last view of the broker (see ``Services.broker_state``)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    checked: float = float("-inf")  # monotonic time of the last probe
+    down_since: float | None = None  # epoch seconds
+    client: redis.Redis | None = None
 
 
 @dataclass
@@ -32,14 +49,53 @@ class Services:
     broker_url: str | None
     recorder: Recorder | None
     broker_error: str | None = None
+    _probe: _Probe = field(default_factory=_Probe, repr=False)
+
+    def broker_state(self) -> tuple[bool, float | None]:
+        """(reachable, since when it is unreachable in epoch seconds, or None while reachable).
+
+        Cheap on every page rerun: the recorder's loop reports what it sees as it goes; without
+        a running recorder (read-only, tests) one probe is reused for ``PROBE_CACHE_S``. With no
+        broker configured: ``(False, None)`` (``broker_error`` says why).
+        """
+        if self.broker_url is None:
+            return False, None
+        rec = self.recorder
+        if rec is not None and rec.running:
+            since = rec.unreachable_since
+            return since is None, since
+        return self._probed()
+
+    def _probed(self) -> tuple[bool, float | None]:
+        p = self._probe
+        with p.lock:
+            if time.monotonic() - p.checked >= PROBE_CACHE_S:
+                if p.client is None:
+                    p.client = redis.Redis.from_url(
+                        self.broker_url, socket_connect_timeout=PROBE_TIMEOUT_S,
+                        socket_timeout=PROBE_TIMEOUT_S)
+                try:
+                    p.client.ping()
+                    p.down_since = None
+                except redis.RedisError:
+                    p.down_since = p.down_since or time.time()
+                p.checked = time.monotonic()
+            return p.down_since is None, p.down_since
 
     def refresh(self) -> None:
         """Apply whatever the stream holds now, so a page shows the newest rows."""
-        if self.recorder is not None:
-            try:
-                self.recorder.drain_once()
-            except Exception as err:  # the page still renders what DuckDB has
-                log.warning("refresh failed: %s", err)
+        if self.recorder is not None and self.recorder.busy:
+            # It found another dashboard recording when the broker came back: read-only now.
+            self.broker_error = f"read-only: {self.recorder.busy}"
+            self.recorder = None
+        if self.recorder is None or (self.recorder.running and not self.broker_state()[0]):
+            return  # nothing to apply while the broker is away; the page shows what it has
+        try:
+            self.recorder.drain_once()
+        except BROKER_ERRORS as err:  # the page still renders what DuckDB has
+            log.debug("refresh: broker unreachable: %s", err)
+        except Exception as err:
+            log.warning("refresh failed: %s", err)
 
     def await_registration(self, present: Callable[[], bool], tries: int = 10,
                            pause_s: float = 0.2) -> bool:
@@ -78,21 +134,29 @@ def open_services(directory: Path, broker_url: str | None, start_recorder: bool 
     recorder = None
     error = None
     if broker_url:
+        recorder = Recorder(db, EventStream(connect(broker_url)))
         try:
-            client = connect(broker_url)
-            client.ping()
-            recorder = Recorder(db, EventStream(client))
             recorder.acquire()
-            if start_recorder:
-                recorder.start()
         except RecorderBusy as err:
             recorder = None
             error = f"read-only: {err}"
             log.warning(error)
+        except BROKER_ERRORS as err:
+            if not start_recorder:  # nobody would take the lock later
+                db_error = f"broker {masked(broker_url)} unreachable: {err}"
+                log.warning(db_error)
+                return Services(directory, db, Queries(db), broker_url, None, db_error)
+            # A broker that is restarting (``up`` restarts a dead one): record once it answers;
+            # the page shows it unreachable meanwhile (``broker_state``).
+            log.warning("broker %s unreachable (%s); recording starts when it answers",
+                        masked(broker_url), err)
+            recorder.lock_pending = True
         except Exception as err:
             recorder = None
-            error = f"broker {broker_url} unreachable: {err}"
+            error = f"broker {masked(broker_url)} unreachable: {err}"
             log.warning(error)
+        if recorder is not None and start_recorder:
+            recorder.start()
     else:
         error = "no broker configured: runs cannot be submitted from this dashboard"
     return Services(directory, db, Queries(db), broker_url, recorder, error)

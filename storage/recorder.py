@@ -19,6 +19,7 @@ from typing import Any
 
 import duckdb
 import pandas as pd
+import redis
 
 from storage.db import Database
 from storage.lab import LAB_EVENTS, apply_lab_event
@@ -36,6 +37,9 @@ DATA_ERRORS = (KeyError, TypeError, ValueError, IndexError, duckdb.ConversionExc
 
 LOCK_KEY = "approximant:recorder"
 LOCK_TTL_S = 30
+BROKER_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+# Back-off of the loop while the broker is unreachable: quick to notice it is back, quiet.
+RETRY_MIN_S, RETRY_MAX_S = 0.5, 5.0
 
 
 class RecorderBusy(RuntimeError):
@@ -58,6 +62,11 @@ class Recorder:
         # crashed can start again at once instead of waiting for its old lock to lapse.
         self.identity = f"{socket.gethostname()}:{db.path.resolve()}"
         self._lock_renewed = 0.0
+        # Take the lock in the loop, once the broker answers (it was unreachable at start).
+        self.lock_pending = False
+        # Epoch seconds since which the loop cannot reach the broker; None while it can.
+        self.unreachable_since: float | None = None
+        self.busy: str | None = None  # why this recorder gave up: another one records
 
     def acquire(self) -> None:
         """Become the broker's only recorder, or raise ``RecorderBusy`` naming the holder.
@@ -81,7 +90,10 @@ class Recorder:
         )
 
     def _renew(self) -> None:
-        if self._lock_renewed and time.monotonic() - self._lock_renewed > LOCK_TTL_S / 3:
+        if self.lock_pending:
+            self.acquire()
+            self.lock_pending = False
+        elif self._lock_renewed and time.monotonic() - self._lock_renewed > LOCK_TTL_S / 3:
             self.acquire()
 
     def release(self) -> None:
@@ -261,14 +273,38 @@ class Recorder:
         self._thread.start()
 
     def _loop(self) -> None:
+        delay = RETRY_MIN_S
         while not self._stop.is_set():
             try:
                 self._renew()
                 # Short blocks: a page that wants fresh rows waits for this lock at most that.
                 self.drain_once(block_ms=100)
-            except Exception:  # keep recording after a broker hiccup; entries stay pending
+            except BROKER_ERRORS as err:
+                # Entries stay pending in the broker: one line per outage, then quiet retries.
+                if self.unreachable_since is None:
+                    self.unreachable_since = time.time()
+                    log.warning("recorder: broker unreachable (%s); waiting for it", err)
+                self._stop.wait(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            except RecorderBusy as err:
+                self.busy = str(err)
+                log.warning("recorder: stopped recording: %s", err)
+                return
+            except Exception:  # e.g. a full disk: entries stay pending, retried
                 log.exception("recorder: batch failed; retrying")
                 self._stop.wait(1.0)
+                continue
+            delay = RETRY_MIN_S
+            if self.unreachable_since is not None:
+                log.warning("recorder: broker back after %.0f s",
+                            time.time() - self.unreachable_since)
+                self.unreachable_since = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the background loop runs (its ``unreachable_since`` is then current)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def close(self) -> None:
         """No more batches: the database is about to close (entries stay in the stream)."""

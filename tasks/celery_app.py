@@ -6,7 +6,10 @@ prefetched, so a worker that dies mid-run leaves its run to be delivered again.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 
 from celery import Celery
 from celery.signals import worker_process_init
@@ -32,6 +35,12 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
     broker_connection_retry_on_startup=True,
+    # A lost broker (a restarted embedded one, a team Redis that is down a while) is waited
+    # for, never a reason for the worker to exit; a run in progress goes on meanwhile (its
+    # late acknowledgement may then not reach the broker: a later redelivery is turned away
+    # by the run's claim, see tasks.run).
+    broker_connection_max_retries=None,
+    worker_cancel_long_running_tasks_on_connection_loss=False,
     worker_hijack_root_logger=False,
     worker_send_task_events=False,
     task_default_queue="approximant",
@@ -74,3 +83,21 @@ def _per_process_setup(**_: object) -> None:
 
     concurrency = int(os.environ.get("APPROXIMANT_WORKER_CONCURRENCY", "1"))
     torch.set_num_threads(torch_threads(concurrency))
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """Linux: a pool process dies with the worker's main process (e.g. ``kill -9`` of it).
+
+    Left alone it would train on as an orphan nobody supervises or stops, while the restarted
+    worker and the reaper treat its run as theirs; dead, its run's lease lapses and the run
+    resumes from its checkpoint under the supervised worker.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return

@@ -8,9 +8,11 @@ progress event, so the per-step cost is a list append.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
@@ -20,12 +22,87 @@ log = logging.getLogger(__name__)
 
 PROGRESS_KEY = "approximant:progress:{run_id}"
 PROGRESS_TTL_S = 30 * 24 * 3600
-# A run's lease: held by the attempt that trains it, renewed at every flush (at least every
-# ``interval_s`` while steps run), dropped when the run ends. A second delivery of the same run
-# waits for it to lapse (see ``tasks.run.claim``). Long enough to cover a slow step or a long
-# evaluation between flushes.
+# A run's lease: held by the attempt that trains it, renewed by a heartbeat thread every third
+# of its life (whatever the training loop is doing: a slow step or a long evaluation does not
+# starve it) and at every flush, dropped when the run ends. A second delivery of the same run
+# waits for it to lapse (see ``tasks.run.claim``); a run whose lease lapsed lost its worker and
+# is queued again (``tasks.run.reap_lost``), so this is how long a dead worker's run waits.
 LEASE_KEY = "approximant:lease:{run_id}"
-LEASE_TTL_S = 120
+ENV_LEASE_S = "APPROXIMANT_LEASE_S"
+
+
+def _lease_seconds() -> int:
+    raw = os.environ.get(ENV_LEASE_S, "")
+    try:
+        value = int(raw) if raw else 30
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise ValueError(f"{ENV_LEASE_S}: must be a whole number of seconds ≥ 2 (got {raw!r})")
+    return value
+
+
+LEASE_TTL_S = _lease_seconds()
+# How long a broker write waits for an unreachable broker before giving up (None: as long as it
+# takes). A run pauses meanwhile and goes on when the broker is back: a restarted embedded
+# broker, or a team Redis that is down for a while, costs no run.
+BROKER_RETRY_FOR_S: float | None = None
+# Progress and lease in one step, unless a later attempt holds the lease: an attempt that lost
+# it (its worker was presumed dead and the run handed out again) must not overwrite the live
+# attempt's progress. Attempts only grow (a Redis counter), so the latest one wins; a claim's
+# lease ("0:claimed") belongs to no attempt yet. KEYS: progress, lease. ARGV: attempt, lease
+# value, lease ms, terminal (1/0), progress ttl, then field, value pairs.
+_PROGRESS_LUA = """
+local lease = redis.call('GET', KEYS[2])
+local holder = lease and tonumber(string.match(lease, '^(%d+):'))
+if holder and holder > tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+if ARGV[4] == '1' then
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+end
+return 1
+"""
+# The heartbeat: renew the lease unless a later attempt holds it. KEYS: lease. ARGV: attempt,
+# value, ms.
+_RENEW_LUA = """
+local lease = redis.call('GET', KEYS[1])
+local holder = lease and tonumber(string.match(lease, '^(%d+):'))
+if holder and holder > tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+T = TypeVar("T")
+BROKER_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
+
+def retrying(write: Callable[[], T], retry_for_s: float | None = BROKER_RETRY_FOR_S,
+             what: str = "publisher") -> T:
+    """Run a broker call, retrying with back-off while the broker is unreachable, for up to
+    ``retry_for_s`` (None: until it answers); then the error propagates.
+
+    Quiet: one warning when an outage starts and one line when it ends, not one per retry.
+    """
+    deadline = None if retry_for_s is None else time.monotonic() + retry_for_s
+    delay, since = 0.2, None
+    while True:
+        try:
+            result = write()
+        except BROKER_ERRORS as err:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+            if since is None:
+                since = time.monotonic()
+                log.warning("%s: broker unreachable (%s); waiting for it", what, err)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            continue
+        if since is not None:
+            log.warning("%s: broker back after %.0f s", what, time.monotonic() - since)
+        return result
 
 
 class MetricPublisher:
@@ -38,7 +115,7 @@ class MetricPublisher:
         worker: str = "",
         max_rows: int = 2000,
         interval_s: float = 1.0,
-        retry_for_s: float = 60.0,
+        retry_for_s: float | None = BROKER_RETRY_FOR_S,
     ) -> None:
         self.stream = stream
         self.run_id = run_id
@@ -54,6 +131,10 @@ class MetricPublisher:
         self.latest: dict[str, float] = {}
         self.published = 0
         self._beats = 0
+        # Set once another attempt holds the run's lease: this one must stop (see _PROGRESS_LUA).
+        self.superseded = False
+        self._heartbeat: threading.Thread | None = None
+        self._stop_beat = threading.Event()
 
     def add(self, rows: Sequence[dict[str, Any]]) -> None:
         for r in rows:
@@ -109,34 +190,50 @@ class MetricPublisher:
 
         self.retrying(both)
 
-    def retrying(self, write: Callable[[], object]) -> None:
-        """Run a broker write, retrying with backoff while the broker is unreachable, for up
-        to ``retry_for_s``; then the error propagates (the task fails and is redelivered)."""
-        deadline = time.monotonic() + self.retry_for_s
-        delay = 0.2
-        while True:
-            try:
-                write()
-                return
-            except (redis.ConnectionError, redis.TimeoutError):
-                if time.monotonic() >= deadline:
-                    raise
-                log.warning("publisher: broker unreachable, retrying in %.1fs", delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+    def retrying(self, write: Callable[[], T]) -> T:
+        """``retrying`` with this publisher's patience (``retry_for_s``)."""
+        return retrying(write, self.retry_for_s, f"run {self.run_id}")
 
     def _set_progress(self, status: str) -> None:
-        key = PROGRESS_KEY.format(run_id=self.run_id)
         fields = {"status": status, "step": self.last_step, "steps": self.steps,
                   "attempt": self.attempt, "ts": repr(now()),
                   **{k: repr(v) for k, v in self.latest.items()}}
-        lease = LEASE_KEY.format(run_id=self.run_id)
         self._beats += 1
-        pipe = self.stream.client.pipeline(transaction=False)
-        pipe.hset(key, mapping=fields)
-        pipe.expire(key, PROGRESS_TTL_S)
-        if status in TERMINAL:
-            pipe.delete(lease)
-        else:
-            pipe.set(lease, f"{self.attempt}:{self._beats}", ex=LEASE_TTL_S)
-        pipe.execute()
+        args: list[Any] = [self.attempt, f"{self.attempt}:{self._beats}", LEASE_TTL_S * 1000,
+                           int(status in TERMINAL), PROGRESS_TTL_S]
+        for k, v in fields.items():
+            args += [k, v]
+        ok = self.stream.client.eval(_PROGRESS_LUA, 2, PROGRESS_KEY.format(run_id=self.run_id),
+                                     LEASE_KEY.format(run_id=self.run_id), *args)
+        if not ok and not self.superseded:
+            self.superseded = True
+            log.warning("run %s: attempt %d lost its lease to another attempt; stopping",
+                        self.run_id, self.attempt)
+
+    # -- heartbeat ---------------------------------------------------------------------------
+    def start_heartbeat(self) -> None:
+        """Renew the lease from a thread every third of its life until ``stop_heartbeat``."""
+        self._stop_beat.clear()
+        self._heartbeat = threading.Thread(target=self._beat_loop, daemon=True,
+                                           name=f"lease-{self.run_id}")
+        self._heartbeat.start()
+
+    def stop_heartbeat(self) -> None:
+        self._stop_beat.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(5)
+            self._heartbeat = None
+
+    def _beat_loop(self) -> None:
+        lease = LEASE_KEY.format(run_id=self.run_id)
+        while not self._stop_beat.wait(LEASE_TTL_S / 3):
+            try:
+                ok = self.stream.client.eval(_RENEW_LUA, 1, lease, self.attempt,
+                                             f"{self.attempt}:hb{time.monotonic():.3f}",
+                                             LEASE_TTL_S * 1000)
+            except redis.RedisError:
+                continue  # the flushes report an outage; the next beat tries again
+            if not ok and not self.superseded:
+                self.superseded = True
+                log.warning("run %s: attempt %d lost its lease to another attempt; stopping",
+                            self.run_id, self.attempt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -9,7 +10,14 @@ from engine.specs import RunSpec, StudySpec, expand, extra_seed_runs
 from storage.stream import TERMINAL, EventStream, connect, now
 from tasks.celery_app import app, configure
 from tasks.publisher import PROGRESS_KEY, PROGRESS_TTL_S
-from tasks.run import ATTEMPT_KEY, CANCEL_RUN_KEY, CANCEL_STUDY_KEY, run_task
+from tasks.run import (
+    ACTIVE_KEY,
+    ATTEMPT_KEY,
+    CANCEL_RUN_KEY,
+    CANCEL_STUDY_KEY,
+    DELIVERY_KEY,
+    run_task,
+)
 
 SUBMITTED_KEY = "approximant:submitted:{run_id}"
 
@@ -45,6 +53,10 @@ def queue_once(client, task, item_id: str, steps: int, payload: dict, *, force: 
     client.delete(key)  # a re-run's old terminal status would make its claim "ended"
     client.hset(key, mapping={"status": "queued", "step": 0, "steps": steps, "attempt": 0})
     client.expire(key, PROGRESS_TTL_S)
+    # What a worker's reaper needs to queue it again should its worker die (tasks.run.Reaper).
+    client.set(DELIVERY_KEY.format(item_id=item_id),
+               json.dumps({"task": task.name, "args": [payload]}), ex=PROGRESS_TTL_S)
+    client.sadd(ACTIVE_KEY, item_id)
     try:
         task.apply_async(args=[payload], task_id=item_id, connection=connection)
     except Exception:
