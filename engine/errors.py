@@ -90,7 +90,8 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
         if item["type"] == "value_error":
             # Our own validators already prefix each line with its field path.
             msg = msg.removeprefix("Value error, ")
-            lines.append(msg if not loc else f"{loc}: {msg}")
+            # A model validator reports many problems in one message, one per line.
+            lines.extend(line if not loc else f"{loc}: {line}" for line in msg.splitlines())
             continue
         if "input" in item and item["type"] not in ("missing",):
             got = item["input"]

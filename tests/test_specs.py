@@ -143,3 +143,127 @@ def test_extra_seed_runs_follow_the_study_rules_and_ids():
             extra_seed_runs(spec, label, bad)
     with pytest.raises(SpecError, match="label: no configuration 'sgd' in study"):
         extra_seed_runs(spec, "sgd", [1])
+
+
+# -- hostile input ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"steps": True}, "steps: Input should be a valid integer"),
+    ({"steps": 10.0}, "steps: Input should be a valid integer"),
+    ({"bf16_autocast": "yes"}, "bf16_autocast: Input should be a valid boolean"),
+    ({"bf16_autocast": 1}, "bf16_autocast: Input should be a valid boolean"),
+    ({"min_lr_ratio": "0.1"}, "min_lr_ratio: Input should be a valid number"),
+    ({"seeds": ["0"]}, "seeds.0: Input should be a valid integer"),
+    ({"name": 5}, "name: Input should be a valid string"),
+    ({"workload": {"name": "digits_mlp", "settings": {"hidden": "64"}}},
+     "workload.settings.hidden: Input should be a valid integer"),
+    ({"workload": {"name": "digits_mlp", "settings": {"val_fraction": "0.2"}}},
+     "workload.settings.val_fraction: Input should be a valid number"),
+    ({"optimizers": [{"name": "adamw", "grid": {"lr": ["0.001"]}}]},
+     "optimizers.0.grid.lr: Input should be a valid number (got '0.001')"),
+    ({"optimizers": [{"name": "adamw", "grid": {"lr": [True]}}]},
+     "optimizers.0.grid.lr: Input should be a valid number (got True)"),
+    ({"optimizers": [{"name": "sgd", "grid": {"nesterov": ["yes"]}}]},
+     "optimizers.0.grid.nesterov: Input should be a valid boolean (got 'yes')"),
+    ({"optimizers": [{"name": "muon", "grid": {"ns_steps": [5.0]}}]},
+     "optimizers.0.grid.ns_steps: Input should be a valid integer (got 5.0)"),
+])
+def test_wrong_types_are_refused_naming_the_field_not_coerced(change, field):
+    assert field in errors_of(with_(**change))
+
+
+def test_an_int_is_still_a_float_and_stored_specs_validate_again():
+    spec = parse_study(with_(optimizers=[{"name": "sgd", "grid": {"lr": [1], "momentum": 0}}],
+                             min_lr_ratio=0, grad_clip=1, max_seconds=60))
+    assert spec.min_lr_ratio == 0.0 and spec.grad_clip == 1.0
+    # What storage keeps (JSON) and what the worker receives must validate unchanged.
+    import json
+
+    from engine.specs import RunSpec, StudySpec
+
+    stored = json.loads(json.dumps(spec.model_dump(mode="json")))
+    assert parse_study(stored) == spec
+    assert StudySpec.model_validate(stored).study_id == spec.study_id
+    for run in expand(spec):
+        sent = json.loads(json.dumps(run.model_dump(mode="json")))
+        assert RunSpec.model_validate(sent) == run
+        assert run.hparams["lr"] == 1.0
+
+
+def test_an_over_limit_grid_is_refused_before_any_value_or_point(monkeypatch):
+    from engine.specs import StudySpec
+
+    def never(*_a, **_k):
+        raise AssertionError("expanded or validated an over-limit grid")
+
+    monkeypatch.setattr(StudySpec, "grid_points", never)
+    monkeypatch.setattr("engine.specs._deep_problems", never)
+    grid = {k: [0.5 + i / 100 for i in range(10)]
+            for k in ("lr", "beta1", "beta2", "eps", "weight_decay")}
+    msg = errors_of(with_(optimizers=[{"name": "adamw", "grid": grid}], seeds=[0]))
+    assert msg == ("optimizers × grid × seeds: 100000 runs exceeds the limit of 500 "
+                   "(APPROXIMANT_MAX_RUNS)")
+    # A list longer than the limit is refused on its length; nothing in it is looked at.
+    msg = errors_of(with_(optimizers=[{"name": "adamw", "grid": {"lr": ["junk"] * 100_000}}]))
+    assert "optimizers.0.grid.lr: 100000 values; a grid list holds at most 500" in msg
+    assert "junk" not in msg
+    assert "seeds: 100000 seeds; at most 500" in errors_of(with_(seeds=list(range(100_000))))
+    many = [{"name": "adamw", "grid": {"lr": [i / 1e4 + 1e-4]}} for i in range(501)]
+    assert "optimizers: 501 entries; at most 500" in errors_of(with_(optimizers=many))
+    keys = {f"k{i}": [1] for i in range(100)}
+    assert "at most 64 grid keys" in errors_of(with_(optimizers=[{"name": "sgd", "grid": keys}]))
+
+
+def test_many_duplicate_configurations_are_found_in_linear_time(monkeypatch):
+    monkeypatch.setenv("APPROXIMANT_MAX_RUNS", "100000")
+    same = [{"name": "adamw", "grid": {"lr": [1e-3]}}] * 2_000
+    msg = errors_of(with_(optimizers=same, seeds=[0]))
+    assert msg == "optimizers: the same configuration appears twice: adamw[lr=0.001]"
+
+
+def test_echoes_of_bad_values_are_short():
+    huge = "x" * 10_000_000
+    for data in (with_(name=huge), with_(workload={"name": huge}),
+                 with_(optimizers=[{"name": huge}]), with_(steps=huge),
+                 with_(optimizers=[{"name": "adamw", "grid": {"lr": [huge]}}]),
+                 with_(optimizers=[{"name": "adamw", "grid": {huge: [1]}}])):
+        msg = errors_of(data)
+        assert len(msg) < 1_000, msg[:200]
+    msg = errors_of(with_(steps=huge))
+    assert "… (10000000 chars)" in msg
+
+
+def test_the_number_of_problems_listed_is_bounded():
+    bad = [{"name": f"nope{i}"} for i in range(300)]
+    msg = errors_of(with_(optimizers=bad, seeds=[0]))
+    lines = msg.splitlines()
+    assert len(lines) == 26 and lines[-1] == "… and 275 more problem(s)"
+
+
+@pytest.mark.parametrize("where", ["name", "workload", "optimizer", "grid key", "setting"])
+def test_control_characters_in_names_are_refused(where, tmp_path, monkeypatch):
+    evil = "a\x00b\x1b[31m"
+    data = {
+        "name": with_(name=evil),
+        "workload": with_(workload={"name": evil}),
+        "optimizer": with_(optimizers=[{"name": evil}]),
+        "grid key": with_(optimizers=[{"name": "adamw", "grid": {evil: [1]}}]),
+        "setting": with_(workload={"name": "tiny_gpt", "settings": {
+            "corpus": "text", "corpus_path": evil}}),
+    }[where]
+    monkeypatch.setenv("APPROXIMANT_FILES_DIR", str(tmp_path))
+    msg = errors_of(data)
+    assert "control character U+0000 at position 1" in msg
+    assert "\x00" not in msg and "\x1b" not in msg
+
+
+def test_toml_input_is_bounded_and_never_raises_anything_else():
+    from engine.specs import MAX_SPEC_CHARS
+
+    with pytest.raises(SpecError, match="a spec may have at most"):
+        parse_study_toml("#" * (MAX_SPEC_CHARS + 1))
+    with pytest.raises(SpecError, match="nested too deeply"):
+        parse_study_toml("a = " + "[" * 100_000)
+    with pytest.raises(SpecError, match="steps: Input should be a valid integer"):
+        parse_study_toml('name = "x"\nsteps = true\n[workload]\nname = "digits_mlp"\n'
+                         '[[optimizers]]\nname = "sgd"\n')
