@@ -1,4 +1,8 @@
-"""Streamlit entry point: ``streamlit run app/main.py`` (``approximant up`` does this for you)."""
+"""Streamlit entry point: ``streamlit run app/main.py`` (``approximant up`` does this for you).
+
+Each script run first decides the session's principal (``app.access``); the pages it may open
+are the only pages registered for it, so a page it may not open cannot run at all.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +16,30 @@ if _root not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from app.navigation import all_pages, shared_page  # noqa: E402
+from app import access  # noqa: E402
+from app.navigation import all_pages, every_path  # noqa: E402
 from app.services import get_services  # noqa: E402
+from app.text import plain  # noqa: E402
+from app.views.signin import render_signed_in, render_signin  # noqa: E402
+from app.views.study import render_shared  # noqa: E402
 
 st.set_page_config(page_title="Approximant", page_icon=":material/science:", layout="wide")
 services = get_services()
+try:
+    who = access.current()
+except ValueError as err:  # the operator's access configuration is broken: say so, open nothing
+    st.error(f"Access control is misconfigured: {plain(err)}")
+    st.stop()
 if "token" in st.query_params:
-    # A share link shows its study and nothing else: no sidebar, no other pages.
-    st.navigation([shared_page()], position="hidden").run()
-else:
+    # A share link shows its study and nothing else: no sidebar, no other pages, whatever path
+    # the link names.
+    st.navigation(every_path(render_shared, "Shared study"), position="hidden").run()
+elif who.is_editor:
     with st.sidebar:
-        st.caption(f"Data: `{services.data_dir}`")
+        st.caption(f"Data: {plain(services.data_dir)}")
         if services.broker_error:
-            st.warning(services.broker_error)
+            st.warning(plain(services.broker_error))
+        render_signed_in(who)
     st.navigation(all_pages()).run()
+else:
+    st.navigation(every_path(lambda: render_signin(who), "Sign in"), position="hidden").run()

@@ -34,3 +34,14 @@ def all_pages() -> list[st.Page]:
 def shared_page() -> st.Page:
     path, title, icon, url_path = SHARED
     return st.Page(path, title=title, icon=icon, url_path=url_path)
+
+
+def every_path(render, title: str) -> list[st.Page]:
+    """``render`` under every url path the dashboard has, so any link a session opens lands on
+    it (a sign-in form, a share link's study) instead of Streamlit's "Page not found" modal.
+
+    The first is the default page, served at "/".
+    """
+    paths = [url for *_, url in PAGES.values()] + [SHARED[3]]
+    return [st.Page(render, title=title, url_path=url, default=i == 0)
+            for i, url in enumerate(paths)]

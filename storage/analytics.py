@@ -238,6 +238,9 @@ def lr_sensitivity(runs: pd.DataFrame, finals: pd.DataFrame, measure: str = "fin
     points["safe"] = points["center"].where(points["n"] == points["runs"], math.inf)
     best_per_lr = points.groupby(["optimizer", "lr"])["safe"].min().rename("center") \
         .reset_index()
+    if best_per_lr.empty:  # no run has finished yet: groupby.apply would give a bare frame
+        return points, pd.DataFrame({"optimizer": pd.Series(dtype=str),
+                                     "decades": pd.Series(dtype=float)})
     tune = best_per_lr.groupby("optimizer").apply(
         lambda g: stats.tuneability(g["lr"], g["center"], within), include_groups=False
     ).rename("decades").reset_index()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app.text import shown
 from engine.specs import expand, parse_study
 from storage.stream import EventStream, connect
 
@@ -103,7 +104,8 @@ def test_study_page_unknown_id(services):
     at.run()
     at.switch_page("screens/study.py").run()
     assert not at.exception
-    assert "No study with id `st-000000000000`" in at.error[0].value
+    # Shown as text: the id from the URL is escaped, not rendered as Markdown.
+    assert "No study with id st-000000000000 in this dashboard" in shown(at.error[0].value)
 
 
 def test_new_study_form_refuses_bad_input_before_submission(services):
@@ -113,13 +115,14 @@ def test_new_study_form_refuses_bad_input_before_submission(services):
     assert "6 runs" in at.info[0].value  # sgd, adamw, muon at their default lr × seeds 0, 1
     at.text_input(key="opt.adamw.lr").input("-0.1, abc").run()
     at.text_input(key="seeds").input("0, x").run()
-    errors = at.error[0].value
+    errors = shown(at.error[0].value)
     assert "optimizers.1.grid.lr: 'abc' is not a valid float" in errors
     assert "seeds: 'x' is not a valid int" in errors
     assert at.button(key="run").disabled
     at.text_input(key="opt.adamw.lr").input("-0.1").run()
     at.text_input(key="seeds").input("0").run()
-    assert "optimizers.1.grid.lr: Input should be greater than 0 (got -0.1)" in at.error[0].value
+    assert ("optimizers.1.grid.lr: Input should be greater than 0 (got -0.1)"
+            in shown(at.error[0].value))
     assert at.button(key="run").disabled
 
 
@@ -147,7 +150,7 @@ def test_toml_tab_reports_errors(services):
     at.switch_page("screens/new_study.py").run()
     at.text_area(key="toml").input('name = "x"\nsteps = -3\n').run()
     at.button(key="run_toml").click().run()
-    errors = " ".join(e.value for e in at.error)
+    errors = " ".join(shown(e.value) for e in at.error)
     assert "steps: Input should be greater than or equal to 1 (got -3)" in errors
     assert "workload: Field required" in errors
 
@@ -156,7 +159,7 @@ def test_training_settings_reach_the_spec_and_are_validated(services):
     at = app().run()
     at.switch_page("screens/new_study.py").run()
     at.number_input(key="grad_clip").set_value(-1.0).run()
-    assert "grad_clip: Input should be greater than 0 (got -1.0)" in at.error[0].value
+    assert "grad_clip: Input should be greater than 0 (got -1.0)" in shown(at.error[0].value)
     at.number_input(key="grad_clip").set_value(1.0).run()
     at.selectbox(key="lr_schedule").set_value("cosine").run()
     at.number_input(key="warmup_steps").set_value(10).run()
@@ -231,14 +234,14 @@ def test_share_link_shows_the_study_without_edit_controls(seeded, services):
     gone = app()
     gone.query_params["token"] = tokens[0]
     gone.run()
-    assert "unknown or was revoked" in gone.error[0].value
+    assert "unknown or was revoked" in shown(gone.error[0].value)
 
 
 def test_add_seeds_refuses_bad_seeds_with_the_field_named(seeded):
     at = _study_page(app())
     at.text_input(key="seed_new").input("3, x").run()
     at.button(key="seed_add").click().run()
-    assert "seeds: 'x' is not a valid int" in at.error[0].value
+    assert "seeds: 'x' is not a valid int" in shown(at.error[0].value)
 
 
 def test_profiles_page_compares_optimizers_across_studies(services):

@@ -12,6 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app import lab_charts
+from app.text import shown
 from engine.approx.bench import run_lab
 from engine.approx.spec import parse_lab
 from storage.lab import LabQueries
@@ -87,15 +88,16 @@ def test_lab_page_shows_every_chart_and_the_tolerance_table(seeded):
 def test_the_form_names_every_bad_field_and_disables_run(services):
     at = page()
     at.text_area(key="lab.methods.polar").input("newton_schulz[steps=0]\nqdwh[l0=").run()
-    assert "methods line 2: missing ']'" in at.error[0].value
+    assert "methods line 2: missing ']'" in shown(at.error[0].value)
     assert at.button(key="lab.run").disabled
     at.text_area(key="lab.methods.polar").input("newton_schulz[steps=0]\nnope").run()
     at.text_input(key="lab.spectra_more").input("uniform:3").run()
-    err = at.error[0].value
+    err = shown(at.error[0].value)
     assert "spectra: spectrum 'uniform:3': unknown kind 'uniform'" in err
     at.text_input(key="lab.spectra_more").input("").run()
-    err = at.error[0].value
-    assert "methods.0.options.steps: must be in [1, 100] (got 0)" in err
+    err = shown(at.error[0].value)
+    assert "methods.0.options.steps: must be an integer in [1, 100] for newton_schulz (got 0)" \
+        in err
     assert "methods.1.map: unknown 'nope'" in err
     assert at.button(key="lab.run").disabled
 
@@ -150,9 +152,10 @@ def test_new_study_form_offers_capture_steps_and_validates_them(services):
     at.switch_page("screens/new_study.py").run()
     at.number_input(key="steps").set_value(50).run()
     at.text_input(key="capture_steps").input("10, x").run()
-    assert "capture_steps: 'x' is not a valid int" in at.error[0].value
+    assert "capture_steps: 'x' is not a valid int" in shown(at.error[0].value)
     at.text_input(key="capture_steps").input("10, 80").run()
-    assert "capture_steps: every step must be in [1, steps = 50] (got [80])" in at.error[0].value
+    assert ("capture_steps: every step must be in [1, steps = 50] (got [80])"
+            in shown(at.error[0].value))
     at.text_input(key="capture_steps").input("10, 40").run()
     assert not at.error
     assert "capture_steps = [10, 40]" in at.code[0].value

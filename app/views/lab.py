@@ -11,8 +11,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from app import access, actions
 from app import lab_charts as charts
 from app.services import Services, get_services
+from app.text import plain, plain_lines
 from engine.approx.cases import GPT2_SHAPES, SPECTRA
 from engine.approx.spec import (
     DEFAULT_SHAPES,
@@ -117,7 +119,7 @@ def _form(services: Services, lq: LabQueries) -> None:
         except SpecError as err:
             problems = str(err).splitlines()
     if problems:
-        st.error("\n\n".join(problems))
+        st.error(plain_lines("\n".join(problems)))
     else:
         n_cases = len(spec.cases()) + len(spec.captured)
         st.info(f"{len(spec.methods)} methods × {n_cases} test matrices × {len(spec.dtypes)} "
@@ -125,10 +127,8 @@ def _form(services: Services, lq: LabQueries) -> None:
     can_run = spec is not None and services.broker_url is not None and \
         services.recorder is not None
     if st.button("Run", type="primary", disabled=not can_run, key="lab.run"):
-        from tasks.lab import submit_lab
-
         matrices = {k.key: lq.captured_matrix(k.key) for k in spec.captured}
-        sub = submit_lab(spec, services.broker_url, matrices)
+        sub = actions.submit_lab(access.current(), services, spec, matrices)
         st.session_state["lab.flash"] = (
             f"Queued lab job `{sub.job_id}`." if sub.queued
             else f"Job `{sub.job_id}` was submitted before: showing its results.")
@@ -212,7 +212,7 @@ def _final_rows(sel: pd.DataFrame) -> pd.DataFrame:
 
 def _header(job: dict[str, Any]) -> None:
     info = job["info"] or {}
-    st.subheader(job["name"])
+    st.subheader(plain(job["name"]), anchor=False)
     st.progress(job["cases_done"] / max(1, job["n_cases"]),
                 text=f"{job['status']} · {job['cases_done']} of {job['n_cases']} test "
                      f"matrices · attempt {job['attempt']}")
@@ -224,9 +224,9 @@ def _header(job: dict[str, Any]) -> None:
     if info.get("bf16_matmul"):
         st.caption(f"bf16 matmuls on this worker: {info['bf16_matmul']}")
     for note in info.get("skipped", []) + info.get("failures", []):
-        st.warning(note)
+        st.warning(plain(note))
     if job["status"] == "failed":
-        st.error(job["message"] or "failed")
+        st.error(plain(job["message"] or "failed"))
 
 
 def _body(lq: LabQueries, job_id: str) -> None:
@@ -327,7 +327,7 @@ def _results_section(services: Services, lq: LabQueries) -> None:
     ids = list(jobs["job_id"])
     if job_id not in ids:
         if job_id:
-            st.error(f"No lab job with id `{job_id}` in {services.data_dir}.")
+            st.error(f"No lab job with id {plain(job_id, 80)} in this dashboard.")
         job_id = ids[0]
     names = jobs.set_index("job_id")
     job_id = st.selectbox("Job", ids, index=ids.index(job_id), key="lab.job",
@@ -336,9 +336,7 @@ def _results_section(services: Services, lq: LabQueries) -> None:
     st.query_params["job"] = job_id
     active = lq.is_active(job_id)
     if active and services.broker_url and st.button("Cancel job", key="lab.cancel"):
-        from tasks.lab import cancel_lab
-
-        cancel_lab(job_id, services.broker_url)
+        actions.cancel_lab(access.current(), services, job_id)
         st.toast("Cancellation requested: the job stops after its current test matrix.")
 
     @st.fragment(run_every=REFRESH_S if active else None)
@@ -358,7 +356,7 @@ def render() -> None:
     lq = LabQueries(services.db)
     st.title("Approximation lab")
     if flash := st.session_state.pop("lab.flash", None):
-        st.success(flash)
+        st.success(plain(flash))
     results_tab, new_tab = st.tabs(["Results", "New job"])
     with new_tab:
         _form(services, lq)

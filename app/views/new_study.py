@@ -8,8 +8,9 @@ from typing import Any
 import redis
 import streamlit as st
 
-from app import forms
+from app import access, actions, forms
 from app.services import get_services
+from app.text import plain, plain_lines
 from engine.errors import SpecError
 from engine.optimizers import OPTIMIZERS
 from engine.specs import StudySpec, parse_study, parse_study_toml
@@ -145,16 +146,14 @@ def _training_settings() -> dict[str, Any]:
 
 
 def _submit(spec: StudySpec) -> None:
-    from tasks.submit import submit_study
-
     services = get_services()
     if services.broker_url is None or services.broker_error:
-        st.error(f"Cannot submit: {services.broker_error}")
+        st.error(f"Cannot submit: {plain(services.broker_error)}")
         return
     try:
-        sub = submit_study(spec, services.broker_url)
+        sub = actions.submit_study(access.current(), services, spec)
     except (redis.RedisError, OSError) as err:
-        st.error(f"Cannot submit: the broker {services.broker_url} did not answer ({err}). "
+        st.error(f"Cannot submit: the broker did not answer ({plain(err)}). "
                  "Submitting again once it is back is safe: no run is queued twice.")
         return
     services.refresh()
@@ -168,8 +167,7 @@ def _submit(spec: StudySpec) -> None:
 
 
 def _show_errors(err: SpecError) -> None:
-    st.error("The study cannot run yet:\n\n" + "\n".join(f"- `{line}`"
-                                                          for line in str(err).splitlines()))
+    st.error("The study cannot run yet:\n\n" + plain_lines(err))
 
 
 def render() -> None:

@@ -12,16 +12,16 @@ import time
 import pandas as pd
 import streamlit as st
 
-from app import report
+from app import access, actions, report
 from app.report import BAND_LABELS, SETTINGS, View, title
 from app.services import Services, get_services
 from app.snapshot import build_snapshot
+from app.text import plain, plain_lines
 from app.view_state import ViewState
 from storage import analytics as an
 from storage import stats
 from storage.export import study_parquet
 from storage.queries import Queries
-from storage.shares import Shares
 from storage.stream import TERMINAL
 
 REFRESH_S = 2.0
@@ -184,8 +184,8 @@ def _compare_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState
     st.caption(
         "Lower is better. Statistics use finished runs only. CI: Student-t 95 % interval of the "
         "mean over seeds. P(better): bootstrap probability that the group's mean beats the "
-        f"baseline's ({v.baseline}), needing 2 seeds a side; Welch p: two-sided t-test, unequal "
-        "variances. Diverged/failed and unfinished runs are counted, not averaged."
+        f"baseline's ({plain(v.baseline)}), needing 2 seeds a side; Welch p: two-sided t-test, "
+        "unequal variances. Diverged/failed and unfinished runs are counted, not averaged."
     )
     out["tables"]["Comparison"] = table
 
@@ -250,8 +250,8 @@ def _diagnostics_tab(data: _CachedData, runs: pd.DataFrame, v: View, metrics: li
             out["charts"]["η* vs lr"] = chart
 
 
-def _runs_tab(services: Services, study: dict, runs: pd.DataFrame, status: pd.DataFrame,
-              varying: list[str], readonly: bool, out: dict) -> None:
+def _runs_tab(services: Services, who: access.Principal, study: dict, runs: pd.DataFrame,
+              status: pd.DataFrame, varying: list[str], out: dict) -> None:
     table = report.runs_table(status.assign(status=[
         _status_text(s, q)
         for s, q in zip(status["status"], _silent_s(status["updated_at"]), strict=True)
@@ -265,21 +265,20 @@ def _runs_tab(services: Services, study: dict, runs: pd.DataFrame, status: pd.Da
         "val_accuracy": st.column_config.NumberColumn("val acc", format="%.3f"),
     }
     out["tables"]["Runs"] = table.drop(columns=["progress"])
-    if readonly or not services.broker_url:
+    if not who.is_editor or not services.broker_url:
         st.dataframe(table, hide_index=True, width="stretch", key="runs_table",
                      column_config=config)
         return
     event = st.dataframe(table, hide_index=True, width="stretch", key="runs_table",
                          column_config=config, on_select="rerun", selection_mode="multi-row")
     picked = table.iloc[event.selection.rows] if event and event.selection.rows else table[:0]
-    _run_actions(services, study, runs, status, picked)
+    _run_actions(services, who, study, runs, status, picked)
 
 
-def _run_actions(services: Services, study: dict, runs: pd.DataFrame, status: pd.DataFrame,
-                 picked: pd.DataFrame) -> None:
+def _run_actions(services: Services, who: access.Principal, study: dict, runs: pd.DataFrame,
+                 status: pd.DataFrame, picked: pd.DataFrame) -> None:
     from engine.errors import SpecError
     from engine.specs import RunSpec, parse_study
-    from tasks.submit import add_seeds, cancel_run, rerun
 
     raw = status["status"]
     active = picked[~raw.loc[picked.index].isin(TERMINAL)]
@@ -287,8 +286,7 @@ def _run_actions(services: Services, study: dict, runs: pd.DataFrame, status: pd
     c = st.columns([2, 2, 3])
     if c[0].button(f"Cancel selected ({len(active)})", key="cancel_runs",
                    disabled=active.empty):
-        for rid in active["run_id"]:
-            cancel_run(rid, services.broker_url)
+        actions.cancel_runs(who, services, list(active["run_id"]))
         _after_action(f"Cancellation requested for {len(active)} run(s).")
     if c[1].button(f"Re-run selected ({len(again)})", key="rerun_runs", disabled=again.empty,
                    help="Failed or cancelled runs train again as a new attempt."):
@@ -296,7 +294,7 @@ def _run_actions(services: Services, study: dict, runs: pd.DataFrame, status: pd
                  _specs(runs, again["run_id"])]
         others = status.loc[~raw.isin(TERMINAL) & ~status["run_id"].isin(again["run_id"]),
                             "run_id"].tolist()
-        n = rerun(specs, services.broker_url, keep_cancelled=others)
+        n = actions.rerun_runs(who, services, specs, keep_cancelled=others)
         _after_action(f"{n} run(s) queued again." if n else
                       "Those runs are already queued or running.")
     with c[2].popover("Add seeds to a config"):
@@ -312,10 +310,10 @@ def _run_actions(services: Services, study: dict, runs: pd.DataFrame, status: pd
                 existing = [RunSpec.model_validate(s) for s in
                             _specs(runs, status["run_id"])]
                 others = status.loc[~raw.isin(TERMINAL), "run_id"].tolist()
-                sub = add_seeds(spec, existing, label, seeds, services.broker_url,
-                                keep_cancelled=others)
+                sub = actions.add_seeds(who, services, spec, existing, label, seeds,
+                                        keep_cancelled=others)
             except SpecError as err:
-                st.error(str(err))
+                st.error(plain_lines(err))
             else:
                 _after_action(f"{sub.queued} new run(s) of {label} queued." if sub.queued else
                               f"{label} already has seeds {', '.join(map(str, seeds))}.")
@@ -350,7 +348,10 @@ def _specs(runs: pd.DataFrame, run_ids: pd.Series) -> list[dict]:
     return [by_id[rid] for rid in run_ids]
 
 
-def _share(services: Services, study: dict, view: ViewState, out: dict) -> None:
+def _share(services: Services, who: access.Principal, study: dict, view: ViewState,
+           out: dict) -> None:
+    from storage.shares import Shares
+
     sid = study["study_id"]
     base = str(getattr(st.context, "url", "") or "").split("?")[0].rsplit("/", 1)[0]
     st.markdown("**Permalink** (this view, with its settings)")
@@ -362,10 +363,10 @@ def _share(services: Services, study: dict, view: ViewState, out: dict) -> None:
         c = st.columns([6, 1])
         c[0].code(f"{base}/shared?{view.query(token=token)}", language=None)
         if c[1].button("Revoke", key=f"revoke_{token}"):
-            shares.revoke(token)
+            actions.revoke_share(who, services, token)
             st.rerun()
     if st.button("Create a read-only link", key="share_create"):
-        shares.create(sid)
+        actions.create_share(who, services, sid)
         st.rerun()
     st.markdown("**Downloads**")
     c = st.columns(2)
@@ -389,24 +390,28 @@ def _pick_study(q: Queries) -> str | None:
         st.info("No studies yet. Start one from **New study**.")
         return None
     names = dict(zip(studies["study_id"], studies["name"], strict=True))
+    # Option labels are plain text (not Markdown), so names need no escaping here.
     sid = st.selectbox("Study", studies["study_id"], format_func=names.__getitem__)
     st.query_params["study"] = sid
     return sid
 
 
-def show(services: Services, study: dict, readonly: bool = False) -> None:
-    """The study page body (also the read-only shared view)."""
+def show(services: Services, who: access.Principal, study: dict) -> None:
+    """The study page body; read-only unless ``who`` is an editor (the shared view)."""
+    readonly = not who.is_editor
+    if not who.may_view(study["study_id"]):
+        raise access.AccessDenied(f"study {study['study_id']}: not visible to this session")
     q = services.queries
     a = an.Analytics(services.db)
     study_id, spec = study["study_id"], study["spec"]
     view = ViewState(SETTINGS, scope=f"{study_id}:{readonly}")
     view.load()
-    st.title(study["name"])
+    st.title(plain(study["name"]), anchor=False)
     opts = ", ".join(sorted({o["name"] for o in spec["optimizers"]}))
     meta = (f"{study_id} · workload {spec['workload']['name']} · optimizers {opts} · "
             f"seeds {spec['seeds']} · {spec['steps']} steps · created "
             f"{study['created_at']:%Y-%m-%d %H:%M}")
-    st.caption(meta + (" · read-only view" if readonly else ""))
+    st.caption(plain(meta) + (" · read\\-only view" if readonly else ""))
     version = q.data_version(study_id)
     runs = _runs(a, study_id, version)
     groups = sorted(set(an.group_key(runs, view.value("group")))) if not runs.empty else []
@@ -415,9 +420,7 @@ def show(services: Services, study: dict, readonly: bool = False) -> None:
     active = q.is_active(study_id)
     if active and not readonly and services.broker_url and st.button("Cancel study",
                                                                       key="cancel"):
-        from tasks.submit import cancel_study
-
-        cancel_study(study_id, services.broker_url)
+        actions.cancel_study(who, services, study_id)
         st.toast("Cancellation requested: runs stop at their next step.")
     live = active and not view.value("pause")
     out: dict = {"charts": {}, "tables": {}, "meta": meta}
@@ -447,7 +450,7 @@ def show(services: Services, study: dict, readonly: bool = False) -> None:
             _diagnostics_tab(data, runs, v, data.metric_names(), out)
         with tabs[5]:
             varying = a.varying_hparams(runs, report.grid_axes(spec))
-            _runs_tab(services, study, runs, status, varying, readonly, out)
+            _runs_tab(services, who, study, runs, status, varying, out)
         view.save()  # widgets inside this fragment rerun only the fragment
         if live and not q.is_active(study_id):
             st.rerun()  # redraw the whole page once so the fragment stops refreshing
@@ -455,14 +458,14 @@ def show(services: Services, study: dict, readonly: bool = False) -> None:
     body()
     if not readonly:
         with st.expander("Share and export"):
-            _share(services, study, view, out)
+            _share(services, who, study, view, out)
     with st.expander("Spec"):
         st.json(spec)
 
 
 def _missing(services: Services, what: str) -> None:
-    st.error(f"No study with id `{what}` in {services.data_dir}. It may still be registering; "
-             "this page refreshes when it arrives.")
+    st.error(f"No study with id {plain(what, 80)} in this dashboard. It may still be "
+             "registering; this page refreshes when it arrives.")
     if services.recorder is not None:
         st.button("Check again", key="check_again")
 
@@ -479,18 +482,17 @@ def render() -> None:
         _missing(services, study_id)
         return
     if flash := st.session_state.pop("flash", None):
-        st.success(flash)
-    show(services, study)
+        st.success(plain(flash))
+    show(services, access.current(), study)
 
 
 def render_shared() -> None:
     """The read-only page behind a share token."""
     services = get_services()
     services.refresh()
-    token = st.query_params.get("token", "")
-    study_id = Shares(services.db).resolve(token) if token else None
-    study = services.queries.study(study_id) if study_id else None
+    who = access.current()
+    study = services.queries.study(who.study_id) if who.study_id else None
     if study is None:
         st.error("This share link is unknown or was revoked.")
         return
-    show(services, study, readonly=True)
+    show(services, who, study)

@@ -1,0 +1,275 @@
+"""Who may do what on this dashboard: the access mode, the session's principal, the role checks.
+
+Two roles. An **editor** launches, cancels, re-runs, adds seeds, shares, revokes and runs lab
+jobs. A **viewer** holds a share token: it sees the one study the token names, read-only, and
+nothing else (no other study, page or action).
+
+How a session becomes an editor depends on the mode the operator configured:
+
+* ``oidc``: an ``[auth]`` section in Streamlit's ``secrets.toml`` (``st.login``); editors are the
+  e-mail addresses in ``APPROXIMANT_EDITORS``.
+* ``password``: ``APPROXIMANT_EDITOR_PASSWORD`` or ``APPROXIMANT_EDITOR_PASSWORD_FILE``; a
+  session that typed it is an editor until it logs out or the tab closes.
+* ``local``: nothing configured. Only a dashboard bound to loopback may run this way, and only a
+  request addressed to a loopback host (no proxy headers) is the one local editor; anything else
+  (a reverse proxy, a DNS-rebinding page) gets no access.
+
+The checks live here and in ``app.actions``, on the server; hiding a button is only for looks.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+import threading
+import time
+import tomllib
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+log = logging.getLogger("approximant.access")
+
+ENV_PASSWORD = "APPROXIMANT_EDITOR_PASSWORD"
+ENV_PASSWORD_FILE = "APPROXIMANT_EDITOR_PASSWORD_FILE"
+ENV_EDITORS = "APPROXIMANT_EDITORS"
+Mode = Literal["oidc", "password", "local"]
+Role = Literal["editor", "viewer", "none"]
+
+# A session key no widget can write: the client can only set keys of widgets it was shown.
+_SESSION_KEY = "_approximant_login"
+# Failed password attempts, process-wide: a brute force from many sessions is throttled too.
+MAX_FAILURES = 10
+FAILURE_WINDOW_S = 60.0
+
+
+class AccessDenied(PermissionError):
+    """A write action, or a page, that the session's role does not allow."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The session's identity and role, decided on the server for every script run."""
+
+    role: Role
+    who: str  # for the audit log and the sidebar: "local", "password", "alice@x", "token …"
+    study_id: str | None = None  # a viewer's one study
+
+    @property
+    def is_editor(self) -> bool:
+        return self.role == "editor"
+
+    def may_view(self, study_id: str) -> bool:
+        return self.is_editor or (self.role == "viewer" and self.study_id == study_id)
+
+
+NOBODY = Principal("none", "anonymous")
+
+
+# --- configuration (read by the CLI before the server starts, and by every page run) ----------
+
+def secrets_files(cwd: Path | None = None) -> list[Path]:
+    """The files Streamlit reads ``st.secrets`` from, in its own order."""
+    return [Path.home() / ".streamlit" / "secrets.toml",
+            (cwd or Path.cwd()) / ".streamlit" / "secrets.toml"]
+
+
+def oidc_configured(cwd: Path | None = None) -> bool:
+    """Whether Streamlit's ``[auth]`` section is set, so ``st.login`` can work."""
+    for path in secrets_files(cwd):
+        try:
+            auth = tomllib.loads(path.read_text()).get("auth")
+        except (OSError, tomllib.TOMLDecodeError):
+            continue
+        if isinstance(auth, dict) and auth.get("cookie_secret") and auth.get("redirect_uri"):
+            return True
+    return False
+
+
+def editor_password() -> str | None:
+    """The operator's editor password: from its file (kept out of the environment) or env."""
+    path = os.environ.get(ENV_PASSWORD_FILE)
+    if path:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError as err:
+            raise ValueError(f"{ENV_PASSWORD_FILE}: cannot read {path}: {err.strerror}") from None
+        if not text:
+            raise ValueError(f"{ENV_PASSWORD_FILE}: {path} is empty")
+        return text
+    return os.environ.get(ENV_PASSWORD) or None
+
+
+MIN_PASSWORD = 12
+
+
+def mode() -> Mode:
+    if oidc_configured():
+        return "oidc"
+    password = editor_password()
+    if password is not None:
+        if len(password) < MIN_PASSWORD:
+            raise ValueError(f"{ENV_PASSWORD}: must be at least {MIN_PASSWORD} characters "
+                             f"(got {len(password)})")
+        return "password"
+    return "local"
+
+
+def editors() -> set[str]:
+    raw = os.environ.get(ENV_EDITORS, "")
+    return {e.strip().lower() for e in raw.split(",") if e.strip()}
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+HOW_TO_CONFIGURE = (
+    f"set {ENV_PASSWORD} (at least {MIN_PASSWORD} characters) or {ENV_PASSWORD_FILE}, or "
+    "configure an OIDC provider in .streamlit/secrets.toml ([auth]) with "
+    f"{ENV_EDITORS}; see docs/security.md"
+)
+
+
+def bind_refusal(host: str) -> str | None:
+    """Why the dashboard may not listen on ``host`` as configured, or None."""
+    try:
+        current = mode()
+    except ValueError as err:
+        return str(err)
+    if current == "local" and not is_loopback(host):
+        return (f"--host {host}: a dashboard reachable from other machines needs access "
+                f"control, or anyone who reaches it can launch and cancel runs: {HOW_TO_CONFIGURE}")
+    return None
+
+
+# --- the session ------------------------------------------------------------------------------
+
+def _request_is_local(headers: dict[str, str]) -> bool:
+    """A request a browser on this machine addressed to a loopback host, not via a proxy.
+
+    No headers at all is a script run without a browser (Streamlit's AppTest).
+    """
+    if not headers:
+        return True
+    lower = {k.lower(): v for k, v in headers.items()}
+    if any(k in lower for k in ("x-forwarded-for", "forwarded", "x-real-ip")):
+        return False
+    host = lower.get("host", "")
+    host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return is_loopback(host)
+
+
+def decide(current: Mode, *, token_study: str | None, token: str = "",
+           session_login: str | None = None, oidc_email: str | None = None,
+           local_request: bool = True) -> Principal:
+    """The principal for one script run, from facts the server holds (pure, for tests).
+
+    A share link always shows its study read-only, whoever opens it: that is what its
+    recipient sees, and a link never widens what a session can do.
+    """
+    if token:
+        if token_study is None:
+            return NOBODY
+        return Principal("viewer", f"token {token[:6]}…", token_study)
+    if current == "local":
+        return Principal("editor", "local") if local_request else NOBODY
+    if current == "password":
+        return Principal("editor", "password") if session_login == "password" else NOBODY
+    if oidc_email is not None:
+        email = oidc_email.lower()
+        if email in editors():
+            return Principal("editor", email)
+        return Principal("none", email)
+    return NOBODY
+
+
+def current() -> Principal:
+    """This script run's principal (call from a page; recomputed on every run)."""
+    import streamlit as st
+
+    from app.services import get_services
+    from storage.shares import Shares
+
+    token = st.query_params.get("token", "")
+    token_study = Shares(get_services().db).resolve(token) if token else None
+    current_mode = mode()
+    email = None
+    if current_mode == "oidc" and st.user.is_logged_in:
+        email = str(st.user.get("email") or "")
+    headers = dict(st.context.headers or {})
+    principal = decide(current_mode, token_study=token_study, token=token,
+                       session_login=st.session_state.get(_SESSION_KEY), oidc_email=email,
+                       local_request=_request_is_local(headers))
+    return principal
+
+
+def require_editor(principal: Principal, action: str) -> None:
+    """Refuse ``action`` unless ``principal`` is an editor; log every decision."""
+    if not principal.is_editor:
+        log.warning("refused: %s by %s (%s)", action, principal.who, principal.role)
+        raise AccessDenied(f"{action}: only an editor may do this (this session: "
+                           f"{principal.role})")
+    log.info("action: %s by %s", action, principal.who)
+
+
+# --- password login ---------------------------------------------------------------------------
+
+class _Throttle:
+    """Failed logins in the last ``FAILURE_WINDOW_S`` seconds, across all sessions."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failures: deque[float] = deque()
+
+    def _trim(self, now: float) -> None:
+        while self._failures and now - self._failures[0] > FAILURE_WINDOW_S:
+            self._failures.popleft()
+
+    def blocked_for(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._trim(now)
+            if len(self._failures) < MAX_FAILURES:
+                return 0.0
+            return FAILURE_WINDOW_S - (now - self._failures[0])
+
+    def fail(self, now: float | None = None) -> None:
+        with self._lock:
+            self._failures.append(time.monotonic() if now is None else now)
+
+
+throttle = _Throttle()
+
+
+def check_password(typed: str) -> bool:
+    """Constant-time comparison with the operator's password; failures are throttled."""
+    expected = editor_password()
+    if expected is None or throttle.blocked_for() > 0:
+        return False
+    ok = hmac.compare_digest(typed.encode(), expected.encode())
+    if not ok:
+        throttle.fail()
+        log.warning("failed editor login")
+    return ok
+
+
+def log_in_session() -> None:
+    import streamlit as st
+
+    st.session_state[_SESSION_KEY] = "password"
+
+
+def log_out_session() -> None:
+    import streamlit as st
+
+    st.session_state.pop(_SESSION_KEY, None)
