@@ -290,3 +290,31 @@ def test_view_settings_survive_leaving_the_page_and_coming_back(seeded):
     assert at.selectbox(key="view.x").value == "wall"
     assert at.selectbox(key="view.metric").value == "val_loss"
     assert at.number_input(key="view.within").value == 10.0
+
+
+def test_a_lost_broker_is_shown_on_every_page_until_it_is_back(tmp_path, monkeypatch):
+    from app import services as services_mod
+    from app.services import open_services, set_services
+    from tasks.broker import EmbeddedBroker
+
+    monkeypatch.setattr(services_mod, "PROBE_CACHE_S", 0.0)  # probe on every run
+    broker = EmbeddedBroker(tmp_path / "b")
+    s = open_services(tmp_path / "data", broker.start(), start_recorder=False)
+    set_services(s)
+    try:
+        at = app().run()
+        assert not any("Broker unreachable" in e.value for e in at.error)
+        broker.stop()
+        for page in (None, "screens/new_study.py", "screens/lab.py"):
+            if page:
+                at.switch_page(page)
+            at.run()
+            assert not at.exception
+            assert any("Broker unreachable since" in shown(e.value) for e in at.error), page
+        broker.restart()
+        at.run()
+        assert not any("Broker unreachable" in e.value for e in at.error)
+    finally:
+        set_services(None)
+        s.close()
+        broker.stop()
