@@ -248,6 +248,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     os.environ["APPROXIMANT_WORKER_CONCURRENCY"] = str(args.concurrency)
     # Containers commonly run as root; Celery's warning about it would be printed every start.
     warnings.filterwarnings("ignore", message=".*superuser privileges.*")
+    # We keep a run going through a broker outage on purpose (tasks.celery_app); Celery warns
+    # about that choice at every reconnection.
+    warnings.filterwarnings("ignore", message=".*worker_cancel_long_running_tasks_on_connecti")
     quiet = ["--quiet"] if args.loglevel.upper() in ("WARNING", "ERROR") else []
     app.worker_main([
         *quiet, "worker", f"--concurrency={args.concurrency}", "--pool=prefork",

@@ -133,9 +133,11 @@ class _Checkpointer:
         self.client, self.pub, self.every_s = client, pub, every_s
         self.key = CHECKPOINT_KEY.format(run_id=run_id)
         self.gap = min(FIRST_CHECKPOINT_S, every_s)
-        self._next = time.monotonic() + self.gap
+        self._next: float | None = None  # the clock starts with the first step, not the setup
 
     def __call__(self, step: int, make) -> None:
+        if self._next is None:
+            self._next = time.monotonic() + self.gap
         if time.monotonic() < self._next:
             return
         # Rows up to this step go onto the stream first: a resumed attempt copies them from
