@@ -302,15 +302,23 @@ def test_a_lost_broker_is_shown_on_every_page_until_it_is_back(tmp_path, monkeyp
     s = open_services(tmp_path / "data", broker.start(), start_recorder=False)
     set_services(s)
     try:
-        at = app().run()
+        runs = expand(SPEC)
+        EventStream(connect(s.broker_url)).append([
+            {"type": "study", "study_id": SPEC.study_id, "spec": SPEC.model_dump(mode="json"),
+             "runs": [r.model_dump(mode="json") for r in runs], "ts": 1.0}])
+        s.recorder.drain()
+        at = app()
+        at.query_params["study"] = SPEC.study_id
+        at.run()
         assert not any("Broker unreachable" in e.value for e in at.error)
         broker.stop()
-        for page in (None, "screens/new_study.py", "screens/lab.py"):
+        for page in (None, "screens/new_study.py", "screens/lab.py", "screens/study.py"):
             if page:
                 at.switch_page(page)
             at.run()
             assert not at.exception
-            assert any("Broker unreachable since" in shown(e.value) for e in at.error), page
+            banners = [e for e in at.error if "Broker unreachable since" in shown(e.value)]
+            assert len(banners) == 1, page
         broker.restart()
         at.run()
         assert not any("Broker unreachable" in e.value for e in at.error)

@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,9 +35,10 @@ def _require_browser() -> None:
         pytest.skip(msg)
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[str]:
-    """``approximant up`` on a free port with its own data directory; yields the URL."""
+@contextmanager
+def running_stack(tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``approximant up`` on a free port with its own data directory; yields the URL, then
+    stops it with Ctrl-C and checks that it stopped cleanly."""
     _require_browser()
     port = free_port()
     log = open(tmp_path / "up.log", "w")  # noqa: SIM115 - outlives this block, closed below
@@ -44,7 +46,7 @@ def stack(tmp_path: Path) -> Iterator[str]:
         [sys.executable, "-m", "app.cli", "up", "--data-dir", str(tmp_path / "data"),
          "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "APPROXIMANT_BROKER_URL": ""},
+        env={**os.environ, "APPROXIMANT_BROKER_URL": "", **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -59,15 +61,23 @@ def stack(tmp_path: Path) -> Iterator[str]:
             log.close()
             raise AssertionError("dashboard did not start:\n" + (tmp_path / "up.log").read_text())
         time.sleep(0.5)
-    yield url
-    proc.send_signal(subprocess.signal.SIGINT)
     try:
-        proc.wait(40)
+        yield url
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
+        proc.send_signal(subprocess.signal.SIGINT)
+        try:
+            proc.wait(40)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
     assert proc.returncode == 0, (tmp_path / "up.log").read_text()[-3000:]
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[str]:
+    with running_stack(tmp_path) as url:
+        yield url
 
 
 def launch(p):
@@ -131,8 +141,8 @@ def test_submit_from_form_and_watch_it_finish(stack: str) -> None:
             browser.close()
 
 
-def _share_and_snapshot(browser, page) -> None:
-    """A read-only link shows the study without edit controls; the snapshot opens offline."""
+def create_share_link(page) -> str:
+    """Open *Share and export* on a study page, create a read-only link and return it."""
     from playwright.sync_api import expect
 
     create = page.get_by_role("button", name="Create a read-only link")
@@ -146,7 +156,14 @@ def _share_and_snapshot(browser, page) -> None:
     create.click()
     code = page.locator("code", has_text="/shared?token=").first
     expect(code).to_be_visible(timeout=30_000)
-    link = code.inner_text().strip()
+    return code.inner_text().strip()
+
+
+def _share_and_snapshot(browser, page) -> None:
+    """A read-only link shows the study without edit controls; the snapshot opens offline."""
+    from playwright.sync_api import expect
+
+    link = create_share_link(page)
     viewer = browser.new_context().new_page()
     viewer.goto(link)
     expect(viewer.get_by_role("heading", name="browser test")).to_be_visible(timeout=30_000)

@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from app import access, actions, report
+from app.banner import broker_banner
 from app.report import BAND_LABELS, SETTINGS, View, title
 from app.services import Services, get_services
 from app.snapshot import build_snapshot
@@ -427,6 +428,7 @@ def show(services: Services, who: access.Principal, study: dict) -> None:
 
     @st.fragment(run_every=REFRESH_S if live else None)
     def body() -> None:
+        broker_banner(services)
         if live:
             services.refresh()
         out["charts"].clear()  # what this run draws, not what an earlier run did
