@@ -184,6 +184,39 @@ def test_lab_spec_errors_name_the_field_and_the_allowed_range():
         parse_lab(_spec(target="power", c=0.3, methods=[{"map": "freon"}]))
 
 
+def test_lab_specs_are_strict_printable_and_echo_briefly():
+    for change, expected in (
+        ({"repeats": "3"}, "repeats: Input should be a valid integer"),
+        ({"repeats": True}, "repeats: Input should be a valid integer"),
+        ({"c": "0.5"}, "c: Input should be a valid number"),
+        ({"dtypes": ["float32", "float32"]}, "dtypes: must be distinct"),
+        ({"name": "lab\x00"}, "name: must not contain a control character U+0000"),
+        ({"methods": [{"map": "qdwh\x1b[2J"}]},
+         "methods.0.map: must not contain a control character U+001B"),
+        ({"methods": [{"map": "qdwh", "options": {"l0\x00": 1}}]},
+         "methods.0.options: must not contain a control character U+0000"),
+        ({"spectra": ["gaussian\n"]}, "spectra: must not contain a control character U+000A"),
+        ({"captured": [{"key": "k\x07", "label": "x"}]},
+         "captured.0.key: must not contain a control character U+0007"),
+    ):
+        with pytest.raises(SpecError) as err:
+            parse_lab(_spec(**change))
+        assert expected in str(err.value), (change, str(err.value))
+    huge = "x" * 10_000_000
+    for change in ({"name": huge}, {"methods": [{"map": huge}]}, {"spectra": [huge]},
+                   {"shapes": [huge]}, {"methods": [{"map": "qdwh", "options": {"l0": huge}}]}):
+        with pytest.raises(SpecError) as err:
+            parse_lab(_spec(**change))
+        assert len(str(err.value)) < 1_000
+    from engine.approx.spec import parse_method_lines
+
+    with pytest.raises(ValueError) as err:
+        parse_method_lines("qdwh[" + "x" * 1_000_000)
+    assert len(str(err.value)) < 300
+    with pytest.raises(ValueError, match="'max_iter' is given twice"):
+        parse_method_lines("qdwh[max_iter=3,max_iter=4]")
+
+
 def test_job_id_is_deterministic_and_power_maps_get_the_jobs_c():
     a, b = parse_lab(_spec()), parse_lab(_spec())
     assert a.job_id == b.job_id and a.job_id.startswith("lab-")
