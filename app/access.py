@@ -9,7 +9,8 @@ How a session becomes an editor depends on the mode the operator configured:
 * ``oidc``: an ``[auth]`` section in Streamlit's ``secrets.toml`` (``st.login``); editors are the
   e-mail addresses in ``APPROXIMANT_EDITORS``.
 * ``password``: ``APPROXIMANT_EDITOR_PASSWORD`` or ``APPROXIMANT_EDITOR_PASSWORD_FILE``; a
-  session that typed it is an editor until it logs out or the tab closes.
+  browser that typed it is an editor for ``SIGN_IN_DAYS`` (a signed cookie) or until it signs
+  out; changing the password signs every browser out.
 * ``local``: nothing configured. Only a dashboard bound to loopback may run this way, and only a
   request addressed to a loopback host (no proxy headers) is the one local editor; anything else
   (a reverse proxy, a DNS-rebinding page) gets no access.
@@ -19,10 +20,12 @@ The checks live here and in ``app.actions``, on the server; hiding a button is o
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import logging
 import os
+import secrets
 import threading
 import time
 import tomllib
@@ -170,8 +173,8 @@ def _request_is_local(headers: dict[str, str]) -> bool:
 
 
 def decide(current: Mode, *, token_study: str | None, token: str = "",
-           session_login: str | None = None, oidc_email: str | None = None,
-           local_request: bool = True) -> Principal:
+           session_login: str | None = None, cookie_ok: bool = False,
+           oidc_email: str | None = None, local_request: bool = True) -> Principal:
     """The principal for one script run, from facts the server holds (pure, for tests).
 
     A share link always shows its study read-only, whoever opens it: that is what its
@@ -184,7 +187,8 @@ def decide(current: Mode, *, token_study: str | None, token: str = "",
     if current == "local":
         return Principal("editor", "local") if local_request else NOBODY
     if current == "password":
-        return Principal("editor", "password") if session_login == "password" else NOBODY
+        signed_in = session_login == "password" or cookie_ok
+        return Principal("editor", "password") if signed_in else NOBODY
     if oidc_email is not None:
         email = oidc_email.lower()
         if email in editors():
@@ -207,10 +211,13 @@ def current() -> Principal:
     if current_mode == "oidc" and st.user.is_logged_in:
         email = str(st.user.get("email") or "")
     headers = dict(st.context.headers or {})
-    principal = decide(current_mode, token_study=token_study, token=token,
-                       session_login=st.session_state.get(_SESSION_KEY), oidc_email=email,
-                       local_request=_request_is_local(headers))
-    return principal
+    cookie_ok = False
+    if current_mode == "password" and not st.session_state.get(_SIGNED_OUT):
+        cookie_ok = verify_cookie(dict(st.context.cookies or {}).get(COOKIE, ""),
+                                  get_services().data_dir)
+    return decide(current_mode, token_study=token_study, token=token,
+                  session_login=st.session_state.get(_SESSION_KEY), cookie_ok=cookie_ok,
+                  oidc_email=email, local_request=_request_is_local(headers))
 
 
 def require_editor(principal: Principal, action: str) -> None:
@@ -263,13 +270,83 @@ def check_password(typed: str) -> bool:
     return ok
 
 
-def log_in_session() -> None:
+# --- staying signed in: a cookie signed with a key only this dashboard holds -----------------
+
+COOKIE = "approximant_editor"
+SIGN_IN_DAYS = 7
+_SIGNED_OUT = "_approximant_signed_out"  # this tab signed out: its old cookie no longer counts
+_COOKIE_TO_SET = "_approximant_cookie"
+
+
+def _cookie_key(data_dir: Path) -> bytes | None:
+    """HMAC key: a random secret kept in the data directory (0600), mixed with the password,
+    so a new password invalidates every cookie issued under the old one."""
+    password = editor_password()
+    if password is None:
+        return None
+    path = data_dir / "auth" / "cookie-secret"
+    try:
+        secret = path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+        secret = path.read_bytes()
+    return hmac.new(secret, password.encode(), hashlib.sha256).digest()
+
+
+def issue_cookie(data_dir: Path, now: float | None = None) -> str:
+    key = _cookie_key(data_dir)
+    if key is None:
+        raise ValueError("no editor password configured")
+    expires = int((time.time() if now is None else now) + SIGN_IN_DAYS * 86_400)
+    body = f"{expires}.{secrets.token_urlsafe(9)}"
+    return f"{body}.{hmac.new(key, body.encode(), hashlib.sha256).hexdigest()}"
+
+
+def verify_cookie(value: str, data_dir: Path, now: float | None = None) -> bool:
+    key = _cookie_key(data_dir) if value else None
+    if key is None:
+        return False
+    body, _, sig = value.rpartition(".")
+    expires = body.split(".", 1)[0]
+    good = hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
+    return (hmac.compare_digest(sig, good) and expires.isdigit()
+            and int(expires) > (time.time() if now is None else now))
+
+
+def log_in_session(data_dir: Path) -> None:
     import streamlit as st
 
     st.session_state[_SESSION_KEY] = "password"
+    st.session_state.pop(_SIGNED_OUT, None)
+    st.session_state[_COOKIE_TO_SET] = issue_cookie(data_dir)
 
 
 def log_out_session() -> None:
     import streamlit as st
 
     st.session_state.pop(_SESSION_KEY, None)
+    st.session_state[_SIGNED_OUT] = True
+    st.session_state[_COOKIE_TO_SET] = ""  # cleared in the browser by the next run
+
+
+def write_cookie() -> None:
+    """Hand a cookie issued or cleared in this session to the browser (once).
+
+    Streamlit has no server-side way to set a cookie outside its own OIDC flow; a zero-height
+    component on this origin sets it from script. ``SameSite=Strict``: no other site's page
+    can make the browser send it.
+    """
+    import json
+
+    import streamlit as st
+    from streamlit.components.v1 import html
+
+    value = st.session_state.pop(_COOKIE_TO_SET, None)
+    if value is None:
+        return
+    age = SIGN_IN_DAYS * 86_400 if value else 0
+    cookie = f"{COOKIE}={value}; path=/; max-age={age}; SameSite=Strict"
+    html(f"<script>document.cookie = {json.dumps(cookie)};</script>", height=0)

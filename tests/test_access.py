@@ -134,6 +134,23 @@ def test_failed_sign_ins_are_throttled_across_sessions(monkeypatch):
     assert not access.check_password(PASSWORD)  # even the right one, while blocked
 
 
+def test_a_sign_in_cookie_is_signed_expires_and_dies_with_the_password(monkeypatch, tmp_path):
+    monkeypatch.setenv(access.ENV_PASSWORD, PASSWORD)
+    cookie = access.issue_cookie(tmp_path, now=1_000.0)
+    assert access.verify_cookie(cookie, tmp_path, now=1_001.0)
+    assert (tmp_path / "auth" / "cookie-secret").stat().st_mode & 0o777 == 0o600
+    expires = 1_000 + access.SIGN_IN_DAYS * 86_400
+    assert not access.verify_cookie(cookie, tmp_path, now=expires + 1)
+    body, _, sig = cookie.rpartition(".")
+    forged_expiry = f"{expires * 10}{body[len(str(expires)):]}"
+    assert not access.verify_cookie(f"{forged_expiry}.{sig}", tmp_path, now=1_001.0)
+    assert not access.verify_cookie("", tmp_path) and not access.verify_cookie("x.y", tmp_path)
+    monkeypatch.setenv(access.ENV_PASSWORD, PASSWORD + " v2")
+    assert not access.verify_cookie(cookie, tmp_path, now=1_001.0)
+    monkeypatch.delenv(access.ENV_PASSWORD)
+    assert not access.verify_cookie(cookie, tmp_path, now=1_001.0)
+
+
 # --- every write action, server side ----------------------------------------------------------
 
 VIEWER = Principal("viewer", "token abc…", SPEC.study_id)

@@ -85,6 +85,10 @@ def test_sign_in_hostile_name_and_share_link(tmp_path: Path) -> None:
             assert page.locator("h1 a[href*='phish'], h1 img").count() == 0
             expect(page.get_by_text("3 of 3 runs done")).to_be_visible(timeout=120_000)
             page.screenshot(path=str(IMG / "study-editor.png"))
+            # A reload is a new Streamlit session: the signed cookie keeps the editor in.
+            page.reload()
+            expect(page.get_by_text("3 of 3 runs done")).to_be_visible(timeout=30_000)
+            expect(page.get_by_role("button", name="Sign out")).to_be_visible()
 
             link = create_share_link(page)
             viewer = browser.new_context().new_page()
@@ -105,6 +109,11 @@ def test_sign_in_hostile_name_and_share_link(tmp_path: Path) -> None:
             viewer.goto(page.url)
             expect(viewer.get_by_label("Editor password")).to_be_visible(timeout=30_000)
             expect(viewer.get_by_text("3 of 3 runs done")).to_have_count(0)
+            # Signing out ends it for the browser, not only for the tab.
+            page.get_by_role("button", name="Sign out").click()
+            expect(page.get_by_label("Editor password")).to_be_visible(timeout=30_000)
+            page.reload()
+            expect(page.get_by_label("Editor password")).to_be_visible(timeout=30_000)
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "access-failure.png"), full_page=True)
             raise

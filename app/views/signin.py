@@ -5,10 +5,12 @@ from __future__ import annotations
 import streamlit as st
 
 from app import access
+from app.services import get_services
 from app.text import plain
 
 
 def render_signin(who: access.Principal) -> None:
+    access.write_cookie()  # a sign-out's cleared cookie
     st.title("Approximant", anchor=False)
     current = access.mode()
     if current == "local":
@@ -39,7 +41,7 @@ def render_signin(who: access.Principal) -> None:
         if wait > 0:
             st.error(f"Too many failed sign-ins: try again in {wait:.0f} s.")
         elif access.check_password(typed):
-            access.log_in_session()
+            access.log_in_session(get_services().data_dir)
             st.rerun()
         else:
             st.error("Wrong password.")
@@ -47,6 +49,7 @@ def render_signin(who: access.Principal) -> None:
 
 def render_signed_in(who: access.Principal) -> None:
     """The sidebar's line about the session, with a sign-out where there is one to leave."""
+    access.write_cookie()  # a sign-in's new cookie
     if who.who == "local":
         st.caption("Local editor (loopback, no sign-in configured)")
         return
