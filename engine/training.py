@@ -19,7 +19,7 @@ import torch
 from pydantic import ValidationError
 
 from engine.diagnostics import Diagnostics
-from engine.errors import format_validation_error
+from engine.errors import format_validation_error, short
 from engine.optimizers import build_optimizer
 from engine.specs import RunSpec, resolve_device
 from engine.spectral.common import sync
@@ -86,7 +86,7 @@ def lr_multiplier(
     elif schedule == "linear":
         shape = 1.0 - progress
     else:
-        raise ValueError(f"lr_schedule: must be constant, cosine or linear (got {schedule!r})")
+        raise ValueError(f"lr_schedule: must be constant, cosine or linear (got {short(schedule)})")
     return min_lr_ratio + (1.0 - min_lr_ratio) * shape
 
 
@@ -256,8 +256,8 @@ def _batch_rng(task: Task) -> torch.Generator | None:
 def _restore(state: dict, run: RunSpec, task: Task, opt: torch.optim.Optimizer) -> int:
     """Load a checkpoint made by ``train`` for this run; return the step it was taken at."""
     if state.get("version") != CHECKPOINT_VERSION or state.get("run_id") != run.run_id:
-        raise ValueError(f"resume: checkpoint is for run {state.get('run_id')!r} version "
-                         f"{state.get('version')!r}, not {run.run_id!r} version "
+        raise ValueError(f"resume: checkpoint is for run {short(state.get('run_id'))} version "
+                         f"{short(state.get('version'))}, not {run.run_id!r} version "
                          f"{CHECKPOINT_VERSION}")
     task.model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])

@@ -29,6 +29,7 @@ from engine.approx.measure import (
 )
 from engine.approx.methods import final_call, peak_extra_bytes, run_method
 from engine.approx.spec import LabSpec
+from engine.errors import short
 from engine.specs import resolve_device
 from engine.spectral import get_map
 from engine.spectral.common import DTYPES
@@ -135,7 +136,7 @@ def run_lab(
             return LabSummary("cancelled", done, time.perf_counter() - t_start, info)
         if case_id.startswith("captured:"):
             if captured is None or a not in captured:
-                raise ValueError(f"captured: matrix {a!r} was not delivered to the worker")
+                raise ValueError(f"captured: matrix {short(a)} was not delivered to the worker")
             G64 = captured[a].to(torch.float64)
             source, spectrum, shape = "captured", "", "x".join(str(d) for d in G64.shape)
         else:
