@@ -202,7 +202,7 @@ def scenario(fault: str, workdir: Path, steps: int, lease_s: int,
     from tasks.submit import submit_study
 
     stack = Stack(workdir / f"data-{fault}", {"APPROXIMANT_LEASE_S": str(lease_s),
-                                              "APPROXIMANT_CHECKPOINT_S": "2"})
+                                              "APPROXIMANT_CHECKPOINT_S": "1"})
     stack.start()
     try:
         url = stack.broker_url
@@ -213,7 +213,7 @@ def scenario(fault: str, workdir: Path, steps: int, lease_s: int,
 
         client = connect(url)
         wait_for("the first checkpoint", lambda: client.exists(
-            CHECKPOINT_KEY.format(run_id=first)), timeout)
+            CHECKPOINT_KEY.format(run_id=first)), timeout, poll_s=0.05)
         before = progress(url, first)
         old = stack.kill(fault)
         t_kill = time.monotonic()
@@ -238,12 +238,15 @@ def scenario(fault: str, workdir: Path, steps: int, lease_s: int,
                  timeout)
         argv_leak = any(stack_password(stack) in cmdline(pid)
                         for pid in stack.pids().values())
+        modes = {name: oct(path.stat().st_mode & 0o777) for name, path in (
+            ("stack.json", stack.data_dir / "stack.json"),
+            ("password", stack.data_dir / "broker" / "password"))}
     finally:
         code = stack.stop()
     result = audit(stack.data_dir, runs)
     console = stack.console()
     result.update(fault=fault, recovery_s=recovery_s, old_pid=old, new_pid=new_pid,
-                  stop_code=code, argv_leak=argv_leak,
+                  stop_code=code, argv_leak=argv_leak, modes=modes,
                   restart_lines=[ln for ln in console.splitlines() if "restarting in" in ln],
                   console_lines=len(console.splitlines()), resumed=progress_message(stack, first))
     return result
@@ -278,7 +281,7 @@ def main() -> None:
             results.append(r)
             print(f"{fault}: {json.dumps({k: v for k, v in r.items() if k != 'restart_lines'})}",
                   file=sys.stderr, flush=True)
-    print(f"\nlease {args.lease} s, checkpoints every 2 s, 2 runs × {args.steps} steps\n")
+    print(f"\nlease {args.lease} s, checkpoints every 1 s, 2 runs × {args.steps} steps\n")
     print("| fault (kill -9) | recovered after | rows expected | present | lost | duplicated "
           "| runs ended | latest attempts |")
     print("|---|---|---|---|---|---|---|---|")
