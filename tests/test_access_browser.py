@@ -2,11 +2,13 @@
 front of every path, a hostile study name shown as text (its image never fetched), and a share
 link that opens its study, on any path, with no "Page not found" modal and nothing else.
 
-Screenshots go to docs/img/ (sign-in, the study as its editor sees it, the shared view).
+Screenshots (sign-in, the study as its editor sees it, the shared view) go to test-artifacts/,
+or to docs/img/ with ``APPROXIMANT_DOC_IMAGES=1`` (how the committed ones were made).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +22,8 @@ from tests.test_browser import ARTIFACTS, create_share_link, launch, running_sta
 
 pytestmark = pytest.mark.browser
 
-IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
+IMG = (Path(__file__).resolve().parent.parent / "docs" / "img"
+       if os.environ.get("APPROXIMANT_DOC_IMAGES") == "1" else ARTIFACTS)
 PASSWORD = "correct horse battery staple"
 JOIN = "\u2060"
 
