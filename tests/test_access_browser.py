@@ -125,3 +125,43 @@ def test_sign_in_hostile_name_and_share_link(tmp_path: Path) -> None:
             pixel.shutdown()
     assert _Pixel.hits == [], "a study name made the browser fetch an image"
 
+
+
+def test_oidc_sign_in_makes_listed_users_editors(tmp_path: Path) -> None:
+    """``st.login`` against a real (local) OpenID Connect provider: a listed e-mail is an
+    editor, anyone else who signs in sees nothing."""
+    pytest.importorskip("authlib", reason="st.login needs Authlib: pip install '.[oidc]'")
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.oidc_provider import Provider
+
+    port = free_port()
+    with Provider() as provider:
+        (tmp_path / ".streamlit").mkdir()
+        (tmp_path / ".streamlit" / "secrets.toml").write_text(
+            provider.secrets_toml(f"http://127.0.0.1:{port}/oauth2callback"))
+        env = {"APPROXIMANT_EDITORS": "alice@lab.example", "AUTHLIB_INSECURE_TRANSPORT": "1"}
+        with running_stack(tmp_path, env, port=port, cwd=tmp_path) as url, \
+                sync_playwright() as p:
+            browser = launch(p)
+            try:
+                for email, editor in (("alice@lab.example", True), ("eve@else.example", False)):
+                    provider.email = email
+                    page = browser.new_context().new_page()
+                    page.goto(f"{url}/new")
+                    button = page.get_by_role("button", name="Sign in")
+                    expect(button).to_be_visible(timeout=30_000)
+                    button.click()
+                    if editor:
+                        signed = page.get_by_text(re.compile(r"Signed in: .* · editor"))
+                        expect(signed).to_be_visible(timeout=30_000)
+                        assert _text(signed) == f"Signed in: {email} · editor"
+                        nav = page.get_by_test_id("stSidebarNavItems")
+                        expect(nav.get_by_role("link", name="New study")).to_be_visible()
+                    else:
+                        expect(page.get_by_text("who is not an editor")).to_be_visible(
+                            timeout=30_000)
+                        expect(page.get_by_role("link", name="New study")).to_have_count(0)
+                        expect(page.get_by_role("heading", name="Studies")).to_have_count(0)
+            finally:
+                browser.close()

@@ -36,16 +36,17 @@ def _require_browser() -> None:
 
 
 @contextmanager
-def running_stack(tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+def running_stack(tmp_path: Path, env: dict[str, str] | None = None,
+                  port: int | None = None, cwd: Path | None = None) -> Iterator[str]:
     """``approximant up`` on a free port with its own data directory; yields the URL, then
     stops it with Ctrl-C and checks that it stopped cleanly."""
     _require_browser()
-    port = free_port()
+    port = port or free_port()
     log = open(tmp_path / "up.log", "w")  # noqa: SIM115 - outlives this block, closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "up", "--data-dir", str(tmp_path / "data"),
          "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
         env={**os.environ, "APPROXIMANT_BROKER_URL": "", **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
