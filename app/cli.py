@@ -181,7 +181,19 @@ def _start_broker(args: argparse.Namespace, directory: Path) -> tuple[str, Embed
 
 
 # -- up ----------------------------------------------------------------------------------------
+def _refuse_open_bind(command: str, host: str) -> bool:
+    """Print why ``host`` may not be served as configured (access control); True if refused."""
+    from app.access import bind_refusal
+
+    reason = bind_refusal(host)
+    if reason:
+        print(f"approximant {command}: {reason}", file=sys.stderr)
+    return reason is not None
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    if _refuse_open_bind("up", args.host):
+        return 2
     directory = data_dir(args.data_dir)
     directory.mkdir(parents=True, exist_ok=True)
     if (running := read_stack(directory)) is not None:
@@ -225,6 +237,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 # -- dashboard (internal: started by up) -------------------------------------------------------
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    if _refuse_open_bind("dashboard", args.host):
+        return 2
     from app.server import serve
 
     return serve(data_dir(args.data_dir), explicit_broker(args.broker), args.host, args.port)

@@ -148,3 +148,23 @@ def test_a_bad_checkpoint_interval_is_refused_before_anything_starts(tmp_path, c
     assert main(["run", write(tmp_path, SPEC), "--data-dir", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert "APPROXIMANT_CHECKPOINT_S: must be a number of seconds" in err and "'often'" in err
+
+
+def test_an_open_address_without_access_control_is_refused(tmp_path, monkeypatch, capsys):
+    """A real ``approximant up --host 0.0.0.0`` with no password or OIDC stops before starting
+    anything, and says how to configure access control."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("APPROXIMANT_EDITOR_PASSWORD", "APPROXIMANT_EDITOR_PASSWORD_FILE")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli", "up", "--host", "0.0.0.0", "--port", "1",
+         "--data-dir", str(tmp_path / "data")],
+        env={**env, "HOME": str(tmp_path)}, cwd=tmp_path, capture_output=True, text=True,
+        timeout=120)
+    assert proc.returncode == 2
+    assert "--host 0.0.0.0" in proc.stderr and "APPROXIMANT_EDITOR_PASSWORD" in proc.stderr
+    assert not (tmp_path / "data").exists()  # no broker, no database, nothing started
+    monkeypatch.delenv("APPROXIMANT_EDITOR_PASSWORD", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["dashboard", "--host", "192.168.1.5", "--data-dir", str(tmp_path)]) == 2
+    assert "needs access control" in capsys.readouterr().err
