@@ -1,4 +1,6 @@
 # The dashboard (with its embedded broker and one local worker), or a worker in team mode.
+# A container serves 0.0.0.0, so `up` refuses to start without access control: run it with
+# -e APPROXIMANT_EDITOR_PASSWORD=… (or OIDC, docs/security.md).
 # Untested here: these machines have no Docker engine. See README "Docker".
 FROM python:3.11-slim
 
