@@ -9,8 +9,8 @@ How a session becomes an editor depends on the mode the operator configured:
 * ``oidc``: an ``[auth]`` section in Streamlit's ``secrets.toml`` (``st.login``); editors are the
   e-mail addresses in ``APPROXIMANT_EDITORS``.
 * ``password``: ``APPROXIMANT_EDITOR_PASSWORD`` or ``APPROXIMANT_EDITOR_PASSWORD_FILE``; a
-  browser that typed it is an editor for ``SIGN_IN_DAYS`` (a signed cookie) or until it signs
-  out; changing the password signs every browser out.
+  browser that typed it is an editor for ``SIGN_IN_DAYS`` (a signed cookie, checked on every
+  run) or until it signs out; changing the password signs every browser and open tab out.
 * ``local``: nothing configured. Only a dashboard bound to loopback may run this way, and only a
   request addressed to a loopback host (no proxy headers) is the one local editor; anything else
   (a reverse proxy, a DNS-rebinding page) gets no access.
@@ -46,6 +46,7 @@ Role = Literal["editor", "viewer", "none"]
 _SESSION_KEY = "_approximant_login"
 # Failed password attempts, process-wide: a brute force from many sessions is throttled too.
 MAX_FAILURES = 10
+GLOBAL_MAX_FAILURES = 100
 FAILURE_WINDOW_S = 60.0
 
 
@@ -157,11 +158,14 @@ def bind_refusal(host: str) -> str | None:
 
 # --- the session ------------------------------------------------------------------------------
 
-def _request_is_local(headers: dict[str, str]) -> bool:
-    """A request a browser on this machine addressed to a loopback host, not via a proxy.
+def _request_is_local(headers: dict[str, str], ip: str | None = None) -> bool:
+    """A request from this machine (Streamlit reports no address, or a loopback one, for a
+    loopback connection) addressed to a loopback host, not via a proxy.
 
     No headers at all is a script run without a browser (Streamlit's AppTest).
     """
+    if ip is not None and not is_loopback(ip):
+        return False
     if not headers:
         return True
     lower = {k.lower(): v for k, v in headers.items()}
@@ -173,8 +177,8 @@ def _request_is_local(headers: dict[str, str]) -> bool:
 
 
 def decide(current: Mode, *, token_study: str | None, token: str = "",
-           session_login: str | None = None, cookie_ok: bool = False,
-           oidc_email: str | None = None, local_request: bool = True) -> Principal:
+           password_ok: bool = False, oidc_email: str | None = None,
+           local_request: bool = True) -> Principal:
     """The principal for one script run, from facts the server holds (pure, for tests).
 
     A share link always shows its study read-only, whoever opens it: that is what its
@@ -187,8 +191,7 @@ def decide(current: Mode, *, token_study: str | None, token: str = "",
     if current == "local":
         return Principal("editor", "local") if local_request else NOBODY
     if current == "password":
-        signed_in = session_login == "password" or cookie_ok
-        return Principal("editor", "password") if signed_in else NOBODY
+        return Principal("editor", "password") if password_ok else NOBODY
     if oidc_email is not None:
         email = oidc_email.lower()
         if email in editors():
@@ -197,27 +200,62 @@ def decide(current: Mode, *, token_study: str | None, token: str = "",
     return NOBODY
 
 
+ENV_TRUST_UNVERIFIED = "APPROXIMANT_OIDC_TRUST_UNVERIFIED"
+
+
+def _oidc_email(user) -> str | None:
+    """The signed-in user's e-mail, if the provider vouches for it: with a provider that lets
+    anyone register any address, an unverified one could be an editor's."""
+    email = user.get("email")
+    if not email:
+        return None
+    if user.get("email_verified") is not True and os.environ.get(ENV_TRUST_UNVERIFIED) != "1":
+        log.warning("OIDC sign-in of %s without email_verified: not an editor (set %s=1 for "
+                    "a provider that does not send it)", email, ENV_TRUST_UNVERIFIED)
+        return f"{email} (unverified)"
+    return str(email)
+
+
 def current() -> Principal:
-    """This script run's principal (call from a page; recomputed on every run)."""
+    """This script run's principal (call from a page; recomputed on every run).
+
+    Raises ``ValueError`` only for a broken configuration (``mode``); anything a client sends
+    (a token, a cookie, headers) can at worst make it nobody.
+    """
     import streamlit as st
 
     from app.services import get_services
-    from storage.shares import Shares
 
-    token = st.query_params.get("token", "")
-    token_study = Shares(get_services().db).resolve(token) if token else None
     current_mode = mode()
+    data_dir = get_services().data_dir
+    token = st.query_params.get("token", "")
+    token_study = _token_study(token) if token else None
     email = None
     if current_mode == "oidc" and st.user.is_logged_in:
-        email = str(st.user.get("email") or "")
-    headers = dict(st.context.headers or {})
-    cookie_ok = False
-    if current_mode == "password" and not st.session_state.get(_SIGNED_OUT):
-        cookie_ok = verify_cookie(dict(st.context.cookies or {}).get(COOKIE, ""),
-                                  get_services().data_dir)
+        email = _oidc_email(st.user)
+    password_ok = False
+    if current_mode == "password":
+        # The cookie this tab signed in with, else the browser's (a reload, another tab);
+        # checked on every run, so a changed password or an expiry ends an open session too.
+        mine = st.session_state.get(_SESSION_KEY, "")
+        browser = "" if st.session_state.get(_SIGNED_OUT) else \
+            dict(st.context.cookies or {}).get(COOKIE, "")
+        password_ok = verify_cookie(mine, data_dir) or verify_cookie(browser, data_dir)
+    ip = st.context.ip_address
     return decide(current_mode, token_study=token_study, token=token,
-                  session_login=st.session_state.get(_SESSION_KEY), cookie_ok=cookie_ok,
-                  oidc_email=email, local_request=_request_is_local(headers))
+                  password_ok=password_ok, oidc_email=email,
+                  # Only a string is an address (a test harness has none to give).
+                  local_request=_request_is_local(dict(st.context.headers or {}),
+                                                  ip if isinstance(ip, str) else None))
+
+
+def _token_study(token: str) -> str | None:
+    from app.services import get_services
+    from storage.shares import Shares
+
+    if len(token) > 100:  # ours are 24 characters; a longer one is not worth a query
+        return None
+    return Shares(get_services().db).resolve(token)
 
 
 def require_editor(principal: Principal, action: str) -> None:
@@ -232,41 +270,53 @@ def require_editor(principal: Principal, action: str) -> None:
 # --- password login ---------------------------------------------------------------------------
 
 class _Throttle:
-    """Failed logins in the last ``FAILURE_WINDOW_S`` seconds, across all sessions."""
+    """Failed sign-ins in the last ``FAILURE_WINDOW_S`` seconds, per client and in all.
+
+    A client that failed ``MAX_FAILURES`` times waits; the process-wide cap, ten times
+    higher, only stops a guessing attack spread over many addresses. A single client cannot
+    lock the editors out.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._failures: deque[float] = deque()
+        self._failures: deque[tuple[float, str]] = deque()
 
     def _trim(self, now: float) -> None:
-        while self._failures and now - self._failures[0] > FAILURE_WINDOW_S:
+        while self._failures and now - self._failures[0][0] > FAILURE_WINDOW_S:
             self._failures.popleft()
 
-    def blocked_for(self, now: float | None = None) -> float:
+    def blocked_for(self, client: str = "", now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
         with self._lock:
             self._trim(now)
-            if len(self._failures) < MAX_FAILURES:
-                return 0.0
-            return FAILURE_WINDOW_S - (now - self._failures[0])
+            mine = [t for t, c in self._failures if c == client]
+            if len(mine) >= MAX_FAILURES:
+                return FAILURE_WINDOW_S - (now - mine[0])
+            if len(self._failures) >= GLOBAL_MAX_FAILURES:
+                return FAILURE_WINDOW_S - (now - self._failures[0][0])
+            return 0.0
 
-    def fail(self, now: float | None = None) -> None:
+    def fail(self, client: str = "", now: float | None = None) -> None:
         with self._lock:
-            self._failures.append(time.monotonic() if now is None else now)
+            self._failures.append((time.monotonic() if now is None else now, client))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._failures.clear()
 
 
 throttle = _Throttle()
 
 
-def check_password(typed: str) -> bool:
+def check_password(typed: str, client: str = "") -> bool:
     """Constant-time comparison with the operator's password; failures are throttled."""
     expected = editor_password()
-    if expected is None or throttle.blocked_for() > 0:
+    if expected is None or throttle.blocked_for(client) > 0:
         return False
     ok = hmac.compare_digest(typed.encode(), expected.encode())
     if not ok:
-        throttle.fail()
-        log.warning("failed editor login")
+        throttle.fail(client)
+        log.warning("failed editor sign-in from %s", client or "this machine")
     return ok
 
 
@@ -285,15 +335,21 @@ def _cookie_key(data_dir: Path) -> bytes | None:
     if password is None:
         return None
     path = data_dir / "auth" / "cookie-secret"
-    try:
-        secret = path.read_bytes()
-    except FileNotFoundError:
+    if not path.exists():
+        # Written whole under a private name, then linked into place: two sessions signing in
+        # at once both end up with the one secret that won, never a half-written file.
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(secrets.token_bytes(32))
-        secret = path.read_bytes()
-    return hmac.new(secret, password.encode(), hashlib.sha256).digest()
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return hmac.new(path.read_bytes(), password.encode(), hashlib.sha256).digest()
 
 
 def issue_cookie(data_dir: Path, now: float | None = None) -> str:
@@ -306,22 +362,27 @@ def issue_cookie(data_dir: Path, now: float | None = None) -> str:
 
 
 def verify_cookie(value: str, data_dir: Path, now: float | None = None) -> bool:
-    key = _cookie_key(data_dir) if value else None
+    """Whether ``value`` is a cookie this dashboard issued under the current password and
+    that has not expired. Any other string, however malformed, is simply not one."""
+    if not value or not value.isascii() or len(value) > 200:
+        return False
+    key = _cookie_key(data_dir)
     if key is None:
         return False
     body, _, sig = value.rpartition(".")
     expires = body.split(".", 1)[0]
     good = hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
-    return (hmac.compare_digest(sig, good) and expires.isdigit()
+    return (hmac.compare_digest(sig.encode(), good.encode()) and expires.isdigit()
             and int(expires) > (time.time() if now is None else now))
 
 
 def log_in_session(data_dir: Path) -> None:
     import streamlit as st
 
-    st.session_state[_SESSION_KEY] = "password"
+    cookie = issue_cookie(data_dir)
+    st.session_state[_SESSION_KEY] = cookie
     st.session_state.pop(_SIGNED_OUT, None)
-    st.session_state[_COOKIE_TO_SET] = issue_cookie(data_dir)
+    st.session_state[_COOKIE_TO_SET] = cookie
 
 
 def log_out_session() -> None:

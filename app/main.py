@@ -6,6 +6,7 @@ are the only pages registered for it, so a page it may not open cannot run at al
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -28,8 +29,10 @@ st.set_page_config(page_title="Approximant", page_icon=":material/science:", lay
 services = get_services()
 try:
     who = access.current()
-except ValueError as err:  # the operator's access configuration is broken: say so, open nothing
-    st.error(f"Access control is misconfigured: {plain(err)}")
+except ValueError as err:  # the operator's access configuration is broken: open nothing
+    # The details (a file path, a length) are the operator's business, not a visitor's.
+    logging.getLogger("approximant.access").error("access control misconfigured: %s", err)
+    st.error("Access control is misconfigured on this server; its log says why.")
     st.stop()
 if "token" in st.query_params:
     # A share link shows its study and nothing else: no sidebar, no other pages, whatever path
@@ -44,6 +47,6 @@ elif who.is_editor:
     pg = st.navigation(all_pages())
 else:
     pg = st.navigation(every_path(lambda: render_signin(who), "Sign in"), position="hidden")
-if "token" not in st.query_params and pg.url_path not in LIVE_PAGES:
+if who.is_editor and "token" not in st.query_params and pg.url_path not in LIVE_PAGES:
     broker_banner(services)  # a study page shows it in its live part, refreshed with it
 pg.run()

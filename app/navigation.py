@@ -17,8 +17,8 @@ PAGES = {
     "profiles": ("screens/profiles.py", "Profiles", ":material/leaderboard:", "profiles"),
     "lab": ("screens/lab.py", "Approximation lab", ":material/function:", "lab"),
 }
-# Reached only through a share link; the navigation then shows nothing else.
-SHARED = ("screens/shared.py", "Shared study", ":material/share:", "shared")
+# The path a share link names (``/shared?token=…``); any other path shows its study too.
+SHARED_PATH = "shared"
 
 
 def page(name: str) -> st.Page:
@@ -31,17 +31,12 @@ def all_pages() -> list[st.Page]:
     return [page(n) for n in PAGES]
 
 
-def shared_page() -> st.Page:
-    path, title, icon, url_path = SHARED
-    return st.Page(path, title=title, icon=icon, url_path=url_path)
-
-
 def every_path(render, title: str) -> list[st.Page]:
     """``render`` under every url path the dashboard has, so any link a session opens lands on
     it (a sign-in form, a share link's study) instead of Streamlit's "Page not found" modal.
 
     The first is the default page, served at "/".
     """
-    paths = [url for *_, url in PAGES.values()] + [SHARED[3]]
+    paths = [url for *_, url in PAGES.values()] + [SHARED_PATH]
     return [st.Page(render, title=title, url_path=url, default=i == 0)
             for i, url in enumerate(paths)]

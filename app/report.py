@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from app import charts
-from app.view_state import Setting, flag, optional_float, unit_interval
+from app.view_state import Setting, flag, metric_name, optional_float, unit_interval
 from storage import analytics as an
 from storage import stats
 from storage.queries import Queries
@@ -25,8 +25,8 @@ BAND_LABELS = {"std": "± std", "sem": "± standard error", "t": "95 % CI (Stude
 
 # Every setting of a view, as it appears in the URL (name, default, parser, allowed values).
 SETTINGS = {
-    "metric": Setting("val_loss", str),
-    "metric2": Setting("train_loss", str),
+    "metric": Setting("val_loss", metric_name),
+    "metric2": Setting("train_loss", metric_name),
     "x": Setting("step", str, tuple(an.X_AXES)),
     "group": Setting("config", str, an.GROUP_BYS),
     "center": Setting("mean", str, stats.CENTERS),

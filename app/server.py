@@ -35,6 +35,9 @@ def serve(data_dir: Path, broker_url: str | None, host: str, port: int) -> int:
         "--server.fileWatcherType", "none",
         "--browser.gatherUsageStats", "false",
         "--client.toolbarMode", "minimal",
+        # A traceback names server paths and data; the log has it, a viewer needs only that
+        # something failed.
+        "--client.showErrorDetails", "type",
     ]
     try:
         stcli.main(standalone_mode=False)

@@ -7,6 +7,7 @@ write back every change; defaults are left out so links stay short.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,17 @@ def flag(raw: str) -> bool:
 
 def optional_float(raw: str) -> float | None:
     return float(raw) if raw != "" else None
+
+
+_METRIC = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+
+
+def metric_name(raw: str) -> str:
+    """A metric as workloads name them (``val_loss``): anything else in a hand-edited link is
+    refused here rather than shown on the page."""
+    if not _METRIC.fullmatch(raw):
+        raise ValueError(raw)
+    return raw
 
 
 def unit_interval(raw: str) -> float:

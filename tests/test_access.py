@@ -56,7 +56,7 @@ def no_access_config(monkeypatch, tmp_path):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)  # no .streamlit/secrets.toml from the checkout
     monkeypatch.setenv("HOME", str(tmp_path))
-    access.throttle._failures.clear()
+    access.throttle.clear()
 
 
 def app() -> AppTest:
@@ -69,9 +69,9 @@ def test_roles_per_mode():
     assert decide("local", token_study=None).is_editor
     assert decide("local", token_study=None, local_request=False).role == "none"
     assert decide("password", token_study=None).role == "none"
-    assert decide("password", token_study=None, session_login="password").is_editor
+    assert decide("password", token_study=None, password_ok=True).is_editor
     # A share link is read-only for whoever opens it, an editor included, and only for its study.
-    viewer = decide("local", token_study="st-a", token="tok123456", session_login="password")
+    viewer = decide("password", token_study="st-a", token="tok123456", password_ok=True)
     assert viewer.role == "viewer" and viewer.may_view("st-a") and not viewer.may_view("st-b")
     assert decide("password", token_study=None, token="forged").role == "none"
 
@@ -82,6 +82,14 @@ def test_oidc_editors_come_from_the_operators_list(monkeypatch):
     stranger = decide("oidc", token_study=None, oidc_email="eve@elsewhere.example")
     assert stranger.role == "none" and stranger.who == "eve@elsewhere.example"
     assert decide("oidc", token_study=None).role == "none"
+    # An address the provider does not vouch for could be anyone's.
+    claimed = access._oidc_email({"email": "alice@lab.example", "email_verified": False})
+    assert not decide("oidc", token_study=None, oidc_email=claimed).is_editor
+    assert access._oidc_email({"email": "alice@lab.example"}) == "alice@lab.example (unverified)"
+    verified = access._oidc_email({"email": "alice@lab.example", "email_verified": True})
+    assert decide("oidc", token_study=None, oidc_email=verified).is_editor
+    monkeypatch.setenv(access.ENV_TRUST_UNVERIFIED, "1")
+    assert access._oidc_email({"email": "alice@lab.example"}) == "alice@lab.example"
 
 
 def test_mode_follows_the_operators_configuration(monkeypatch, tmp_path):
@@ -119,19 +127,30 @@ def test_local_mode_serves_only_requests_addressed_to_loopback():
     assert not local({"Host": "evil.example:8501"})
     assert not local({"Host": "192.168.1.5:8501"})
     assert not local({"Host": "localhost:8501", "X-Forwarded-For": "10.1.2.3"})
+    # A remote client that sends "Host: localhost" to a dashboard bound to every address.
+    assert not local({"Host": "localhost:8501"}, "192.168.1.7")
+    assert local({"Host": "localhost:8501"}, "127.0.0.1")
 
 
-def test_failed_sign_ins_are_throttled_across_sessions(monkeypatch):
+def test_failed_sign_ins_are_throttled_per_client(monkeypatch):
     monkeypatch.setenv(access.ENV_PASSWORD, PASSWORD)
     t = access._Throttle()
     for i in range(access.MAX_FAILURES):
-        t.fail(now=100.0 + i)
-    # The window is counted from the oldest failure (t = 100 s), 60 s long.
-    assert t.blocked_for(now=110.0) == pytest.approx(50.0)
-    assert t.blocked_for(now=160.5) == 0.0
+        t.fail("10.0.0.9", now=100.0 + i)
+    # The window is counted from the client's oldest failure (t = 100 s), 60 s long.
+    assert t.blocked_for("10.0.0.9", now=110.0) == pytest.approx(50.0)
+    assert t.blocked_for("10.0.0.9", now=160.5) == 0.0
+    # Another client is not locked out by the first one's guessing.
+    assert t.blocked_for("10.0.0.10", now=110.0) == 0.0
+    # Guessing spread over many addresses hits the process-wide cap.
+    for i in range(access.GLOBAL_MAX_FAILURES):
+        t.fail(f"10.1.{i}.1", now=170.0)
+    # (the first client's failures are over 60 s old by then and no longer count)
+    assert t.blocked_for("10.0.0.10", now=175.0) == pytest.approx(55.0)
     for _ in range(access.MAX_FAILURES):
-        assert not access.check_password("guess")
-    assert not access.check_password(PASSWORD)  # even the right one, while blocked
+        assert not access.check_password("guess", "10.0.0.9")
+    assert not access.check_password(PASSWORD, "10.0.0.9")  # even the right one, while blocked
+    assert access.check_password(PASSWORD, "10.0.0.10")
 
 
 def test_a_sign_in_cookie_is_signed_expires_and_dies_with_the_password(monkeypatch, tmp_path):
@@ -144,7 +163,8 @@ def test_a_sign_in_cookie_is_signed_expires_and_dies_with_the_password(monkeypat
     body, _, sig = cookie.rpartition(".")
     forged_expiry = f"{expires * 10}{body[len(str(expires)):]}"
     assert not access.verify_cookie(f"{forged_expiry}.{sig}", tmp_path, now=1_001.0)
-    assert not access.verify_cookie("", tmp_path) and not access.verify_cookie("x.y", tmp_path)
+    for junk in ("", "x.y", "9999999999.x.é", "a" * 10_000, "1.2.3.4.5"):
+        assert not access.verify_cookie(junk, tmp_path)
     monkeypatch.setenv(access.ENV_PASSWORD, PASSWORD + " v2")
     assert not access.verify_cookie(cookie, tmp_path, now=1_001.0)
     monkeypatch.delenv(access.ENV_PASSWORD)
@@ -249,6 +269,28 @@ def test_signing_in_with_the_password_opens_the_dashboard(studies, monkeypatch):
     assert [t.value for t in at.title] == ["Approximant"]
 
 
+def test_a_new_password_signs_out_a_session_that_is_open(studies, monkeypatch):
+    monkeypatch.setenv(access.ENV_PASSWORD, PASSWORD)
+    at = _open(app())
+    at.text_input(key="signin_password").input(PASSWORD)
+    at.button[0].click().run()
+    assert at.title[0].value == "Studies"
+    monkeypatch.setenv(access.ENV_PASSWORD, PASSWORD + " rotated")
+    at.run()
+    assert [t.value for t in at.title] == ["Approximant"]
+    assert all(_unreachable(at, page) for page in PAGES)
+
+
+def test_a_misconfigured_password_opens_nothing_and_tells_visitors_little(studies, monkeypatch,
+                                                                          tmp_path):
+    monkeypatch.setenv(access.ENV_PASSWORD_FILE, str(tmp_path / "missing" / "password"))
+    at = _open(app())
+    assert not at.exception
+    assert [shown(e.value) for e in at.error] == [
+        "Access control is misconfigured on this server; its log says why."]
+    assert not at.title and not at.button
+
+
 def test_a_share_link_reaches_its_study_and_nothing_else(studies):
     token = Shares(studies.db).create(SPEC.study_id)
     # Whatever path and whatever ?study= the link is edited to name.
@@ -261,7 +303,7 @@ def test_a_share_link_reaches_its_study_and_nothing_else(studies):
                        "run", "run_toml", "lab.run", "lab.cancel"}
     assert not at.sidebar.caption or all("Data:" not in c.value for c in at.sidebar.caption)
     assert all("Share and export" not in e.label for e in at.expander)
-    assert all(_unreachable(at, page) for page in [*PAGES, "screens/shared.py"])
+    assert all(_unreachable(at, page) for page in PAGES)
 
 
 def test_a_revoked_or_forged_token_shows_nothing(studies):
@@ -276,6 +318,15 @@ def test_a_revoked_or_forged_token_shows_nothing(studies):
 
 
 # --- user text --------------------------------------------------------------------------------
+
+def test_a_metric_in_the_url_is_a_metric_name_or_nothing(studies):
+    at = _open(app(), "screens/study.py", study=SPEC.study_id,
+               metric="[Sign in again](http://phish.example)", metric2="![x](http://h/p.png)")
+    assert not at.exception
+    assert at.query_params.get("metric") in (None, "train_loss", "val_loss")
+    page = " ".join(e.value for e in [*at.caption, *at.markdown, *at.error])
+    assert "phish" not in page and "](" not in page
+
 
 def test_names_and_url_parameters_render_as_text(studies):
     at = _open(app(), "screens/study.py", study=SPEC.study_id)

@@ -216,13 +216,14 @@ def _header(job: dict[str, Any]) -> None:
     st.progress(job["cases_done"] / max(1, job["n_cases"]),
                 text=f"{job['status']} · {job['cases_done']} of {job['n_cases']} test "
                      f"matrices · attempt {job['attempt']}")
-    facts = [f"`{job['job_id']}`"]
+    facts = [job["job_id"]]
     for k in ("device", "torch", "threads", "wall_s"):
         if k in info:
             facts.append(f"{k} {info[k]}")
-    st.caption(" · ".join(str(f) for f in facts))
+    # What a worker reports is shown as text, like any other text that did not come from us.
+    st.caption(plain(" · ".join(str(f) for f in facts)))
     if info.get("bf16_matmul"):
-        st.caption(f"bf16 matmuls on this worker: {info['bf16_matmul']}")
+        st.caption(f"bf16 matmuls on this worker: {plain(info['bf16_matmul'])}")
     for note in info.get("skipped", []) + info.get("failures", []):
         st.warning(plain(note))
     if job["status"] == "failed":
@@ -341,6 +342,8 @@ def _results_section(services: Services, lq: LabQueries) -> None:
 
     @st.fragment(run_every=REFRESH_S if active else None)
     def live() -> None:
+        if not access.current().is_editor:  # signed out or a new password since the page ran
+            st.rerun(scope="app")
         if active:
             services.refresh()
         _body(lq, job_id)

@@ -10,6 +10,7 @@ import streamlit as st
 
 from app import charts
 from app.services import get_services
+from app.text import plain
 from storage import analytics as an
 from storage import stats
 
@@ -66,8 +67,8 @@ def render() -> None:
         st.caption("No optimizer has a finite cost on these studies yet.")
         return
     if (table["cost"] <= 0).any():
-        st.error(f"{metric}: performance profiles need positive costs; this metric has values "
-                 "≤ 0. Choose a loss.")
+        st.error(f"{plain(metric)}: performance profiles need positive costs; this metric has "
+                 "values ≤ 0. Choose a loss.")
         return
     taus = np.logspace(0, 1, 101)
     profile = stats.performance_profile(table, taus)

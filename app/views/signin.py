@@ -37,10 +37,12 @@ def render_signin(who: access.Principal) -> None:
         typed = st.text_input("Editor password", type="password", key="signin_password")
         pressed = st.form_submit_button("Sign in", type="primary")
     if pressed:
-        wait = access.throttle.blocked_for()
+        ip = st.context.ip_address
+        client = ip if isinstance(ip, str) else ""
+        wait = access.throttle.blocked_for(client)
         if wait > 0:
             st.error(f"Too many failed sign-ins: try again in {wait:.0f} s.")
-        elif access.check_password(typed):
+        elif access.check_password(typed, client):
             access.log_in_session(get_services().data_dir)
             st.rerun()
         else:

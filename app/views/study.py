@@ -122,12 +122,12 @@ def _header(runs: pd.DataFrame) -> None:
 
 def _controls(view: ViewState, metrics: list[str], groups: list[str]) -> None:
     """The view settings, in the sidebar so the page itself is status and results."""
-    plain = [m for m in metrics if not m.startswith("diag_")]
+    curves = [m for m in metrics if not m.startswith("diag_")]
     defaults = {"metric": "val_loss", "metric2": "train_loss"}
     for key, fallback in defaults.items():
-        if plain and view.value(key) not in plain:
-            st.session_state[view.key(key)] = fallback if fallback in plain else plain[0]
-    options = sorted(set(plain) | {view.value("metric"), view.value("metric2")})
+        if curves and view.value(key) not in curves:
+            st.session_state[view.key(key)] = fallback if fallback in curves else curves[0]
+    options = sorted(set(curves) | {view.value("metric"), view.value("metric2")})
     sb = st.sidebar
     sb.subheader("View")
     sb.selectbox("Metric", options, key=view.key("metric"), format_func=title)
@@ -428,6 +428,11 @@ def show(services: Services, who: access.Principal, study: dict) -> None:
 
     @st.fragment(run_every=REFRESH_S if live else None)
     def body() -> None:
+        # Decided again on each refresh of this live part, which runs without the page: a
+        # revoked link or a changed password takes effect here too.
+        now_who = access.current()
+        if not now_who.may_view(study_id):
+            st.rerun(scope="app")  # the whole page then shows what this session may see
         broker_banner(services)
         if live:
             services.refresh()
@@ -452,7 +457,7 @@ def show(services: Services, who: access.Principal, study: dict) -> None:
             _diagnostics_tab(data, runs, v, data.metric_names(), out)
         with tabs[5]:
             varying = a.varying_hparams(runs, report.grid_axes(spec))
-            _runs_tab(services, who, study, runs, status, varying, out)
+            _runs_tab(services, now_who, study, runs, status, varying, out)
         view.save()  # widgets inside this fragment rerun only the fragment
         if live and not q.is_active(study_id):
             st.rerun()  # redraw the whole page once so the fragment stops refreshing
