@@ -25,7 +25,7 @@ from engine.approx.bench import case_list as lab_case_list
 from engine.approx.spec import LabSpec
 from storage.stream import EventStream, connect, now
 from tasks.celery_app import app, configure
-from tasks.publisher import PROGRESS_TTL_S, MetricPublisher
+from tasks.publisher import PROGRESS_TTL_S, MetricPublisher, retrying
 from tasks.run import ATTEMPT_KEY, CancelFlag, _client, claim_delivery
 from tasks.submit import queue_once
 
@@ -180,30 +180,53 @@ def _staged(client, spec: LabSpec) -> dict[str, torch.Tensor]:
 
 
 def execute_lab(spec: LabSpec, broker_url: str, worker: str = "") -> dict[str, Any]:
-    """Run ``spec`` (its lease already claimed), publishing to the stream at ``broker_url``."""
+    """Run ``spec`` (its lease already claimed), publishing to the stream at ``broker_url``.
+
+    As for a training run, a heartbeat keeps the job's lease while a long test case runs, and
+    an attempt that lost the lease to a later one stops and leaves the ending to it.
+    """
     client = _client(broker_url)
     job_id = spec.job_id
-    attempt = int(client.incr(ATTEMPT_KEY.format(run_id=job_id)))
+    attempt = int(retrying(lambda: client.incr(ATTEMPT_KEY.format(run_id=job_id))))
     n_cases = len(lab_case_list(spec))
     pub = LabPublisher(EventStream(client), job_id, attempt, n_cases, worker=worker)
     pub.flush("running")
-    cancel = CancelFlag(client, [CANCEL_LAB_KEY.format(job_id=job_id)])
+    pub.start_heartbeat()
+    try:
+        return _lab_attempt(spec, client, pub)
+    finally:
+        pub.stop_heartbeat()
+
+
+def _lab_attempt(spec: LabSpec, client, pub: LabPublisher) -> dict[str, Any]:
+    job_id = spec.job_id
+    flag = CancelFlag(client, [CANCEL_LAB_KEY.format(job_id=job_id)])
     notes: list[str] = []
+
+    def cancel() -> bool:
+        return pub.superseded or flag()
 
     def sink(result: CaseResult) -> None:
         notes.extend(result.notes)
         pub.case(result)
+
+    def end(status: str, message: str | None, info: dict | None = None) -> None:
+        pub.stop_heartbeat()  # before the terminal flush, which drops the lease (tasks.run)
+        pub.flush(status, message, info)
 
     try:
         summary = run_lab(spec, sink, should_stop=cancel, captured=_staged(client, spec))
     except Exception as err:
         log.exception("lab job %s failed", job_id)
         last = traceback.format_exception_only(err)[-1].strip()
-        pub.flush("failed", last)
+        end("failed", last)
         return {"job_id": job_id, "status": "failed", "message": last}
+    if pub.superseded:
+        # Not this attempt's to end: the live one publishes the job's outcome.
+        return {"job_id": job_id, "status": "superseded", "attempt": pub.attempt}
     info = {**summary.info, "wall_s": round(summary.wall_s, 3), "failures": notes}
     message = "cancelled by request" if summary.status == "cancelled" else None
-    pub.flush(summary.status, message, info)
+    end(summary.status, message, info)
     return {"job_id": job_id, "status": summary.status, "cases": summary.cases_done}
 
 

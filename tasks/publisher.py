@@ -26,7 +26,7 @@ PROGRESS_TTL_S = 30 * 24 * 3600
 # of its life (whatever the training loop is doing: a slow step or a long evaluation does not
 # starve it) and at every flush, dropped when the run ends. A second delivery of the same run
 # waits for it to lapse (see ``tasks.run.claim``); a run whose lease lapsed lost its worker and
-# is queued again (``tasks.run.reap_lost``), so this is how long a dead worker's run waits.
+# is queued again (``tasks.run.Reaper``), so this is how long a dead worker's run waits.
 LEASE_KEY = "approximant:lease:{run_id}"
 ENV_LEASE_S = "APPROXIMANT_LEASE_S"
 
@@ -65,12 +65,21 @@ else
 end
 return 1
 """
-# The heartbeat: renew the lease unless a later attempt holds it. KEYS: lease. ARGV: attempt,
-# value, ms.
+# The heartbeat: renew the lease unless a later attempt holds it, or this attempt already
+# ended the run (a beat racing the terminal flush must not bring back the lease it dropped:
+# a re-run would wait for it to lapse). A missing lease is renewed otherwise: after a broker
+# restart that lost it, the live attempt takes it back before any reaper gives up on it.
+# KEYS: lease, progress. ARGV: attempt, value, ms, then the terminal statuses.
 _RENEW_LUA = """
 local lease = redis.call('GET', KEYS[1])
 local holder = lease and tonumber(string.match(lease, '^(%d+):'))
 if holder and holder > tonumber(ARGV[1]) then return 0 end
+local p = redis.call('HMGET', KEYS[2], 'status', 'attempt')
+if p[1] and tonumber(p[2]) == tonumber(ARGV[1]) then
+  for i = 4, #ARGV do
+    if p[1] == ARGV[i] then return 2 end
+  end
+end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
@@ -199,7 +208,8 @@ class MetricPublisher:
                   "attempt": self.attempt, "ts": repr(now()),
                   **{k: repr(v) for k, v in self.latest.items()}}
         self._beats += 1
-        args: list[Any] = [self.attempt, f"{self.attempt}:{self._beats}", LEASE_TTL_S * 1000,
+        args: list[Any] = [self.attempt, f"{self.attempt}:{self._beats}",
+                           int(LEASE_TTL_S * 1000),
                            int(status in TERMINAL), PROGRESS_TTL_S]
         for k, v in fields.items():
             args += [k, v]
@@ -225,14 +235,16 @@ class MetricPublisher:
             self._heartbeat = None
 
     def _beat_loop(self) -> None:
-        lease = LEASE_KEY.format(run_id=self.run_id)
+        keys = (LEASE_KEY.format(run_id=self.run_id), PROGRESS_KEY.format(run_id=self.run_id))
         while not self._stop_beat.wait(LEASE_TTL_S / 3):
             try:
-                ok = self.stream.client.eval(_RENEW_LUA, 1, lease, self.attempt,
+                ok = self.stream.client.eval(_RENEW_LUA, 2, *keys, self.attempt,
                                              f"{self.attempt}:hb{time.monotonic():.3f}",
-                                             LEASE_TTL_S * 1000)
+                                             int(LEASE_TTL_S * 1000), *TERMINAL)
             except redis.RedisError:
                 continue  # the flushes report an outage; the next beat tries again
+            if ok == 2:
+                return  # this attempt ended the run: nothing left to hold
             if not ok and not self.superseded:
                 self.superseded = True
                 log.warning("run %s: attempt %d lost its lease to another attempt; stopping",

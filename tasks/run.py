@@ -97,26 +97,42 @@ class CancelFlag:
         return cancelled
 
 
+# The claim in one step: a run that ended is "ended"; else the lease is taken if free (and the
+# run marked claimed with it), else the holder's lease value comes back. Separate round trips
+# would let the live attempt end in between and a duplicate delivery train a finished run.
+# KEYS: progress, lease. ARGV: lease seconds, then the terminal statuses.
+_CLAIM_LUA = """
+local s = redis.call('HGET', KEYS[1], 'status')
+for i = 2, #ARGV do
+  if s == ARGV[i] then return {'ended', false} end
+end
+if redis.call('SET', KEYS[2], '0:claimed', 'NX', 'EX', ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'status', 'claimed')
+  return {'run', false}
+end
+return {'held', redis.call('GET', KEYS[2])}
+"""
+
+
 def claim(client, run_id: str, lease_ttl_s: float = LEASE_TTL_S, poll_s: float = 1.0) -> str:
     """Decide whether this delivery trains the run: ``"run"``, ``"ended"`` or ``"duplicate"``.
 
-    ``"run"`` comes with the lease taken (atomically, so two deliveries cannot both train).
+    ``"run"`` comes with the lease taken (atomically with the check that the run has not
+    ended, so two deliveries cannot both train, nor one train a run that just finished).
     While another attempt's lease exists we watch it: a lease that changes belongs to a live
     attempt (``"duplicate"``); one that lapses belonged to a dead one, and we take it.
     """
-    key = LEASE_KEY.format(run_id=run_id)
+    keys = (PROGRESS_KEY.format(run_id=run_id), LEASE_KEY.format(run_id=run_id))
     deadline = time.monotonic() + lease_ttl_s + poll_s
     seen = None
     while True:
-        status = client.hget(PROGRESS_KEY.format(run_id=run_id), "status")
-        if status is not None and status.decode() in TERMINAL:
-            return "ended"
-        if client.set(key, "0:claimed", nx=True, ex=int(max(1, lease_ttl_s))):
-            # Seen by the reaper: a worker that dies before the run's first event leaves a
-            # claimed run without a lease, which is queued again like a running one.
-            client.hset(PROGRESS_KEY.format(run_id=run_id), "status", "claimed")
-            return "run"
-        now_seen = client.get(key)
+        # Seen by the reaper: a worker that dies before the run's first event leaves a claimed
+        # run without a lease, which is queued again like a running one.
+        verdict, now_seen = client.eval(_CLAIM_LUA, 2, *keys, int(max(1, lease_ttl_s)),
+                                        *TERMINAL)
+        verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
+        if verdict in ("ended", "run"):
+            return verdict
         if seen is not None and now_seen is not None and now_seen != seen:
             return "duplicate"
         if time.monotonic() > deadline:
@@ -143,6 +159,9 @@ class _Checkpointer:
         # Rows up to this step go onto the stream first: a resumed attempt copies them from
         # this one, so they must be recorded before anything can resume from here.
         self.pub.flush("running")
+        if self.pub.superseded:
+            # A later attempt holds the run: its checkpoint, not ours, is the one to resume.
+            return
         blob = checkpoint_bytes({**make(), "attempt": self.pub.attempt})
         self.pub.retrying(lambda: self.client.set(self.key, blob, ex=PROGRESS_TTL_S))
         self.gap = min(self.gap * 2, self.every_s)
@@ -221,6 +240,9 @@ def _train_attempt(run: RunSpec, client, pub: MetricPublisher,
     checkpoint = _Checkpointer(client, pub, run.run_id, every_s) if every_s > 0 else None
 
     def end(status: str, message: str | None, info: dict | None = None) -> None:
+        # The heartbeat stops first: a beat after the terminal flush would bring back the lease
+        # that the flush dropped, and a quick re-run would wait for it to lapse.
+        pub.stop_heartbeat()
         pub.flush(status, message, info)
         # Only a run that ended drops its checkpoint; a killed worker never gets here.
         pub.retrying(lambda: client.delete(CHECKPOINT_KEY.format(run_id=run.run_id)))
@@ -273,6 +295,19 @@ end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'requeued_at', ARGV[1])
 return s
 """
+# Drop an item from the watched set unless it is active again. KEYS: progress, active set.
+# ARGV: item, then the terminal statuses.
+_FORGET_LUA = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if s then
+  local ended = false
+  for i = 2, #ARGV do
+    if s == ARGV[i] then ended = true end
+  end
+  if not ended then return 0 end
+end
+return redis.call('SREM', KEYS[2], ARGV[1])
+"""
 # The event that shows a requeued item as queued again, by task: (type, id field, step field).
 _QUEUED_EVENT = {"approximant.run": ("status", "run_id", "step"),
                  "approximant.lab": ("lab_status", "job_id", "cases_done")}
@@ -306,7 +341,10 @@ class Reaper:
         for item, status, leased in zip(ids, replies[::2], replies[1::2], strict=True):
             status = status.decode() if status is not None else None
             if status is None or status in TERMINAL:
-                self.client.srem(ACTIVE_KEY, item)
+                # Dropped only if it still has ended: a re-run queued since the read above
+                # (tasks.submit.queue_once) stays watched.
+                self.client.eval(_FORGET_LUA, 2, PROGRESS_KEY.format(run_id=item), ACTIVE_KEY,
+                                 item, *TERMINAL)
                 self._missing.pop(item, None)
             elif status in ("running", "claimed") and not leased:
                 since = self._missing.setdefault(item, t)

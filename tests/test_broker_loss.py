@@ -205,3 +205,107 @@ def test_the_first_checkpoint_comes_early_then_gaps_double(monkeypatch):
         cp(1, lambda: {})
         clock[0] += 1.0
     assert [t - 100 for t in client.sets[:5]] == [5, 15, 35, 75, 135]
+
+
+def test_the_reaper_keeps_watching_a_run_queued_again_during_its_pass(clean_broker):
+    """The reaper reads an ended run's status, then a re-run queues it (queue_once) before the
+    reaper drops it from the watched set: it stays watched."""
+    from tasks.run import ACTIVE_KEY, Reaper
+
+    client = connect(clean_broker)
+    _active_run(client, "r1", "finished")
+
+    class Pipe:
+        def __init__(self, pipe):
+            self.pipe = pipe
+
+        def __getattr__(self, name):
+            return getattr(self.pipe, name)
+
+        def execute(self):
+            replies = self.pipe.execute()
+            # A re-run between the reaper's read and its clean-up, as queue_once writes it.
+            client.hset(PROGRESS_KEY.format(run_id="r1"), "status", "queued")
+            client.sadd(ACTIVE_KEY, "r1")
+            return replies
+
+    class Client:
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def pipeline(self, **kw):
+            return Pipe(client.pipeline(**kw))
+
+    Reaper(Client(), grace_s=0).scan()
+    assert client.smembers(ACTIVE_KEY) == {b"r1"}
+    Reaper(client, grace_s=0).scan()  # queued: nothing to do, and still watched
+    assert client.smembers(ACTIVE_KEY) == {b"r1"}
+    client.hset(PROGRESS_KEY.format(run_id="r1"), "status", "finished")
+    Reaper(client, grace_s=0).scan()
+    assert client.smembers(ACTIVE_KEY) == set()
+
+
+def test_a_checkpoint_is_not_written_by_an_attempt_that_lost_the_run():
+    from tasks import run as run_module
+
+    class Pub:
+        attempt, superseded = 1, False
+
+        def flush(self, status):
+            self.superseded = True  # the flush finds a later attempt holding the lease
+
+        def retrying(self, write):
+            return write()
+
+    class Client:
+        sets: list = []
+
+        def set(self, key, blob, ex):
+            self.sets.append(key)
+
+    client = Client()
+    cp = run_module._Checkpointer(client, Pub(), "r", every_s=0.0)
+    cp(1, lambda: {"step": 1})
+    cp(2, lambda: {"step": 2})
+    assert client.sets == []  # the live attempt's checkpoint stays as it is
+
+
+def test_the_heartbeat_does_not_bring_back_a_lease_the_end_dropped(clean_broker, monkeypatch):
+    from tasks import publisher
+
+    monkeypatch.setattr(publisher, "LEASE_TTL_S", 0.3)  # a beat every 0.1 s
+    client = connect(clean_broker)
+    pub = MetricPublisher(EventStream(client), "r1", attempt=1, steps=10)
+    pub.flush("running")
+    pub.start_heartbeat()
+    try:
+        pub.flush("finished")  # drops the lease; the heartbeat is still going
+        time.sleep(0.5)
+        assert not client.exists(LEASE_KEY.format(run_id="r1"))
+        assert not pub.superseded
+    finally:
+        pub.stop_heartbeat()
+
+
+def test_a_finished_run_leaves_no_lease_and_a_rerun_is_claimed_at_once(clean_broker,
+                                                                       monkeypatch):
+    from engine.specs import expand, parse_study
+    from tasks.celery_app import configure
+    from tasks.run import claim, execute_run
+    from tasks.submit import queue_once, run_task
+
+    configure(clean_broker)
+    client = connect(clean_broker)
+    study = parse_study({"name": "s", "workload": {"name": "digits_mlp",
+                                                    "settings": {"hidden": 8}},
+                         "optimizers": [{"name": "sgd", "grid": {"lr": [0.1]}}],
+                         "seeds": [0], "steps": 5})
+    run = expand(study)[0]
+    assert claim(client, run.run_id, lease_ttl_s=30, poll_s=0.05) == "run"
+    assert execute_run(run, clean_broker)["status"] == "finished"
+    assert not client.exists(LEASE_KEY.format(run_id=run.run_id))
+    assert queue_once(client, run_task, run.run_id, run.steps, run.model_dump(mode="json"),
+                      force=True)
+    t0 = time.monotonic()
+    assert claim(client, run.run_id, lease_ttl_s=30, poll_s=0.05) == "run"
+    assert time.monotonic() - t0 < 1

@@ -91,3 +91,38 @@ def test_publisher_retries_an_unreachable_broker_then_gives_up(clean_broker, mon
     fails[0] = 1
     with pytest.raises(redis.ConnectionError):  # a broker that stays down fails the task
         pub.flush("running")
+
+
+class _Racing:
+    """A client through which the live attempt ends right after the claimer's first command:
+    whatever the claim does in several round trips, the run finishing in between shows."""
+
+    def __init__(self, client, finish) -> None:
+        self._client, self._finish, self.calls = client, finish, 0
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            result = attr(*args, **kwargs)
+            self.calls += 1
+            if self.calls == 1:
+                self._finish()
+            return result
+
+        return call
+
+
+def test_a_run_that_ends_during_the_claim_is_not_trained_again(clean_broker):
+    from storage.stream import EventStream
+    from tasks.publisher import MetricPublisher
+
+    client = connect(clean_broker)
+    live = MetricPublisher(EventStream(client), "r1", attempt=1, steps=10)
+    live.flush("running")  # the live attempt holds the lease
+    racing = _Racing(client, lambda: live.flush("finished"))  # drops the lease as it ends
+    assert claim(racing, "r1", lease_ttl_s=5, poll_s=0.05) == "ended"
+    assert client.hget(PROGRESS_KEY.format(run_id="r1"), "status") == b"finished"
+    assert not client.exists(LEASE_KEY.format(run_id="r1"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import zlib
 
 import duckdb
@@ -253,3 +254,49 @@ def test_a_replayed_or_corrupt_captured_matrix_does_not_stop_the_recorder(clean_
     assert list(LabQueries(db).captured()["matrix_id"]) == ["m-good"]
     assert client.xlen(stream.dead_letter) == 2  # the corrupt matrix and the broken study
     assert recorder.drain() == 0  # nothing left pending: the stream moves on
+
+
+def test_a_lab_case_longer_than_the_lease_keeps_its_job(clean_broker, monkeypatch):
+    """A lab job whose test case outlasts the lease is kept alive by its heartbeat: the
+    reaper never queues it again while it runs, and its end drops the lease."""
+    import json
+    import time
+
+    from engine.approx.bench import LabSummary
+    from tasks import lab as lab_module
+    from tasks import publisher
+    from tasks.celery_app import app, configure
+    from tasks.lab import execute_lab
+    from tasks.publisher import LEASE_KEY, PROGRESS_KEY
+    from tasks.run import ACTIVE_KEY, DELIVERY_KEY, Reaper, claim
+
+    monkeypatch.setattr(publisher, "LEASE_TTL_S", 1)
+    configure(clean_broker)
+    client = connect(clean_broker)
+    spec = parse_lab(LAB)
+    job = spec.job_id
+    client.set(DELIVERY_KEY.format(item_id=job),
+               json.dumps({"task": "approximant.lab", "args": [spec.model_dump(mode="json")]}))
+    client.sadd(ACTIVE_KEY, job)
+    assert claim(client, job, lease_ttl_s=1, poll_s=0.05) == "run"
+
+    def slow_lab(spec, sink, should_stop=None, captured=None):
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 4:  # one case four lease lifetimes long
+            time.sleep(0.05)
+        return LabSummary("finished", 0, time.monotonic() - t0)
+
+    monkeypatch.setattr(lab_module, "run_lab", slow_lab)
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(execute_lab(spec, clean_broker, "w")))
+    t.start()
+    reaper, requeued = Reaper(client, grace_s=0.3), []
+    while t.is_alive():
+        requeued += reaper.scan()
+        time.sleep(0.1)
+    t.join()
+    assert requeued == [] and client.llen(app.conf.task_default_queue) == 0
+    assert result["status"] == "finished"
+    assert client.hget(PROGRESS_KEY.format(run_id=job), "status") == b"finished"
+    time.sleep(0.5)  # no late heartbeat brings the lease back
+    assert not client.exists(LEASE_KEY.format(run_id=job))
