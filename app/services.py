@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 # that does not answer costs up to PROBE_TIMEOUT_S.
 PROBE_CACHE_S = 1.5
 PROBE_TIMEOUT_S = 0.5
+# The recorder's loop comes round every ~0.1 s; this long without a round means one of its
+# calls hangs (a broker that accepts connections but does not answer), which no error reports
+# until the socket times out. The dashboard then probes for itself.
+STALL_S = 3.0
+# A page that wants fresh rows waits this long at most for the recorder's drain lock.
+REFRESH_WAIT_S = 0.5
 
 
 @dataclass
@@ -62,8 +68,10 @@ class Services:
             return False, None
         rec = self.recorder
         if rec is not None and rec.running:
-            since = rec.unreachable_since
-            return since is None, since
+            if rec.unreachable_since is not None:
+                return False, rec.unreachable_since
+            if time.monotonic() - rec.last_round < STALL_S:
+                return True, None
         return self._probed()
 
     def _probed(self) -> tuple[bool, float | None]:
@@ -91,7 +99,9 @@ class Services:
         if self.recorder is None or (self.recorder.running and not self.broker_state()[0]):
             return  # nothing to apply while the broker is away; the page shows what it has
         try:
-            self.recorder.drain_once()
+            # Bounded: with a broker that hangs, the recorder's loop holds the lock for as long
+            # as its call does, and the page must still draw (and say the broker is away).
+            self.recorder.drain_once(lock_timeout=REFRESH_WAIT_S)
         except BROKER_ERRORS as err:  # the page still renders what DuckDB has
             log.debug("refresh: broker unreachable: %s", err)
         except Exception as err:

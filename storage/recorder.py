@@ -66,6 +66,9 @@ class Recorder:
         self.lock_pending = False
         # Epoch seconds since which the loop cannot reach the broker; None while it can.
         self.unreachable_since: float | None = None
+        # When the loop last came round (monotonic): a call that hangs reports no error, only
+        # this growing old (see app.services.Services.broker_state).
+        self.last_round = time.monotonic()
         self.busy: str | None = None  # why this recorder gave up: another one records
 
     def acquire(self) -> None:
@@ -104,21 +107,31 @@ class Recorder:
         self._lock_renewed = 0.0
 
     # -- one batch ---------------------------------------------------------------------------
-    def drain_once(self, count: int = 1000, block_ms: int | None = None) -> int:
+    def drain_once(self, count: int = 1000, block_ms: int | None = None,
+                   lock_timeout: float | None = None) -> int:
         """Apply this consumer's pending entries, then up to ``count`` new ones; return how many.
 
         Safe to call from several threads (the loop and a page that wants fresh data now).
+        With ``lock_timeout``, give up (0) if another thread's drain holds the lock that long:
+        it is applying the stream already.
         """
-        with self._drain_lock:
-            self.stream.ensure_group()
-            done = 0
-            batch = self.stream.read(self.consumer, count, None, pending=True)
-            if batch:
-                done += self._apply_safely(batch)
-            batch = self.stream.read(self.consumer, count, block_ms, pending=False)
-            if batch:
-                done += self._apply_safely(batch)
-            return done
+        if not self._drain_lock.acquire(timeout=-1 if lock_timeout is None else lock_timeout):
+            return 0
+        try:
+            return self._drain_locked(count, block_ms)
+        finally:
+            self._drain_lock.release()
+
+    def _drain_locked(self, count: int, block_ms: int | None) -> int:
+        self.stream.ensure_group()
+        done = 0
+        batch = self.stream.read(self.consumer, count, None, pending=True)
+        if batch:
+            done += self._apply_safely(batch)
+        batch = self.stream.read(self.consumer, count, block_ms, pending=False)
+        if batch:
+            done += self._apply_safely(batch)
+        return done
 
     def _apply_safely(self, batch: list[tuple[str, dict[str, Any]]]) -> int:
         if self._closed:
@@ -275,6 +288,7 @@ class Recorder:
     def _loop(self) -> None:
         delay = RETRY_MIN_S
         while not self._stop.is_set():
+            self.last_round = time.monotonic()
             try:
                 self._renew()
                 # Short blocks: a page that wants fresh rows waits for this lock at most that.
