@@ -15,7 +15,8 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -60,12 +61,75 @@ class _BrokerProc:
         self.broker = broker
 
     def poll(self) -> int | None:
-        return None if self.broker.alive() else (self.broker.returncode or -1)
+        if self.broker.alive():
+            return None
+        code = self.broker.returncode
+        return -1 if code is None else code
 
     @classmethod
     def restarted(cls, broker: EmbeddedBroker) -> _BrokerProc:
         broker.restart()  # same port, password and data: the children's URL stays valid
         return cls(broker)
+
+
+# -- stop signals ------------------------------------------------------------------------------
+class _Interrupted(Exception):
+    pass
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# While a child is being started a stop signal waits (see ``_stop_signals_held``).
+_held = {"depth": 0, "pending": None}
+
+
+def _raise_interrupt(signum: int, _frame: object) -> None:
+    name = signal.Signals(signum).name
+    if _held["depth"]:
+        _held["pending"] = name
+        return
+    raise _Interrupted(name)
+
+
+@contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """A stop signal (Ctrl-C) that arrives inside the block is raised at its end instead.
+
+    Starting a child and recording it must not be split: interrupted between the two, the child
+    would run on with nobody left to stop it. Not a signal mask, which children would inherit.
+    """
+    _held["depth"] += 1
+    try:
+        yield
+    finally:
+        _held["depth"] -= 1
+    if not _held["depth"] and _held["pending"]:
+        name, _held["pending"] = _held["pending"], None
+        raise _Interrupted(name)
+
+
+def _on_stop_signals() -> dict:
+    """Ctrl-C, SIGTERM and a closed terminal all mean an orderly stop; returns the old handlers.
+
+    Set explicitly: a process started in the background by a script inherits SIGINT ignored.
+    """
+    _held["pending"] = None
+    return {sig: signal.signal(sig, _raise_interrupt) for sig in _STOP_SIGNALS}
+
+
+def _restore_signals(old: dict) -> None:
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
+
+
+# Exit code of a child that refused its configuration (e.g. the dashboard asked to serve an open
+# address without access control): restarting it would only refuse again, every 30 s forever.
+REFUSED = 2
+
+
+class ChildRefused(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
 
 
 # Back-off between restarts of a child that keeps dying: doubles from 1 s up to this; a child
@@ -75,7 +139,12 @@ STABLE_S = 60.0
 
 
 class Supervised:
-    """One child of ``up``: restarted with back-off whenever it exits, until the stack stops."""
+    """One child of ``up``: restarted with back-off whenever it exits, until the stack stops.
+
+    A child that exits with ``REFUSED`` (2, a configuration refusal) is not restarted: ``check``
+    raises ``ChildRefused`` and the stack stops. Create one inside ``_stop_signals_held`` along
+    with recording it, as ``check`` does for restarts.
+    """
 
     def __init__(self, name: str, spawn: Callable[[], _Proc], proc: _Proc | None = None) -> None:
         self.name = name
@@ -90,15 +159,18 @@ class Supervised:
         """Notice an exit (and schedule a restart), or restart when one is due."""
         if self.due is None:
             code = self.proc.poll()
+            if code == REFUSED:
+                raise ChildRefused(self.name)
             if code is not None:
                 self._schedule(now, f"exited ({code})")
         elif now >= self.due:
-            try:
-                self.proc = self.spawn()
-            except Exception as err:  # e.g. the broker's port is taken: try again later
-                self._schedule(now, f"could not start ({err})")
-                return
-            self.started, self.due = now, None
+            with _stop_signals_held():  # a Ctrl-C now stops the new child too, not orphans it
+                try:
+                    self.proc = self.spawn()
+                except Exception as err:  # e.g. the broker's port is taken: try again later
+                    self._schedule(now, f"could not start ({err})")
+                    return
+                self.started, self.due = now, None
             print(f"Approximant: the {self.name} is running again.", file=sys.stderr,
                   flush=True)
 
@@ -147,30 +219,6 @@ def _stop_stack(worker: subprocess.Popen | None, dashboard: subprocess.Popen | N
         broker.stop()
 
 
-class _Interrupted(Exception):
-    pass
-
-
-def _raise_interrupt(signum: int, _frame: object) -> None:
-    raise _Interrupted(signal.Signals(signum).name)
-
-
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def _on_stop_signals() -> dict:
-    """Ctrl-C, SIGTERM and a closed terminal all mean an orderly stop; returns the old handlers.
-
-    Set explicitly: a process started in the background by a script inherits SIGINT ignored.
-    """
-    return {sig: signal.signal(sig, _raise_interrupt) for sig in _STOP_SIGNALS}
-
-
-def _restore_signals(old: dict) -> None:
-    for sig, handler in old.items():
-        signal.signal(sig, handler)
-
-
 def _start_broker(args: argparse.Namespace, directory: Path) -> tuple[str, EmbeddedBroker | None]:
     url = explicit_broker(getattr(args, "broker", None))
     if url:
@@ -178,6 +226,16 @@ def _start_broker(args: argparse.Namespace, directory: Path) -> tuple[str, Embed
         return url, None
     broker = EmbeddedBroker(directory, port=getattr(args, "broker_port", None))
     return broker.start(), broker
+
+
+# -- the data directory ------------------------------------------------------------------------
+PRIVATE_UMASK = 0o077
+
+
+def _make_private_dir(directory: Path) -> None:
+    """Create the data directory readable by this user only (studies, share tokens, the
+    broker's files); an existing one keeps its mode, which is the operator's choice."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
 # -- up ----------------------------------------------------------------------------------------
@@ -195,7 +253,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if _refuse_open_bind("up", args.host):
         return 2
     directory = data_dir(args.data_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    _make_private_dir(directory)
     if (running := read_stack(directory)) is not None:
         print(f"Approximant is already running for {directory} at {running.dashboard_url} "
               f"(pid {running.pid}).", file=sys.stderr)
@@ -205,15 +263,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     _on_stop_signals()
     try:
         env = _broker_env(url)
-        if broker is not None:
-            children.append(Supervised("broker", lambda: _BrokerProc.restarted(broker),
-                                       _BrokerProc(broker)))
-        if args.workers > 0:
-            children.append(Supervised("worker", lambda: _child(
-                ["worker", "--concurrency", str(args.workers)], env)))
         dashboard_args = ["dashboard", "--data-dir", str(directory),
                           "--host", args.host, "--port", str(args.port)]
-        children.append(Supervised("dashboard", lambda: _child(dashboard_args, env)))
+        with _stop_signals_held():  # each child is recorded as soon as it is started
+            if broker is not None:
+                children.append(Supervised("broker", lambda: _BrokerProc.restarted(broker),
+                                           _BrokerProc(broker)))
+            if args.workers > 0:
+                children.append(Supervised("worker", lambda: _child(
+                    ["worker", "--concurrency", str(args.workers)], env)))
+            children.append(Supervised("dashboard", lambda: _child(dashboard_args, env)))
         shown_host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
         dash_url = f"http://{shown_host}:{args.port}"
         _write_stack_private(directory, Stack(os.getpid(), url, dash_url))
@@ -229,6 +288,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, _Interrupted):
         print("\nApproximant: stopping…", flush=True)
         return 0
+    except ChildRefused as err:
+        print(f"Approximant: the {err.name} refused its configuration (exit {REFUSED}; its "
+              "message is above) and is not restarted; stopping.", file=sys.stderr, flush=True)
+        return REFUSED
     finally:
         procs = {c.name: c.popen() for c in children}
         _stop_stack(procs.get("worker"), procs.get("dashboard"), broker)
@@ -342,7 +405,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     old_handlers = _on_stop_signals()
     try:
         if url is None:
-            owned = _own_stack(directory, args)
+            with _stop_signals_held():  # what it starts is recorded before a Ctrl-C stops it
+                owned = _own_stack(directory, args)
             url = owned["url"]
         else:
             check_broker(url)
@@ -384,7 +448,7 @@ def _own_stack(directory: Path, args: argparse.Namespace) -> dict:
     from storage.recorder import Recorder
     from storage.stream import EventStream, connect
 
-    directory.mkdir(parents=True, exist_ok=True)
+    _make_private_dir(directory)
     db = Database.in_dir(directory)
     broker = EmbeddedBroker(directory)
     url = broker.start()
@@ -502,15 +566,28 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--{flag}: must be ≥ {0 if flag == 'workers' else 1} (got {value})",
                   file=sys.stderr)
             return 2
+    old_umask = None
+    if args.command in ("up", "run", "dashboard", "worker"):
+        # Whatever these create (the data directory, the database, the broker's files, a
+        # worker's files) is this user's alone; children inherit the mask.
+        old_umask = os.umask(PRIVATE_UMASK)
     try:
         if args.command in ("up", "worker", "run"):
             from tasks.celery_app import checkpoint_every_s
 
             checkpoint_every_s()  # a bad setting fails here, not later inside every run
         return int(args.func(args) or 0)
-    except (ConnectionError, ValueError, RuntimeError, redis.RedisError) as err:
+    except (ConnectionError, redis.ConnectionError, redis.TimeoutError) as err:
+        # The broker may be back in a moment: 1, not the configuration refusal (2) that `up`
+        # stops for instead of restarting the child.
         print(f"approximant {args.command}: {err}", file=sys.stderr)
-        return 2
+        return 1
+    except (ValueError, RuntimeError, redis.RedisError) as err:
+        print(f"approximant {args.command}: {err}", file=sys.stderr)
+        return REFUSED
+    finally:
+        if old_umask is not None:
+            os.umask(old_umask)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ every thread takes its own cursor. Writes go through ``write()``, which serialis
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,9 @@ DB_FILENAME = "approximant.duckdb"
 class Database:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Studies and share tokens: this user's only (an existing folder keeps its mode).
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        new = not self.path.exists()
         try:
             self._con = duckdb.connect(str(self.path))
         except duckdb.IOException as err:
@@ -30,6 +33,8 @@ class Database:
                 f"cannot open {self.path}: another Approximant process owns it "
                 f"(stop the other dashboard or run, or use another --data-dir). {err}"
             ) from None
+        if new:
+            os.chmod(self.path, 0o600)
         migrate(self._con)
         self._write_lock = threading.Lock()
 

@@ -12,7 +12,7 @@ import signal
 import sys
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 
 from tasks.broker import ENV_BROKER
 
@@ -76,6 +76,16 @@ def torch_threads(concurrency: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, concurrency))
 
 
+# The worker's main process, recorded before it forks its pool (see ``_die_with_parent``).
+_worker_pid: int | None = None
+
+
+@worker_init.connect
+def _record_worker_pid(**_: object) -> None:
+    global _worker_pid
+    _worker_pid = os.getpid()
+
+
 @worker_process_init.connect
 def _per_process_setup(**_: object) -> None:
     # Runs in each forked pool process, before any task: never touch CUDA in the parent.
@@ -95,9 +105,14 @@ def _die_with_parent() -> None:
     """
     if not sys.platform.startswith("linux"):
         return
+    parent = _worker_pid if _worker_pid not in (None, os.getpid()) else os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         return
+    # The death signal only covers a parent that dies from now on: one already gone (we were
+    # reparented before prctl ran) means exiting now.
+    if os.getppid() != parent:
+        os._exit(1)

@@ -168,3 +168,129 @@ def test_an_open_address_without_access_control_is_refused(tmp_path, monkeypatch
     monkeypatch.setenv("HOME", str(tmp_path))
     assert main(["dashboard", "--host", "192.168.1.5", "--data-dir", str(tmp_path)]) == 2
     assert "needs access control" in capsys.readouterr().err
+
+
+class _Exited:
+    def __init__(self, code: int | None) -> None:
+        self.code = code
+
+    def poll(self) -> int | None:
+        return self.code
+
+
+@pytest.fixture
+def stop_handlers():
+    """Tests that install up's signal handlers give pytest its own back."""
+    import signal
+
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM,
+                                                   signal.SIGHUP)}
+    yield
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
+
+
+def test_a_child_refusing_its_configuration_stops_the_stack_not_a_restart_loop():
+    from app.cli import ChildRefused, Supervised
+
+    crashed = Supervised("worker", lambda: _Exited(None), _Exited(1))
+    crashed.check(0.0)
+    assert crashed.due is not None  # an ordinary exit: restarted after the back-off
+    refused = Supervised("dashboard", lambda: _Exited(None), _Exited(2))
+    with pytest.raises(ChildRefused):
+        refused.check(0.0)
+
+
+def test_ctrl_c_while_a_child_starts_leaves_it_recorded(stop_handlers):
+    """A stop signal that arrives while a child is being started is raised once the child is
+    recorded, so the orderly stop stops it too (instead of orphaning it)."""
+    import signal
+
+    from app.cli import Supervised, _Interrupted, _on_stop_signals
+
+    started = _Exited(None)
+
+    def spawn():
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C between starting and recording
+        return started
+
+    sup = Supervised("worker", lambda: _Exited(None), _Exited(1))
+    sup.check(0.0)
+    sup.spawn = spawn
+    _on_stop_signals()
+    with pytest.raises(_Interrupted):
+        sup.check(sup.due)
+    assert sup.proc is started
+
+
+def test_up_stops_when_its_dashboard_refuses_its_configuration(tmp_path, monkeypatch, capsys,
+                                                               stop_handlers):
+    """A real ``up`` (embedded broker) whose dashboard exits 2 returns 2 at once, leaving no
+    stack behind, instead of restarting the dashboard every 30 s forever."""
+    import time
+
+    from app import cli
+
+    def refusing_child(args, env=None):
+        return subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(2)"])
+
+    monkeypatch.setattr(cli, "_child", refusing_child)
+    t0 = time.monotonic()
+    assert main(["up", "--workers", "0", "--data-dir", str(tmp_path / "d")]) == 2
+    assert time.monotonic() - t0 < 60
+    assert "the dashboard refused its configuration" in capsys.readouterr().err
+    assert not (tmp_path / "d" / "stack.json").exists()
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o700
+
+
+def test_the_data_directory_and_database_are_private(tmp_path, monkeypatch):
+    from app import cli
+    from storage.db import Database
+
+    old = os.umask(0o022)
+    try:
+        cli._make_private_dir(tmp_path / "data")
+        db = Database.in_dir(tmp_path / "db")
+        db.close()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "db").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "db" / DB_FILENAME).stat().st_mode & 0o777 == 0o600
+    masks = []
+    real_umask = os.umask
+    monkeypatch.setattr(cli.os, "umask", lambda m: masks.append(m) or real_umask(m))
+    assert main(["worker", "--data-dir", str(tmp_path / "none")]) == 2  # no broker: refused
+    assert masks[0] == 0o077 and len(masks) == 2  # private while it ran, restored after
+
+
+def test_a_pool_process_whose_worker_already_died_exits(monkeypatch):
+    from tasks import celery_app
+
+    class Libc:
+        def prctl(self, *args):
+            return 0
+
+    exits = []
+    monkeypatch.setattr(celery_app.ctypes, "CDLL", lambda *a, **k: Libc())
+    monkeypatch.setattr(celery_app, "_worker_pid", os.getpid() + 1)  # its worker
+    monkeypatch.setattr(celery_app.os, "_exit", exits.append)
+    celery_app._die_with_parent()
+    assert exits == [1]  # reparented before prctl ran: the death signal would never come
+    monkeypatch.setattr(celery_app, "_worker_pid", os.getppid())
+    celery_app._die_with_parent()
+    assert exits == [1]  # its worker is alive: it stays
+
+
+def test_a_broker_that_died_reports_its_exit_code():
+    from app.cli import _BrokerProc
+
+    class Broker:
+        returncode = 0
+
+        def alive(self):
+            return False
+
+    assert _BrokerProc(Broker()).poll() == 0
+    Broker.returncode = None
+    assert _BrokerProc(Broker()).poll() == -1
