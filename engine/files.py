@@ -60,23 +60,27 @@ def resolve_data_file(path: str, field: str = "") -> Path:
     # expanduser is deliberately not applied: "~" would name a folder outside the data folder.
     joined = os.path.join(root, path)  # an absolute ``path`` replaces root here
     real = Path(os.path.realpath(joined))
-    if real != root and root not in real.parents:
+    if not _within(real, root):
         # One wording for every refusal: it must not tell an existing file from a missing one.
         raise ValueError(named(field, f"{short(path)} is outside the data folder; give a path "
                                f"relative to the folder named by {ENV}"))
     return real
 
 
+def _within(real: Path, root: Path | None) -> bool:
+    """Whether the resolved path ``real`` is ``root`` or lies under it (False without a root)."""
+    return root is not None and (real == root or root in real.parents)
+
+
 def inside_data_folder(real: Path) -> bool:
     """Whether an already-resolved path lies in the data folder (False when it is unset)."""
-    root = files_dir()
-    return root is not None and (real == root or root in real.parents)
+    return _within(real, files_dir())
 
 
 def display_path(real: Path) -> str:
     """A resolved file's path relative to the data folder, for messages and run records
     (the folder's own location on the worker is not the user's business)."""
     root = files_dir()
-    if root is not None and (real == root or root in real.parents):
+    if _within(real, root):
         return real.relative_to(root).as_posix() or "."
     return "<outside the data folder>"

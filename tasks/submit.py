@@ -6,7 +6,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from engine.specs import RunSpec, StudySpec, expand, extra_seed_runs
+from engine.errors import SpecError
+from engine.specs import RunSpec, StudySpec, expand, extra_seed_runs, max_runs
 from storage.stream import TERMINAL, EventStream, connect, now
 from tasks.celery_app import app, configure
 from tasks.publisher import PROGRESS_KEY, PROGRESS_TTL_S
@@ -87,12 +88,19 @@ def add_seeds(spec: StudySpec, existing: list[RunSpec], label: str, seeds: list[
     """Add runs of one configuration at more ``seeds`` to a study and queue them.
 
     ``existing`` are the study's runs in their order (the recorder keeps their positions);
-    seeds the configuration already has are left alone. A study-wide cancel request is lifted
+    seeds the configuration already has are left alone. A study may not grow past
+    ``max_runs()`` (``SpecError`` naming ``seeds``). A study-wide cancel request is lifted
     as in ``rerun`` (``keep_cancelled``: the study's other runs still going), or the new runs
     would stop before their first step.
     """
+    limit = max_runs()
+    if len(seeds) > limit:  # before any run is built
+        raise SpecError(f"seeds: {len(seeds)} seeds; at most {limit} (APPROXIMANT_MAX_RUNS)")
     have = {r.run_id for r in existing}
     new = [r for r in extra_seed_runs(spec, label, seeds) if r.run_id not in have]
+    if new and len(existing) + len(new) > limit:
+        raise SpecError(f"seeds: {len(new)} more runs would make the study {len(existing)} + "
+                        f"{len(new)} runs; at most {limit} (APPROXIMANT_MAX_RUNS)")
     configure(broker_url)
     client = connect(broker_url)
     if new:

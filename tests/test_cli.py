@@ -294,3 +294,19 @@ def test_a_broker_that_died_reports_its_exit_code():
     assert _BrokerProc(Broker()).poll() == 0
     Broker.returncode = None
     assert _BrokerProc(Broker()).poll() == -1
+
+
+def test_adding_seeds_past_the_run_limit_is_refused_naming_seeds(monkeypatch):
+    from engine.errors import SpecError
+    from engine.specs import expand, parse_study_toml
+    from tasks.submit import add_seeds
+
+    spec = parse_study_toml(SPEC)
+    runs = expand(spec)  # two seeds
+    monkeypatch.setenv("APPROXIMANT_MAX_RUNS", "4")
+    with pytest.raises(SpecError) as err:  # refused before any broker is contacted
+        add_seeds(spec, runs, runs[0].label, [2, 3, 4], "redis://127.0.0.1:1/0")
+    assert "seeds:" in str(err.value) and "at most 4 (APPROXIMANT_MAX_RUNS)" in str(err.value)
+    with pytest.raises(SpecError) as err:
+        add_seeds(spec, runs, runs[0].label, list(range(10, 15)), "redis://127.0.0.1:1/0")
+    assert "seeds: 5 seeds; at most 4" in str(err.value)

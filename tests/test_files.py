@@ -166,3 +166,38 @@ def test_files_dir_resolves_links_in_the_variable(tmp_path, monkeypatch):
     assert files_dir() == Path(os.path.realpath(real))
     (real / "c.txt").write_text(TEXT)
     assert resolve_data_file(str(tmp_path / "alias" / "c.txt"), "f") == files_dir() / "c.txt"
+
+
+def test_a_corpus_folder_is_read_in_sorted_path_order_without_hidden_files(folders):
+    from engine.workloads.corpus import user_text_bytes
+
+    data, _ = folders
+    c = data / "c"
+    for rel, text in {"a.txt": "A", "a/z.txt": "Z", "b/.hidden": "H", ".git/x.txt": "G",
+                      "b/c/d.txt": "D", "B.txt": "U", "a-b.txt": "M"}.items():
+        (c / rel).parent.mkdir(parents=True, exist_ok=True)
+        (c / rel).write_text(text)
+    old_order = sorted(f for f in c.rglob("*")
+                       if not any(p.startswith(".") for p in f.relative_to(c).parts)
+                       and f.is_file())
+    assert user_text_bytes(c, 100) == b"".join(f.read_bytes() for f in old_order) == b"UZMAD"
+
+
+def test_a_corpus_folder_with_too_many_entries_is_refused_naming_the_setting(folders,
+                                                                            monkeypatch):
+    from engine.workloads import corpus
+
+    data, _ = folders
+    many = data / "many"
+    many.mkdir()
+    for i in range(30):
+        (many / f"{i:03d}.txt").write_text(TEXT)
+    monkeypatch.setattr(corpus, "MAX_FOLDER_ENTRIES", 20)
+    s = TinyGPTSettings(**{**TINY, "corpus": "text", "corpus_path": "many"})
+    with pytest.raises(ValueError) as err:
+        load_corpus(s)
+    assert "workload.settings.corpus_path: 'many' holds more than 20 files and folders" in str(
+        err.value)
+    # A folder within the limit whose bytes come early stops listing where it has them.
+    monkeypatch.setattr(corpus, "MAX_FOLDER_ENTRIES", 40)
+    assert len(corpus.user_text_bytes(many, 100)) == 100

@@ -22,6 +22,7 @@ import codecs
 import hashlib
 import os
 import sysconfig
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,44 @@ def _utf8_prefix_ok(data: bytes, complete: bool) -> int | None:
     return None
 
 
+# The most entries (files and folders) a text corpus folder may hold along the way to its
+# ``corpus_bytes``: each folder's listing is sorted, so one with millions of files would stall
+# the worker before it read a byte.
+MAX_FOLDER_ENTRIES = 100_000
+
+
+def _folder_files(root: Path, field: str, shown: str) -> Iterator[Path]:
+    """The non-hidden files under ``root`` in sorted path order (what ``sorted(rglob)`` gives:
+    names compared folder by folder; links to folders not followed), listed lazily, so that a
+    reader that has its bytes stops the walk; refused past ``MAX_FOLDER_ENTRIES`` entries."""
+    seen = 0
+
+    def walk(folder: Path) -> Iterator[Path]:
+        nonlocal seen
+        entries = []
+        try:
+            with os.scandir(folder) as it:
+                for entry in it:
+                    seen += 1
+                    if seen > MAX_FOLDER_ENTRIES:
+                        raise ValueError(
+                            f"{field}: {short(shown)} holds more than {MAX_FOLDER_ENTRIES} "
+                            "files and folders; name a smaller folder or one file")
+                    if not entry.name.startswith("."):
+                        entries.append(entry)
+        except OSError as err:
+            raise ValueError(f"{field}: {short(display_path(folder))} cannot be listed "
+                             f"({err.strerror})") from None
+        for entry in sorted(entries, key=lambda e: e.name):
+            path = folder / entry.name
+            if entry.is_dir(follow_symlinks=False):
+                yield from walk(path)
+            elif entry.is_file():
+                yield path
+
+    return walk(root)
+
+
 def user_text_bytes(path: Path, limit: int, shown: str | None = None) -> bytes:
     """A UTF-8 file, or a directory's non-hidden files in sorted order, up to ``limit`` bytes.
 
@@ -97,12 +136,9 @@ def user_text_bytes(path: Path, limit: int, shown: str | None = None) -> bytes:
     if not p.exists():
         raise ValueError(f"{field}: {short(shown)} is not in the data folder ({ENV})")
     if p.is_file():
-        files = [p]
+        files: Iterable[Path] = [p]
     elif p.is_dir():
-        files = sorted(
-            f for f in p.rglob("*")
-            if not any(part.startswith(".") for part in f.relative_to(p).parts) and f.is_file()
-        )
+        files = _folder_files(p, field, shown)
     else:
         raise ValueError(f"{field}: {short(shown)} is neither a file nor a folder")
     chunks: list[bytes] = []
