@@ -183,7 +183,7 @@ def test_the_first_checkpoint_comes_early_then_gaps_double(monkeypatch):
     monkeypatch.setattr(run_module.time, "monotonic", lambda: clock[0])
 
     class Pub:
-        attempt = 1
+        attempt, superseded = 1, False
 
         def flush(self, status):
             pass
