@@ -7,9 +7,9 @@ a spec is user input, and a 10 MB name must not become 10 MB of error text (``sh
 from __future__ import annotations
 
 import unicodedata
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import AfterValidator, ValidationError
 
 ECHO_LIMIT = 80  # characters of a value's repr echoed in an error message
 MAX_PROBLEMS = 25  # lines of one error message; the rest are counted, not listed
@@ -63,6 +63,11 @@ def check_name(value: str, field: str = "") -> str:
     if bad:
         raise ValueError(named(field, f"must not contain a {bad} (got {short(value)})"))
     return value
+
+
+# A name a person gave (a study, a method, a matrix label): printable, checked where declared.
+# (A lambda: pydantic would take check_name's second parameter for its validation info.)
+Printable = Annotated[str, AfterValidator(lambda v: check_name(v))]
 
 
 def join_problems(problems: list[str]) -> str:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.errors import (
+    Printable,
     SpecError,
     check_name,
     clip,
@@ -59,13 +60,9 @@ def _few_keys(v: Any, what: str) -> Any:
 
 
 class WorkloadSpec(_Strict):
-    name: str = Field(max_length=120, description="registered workload name")
+    name: Printable = Field(max_length=120, description="registered workload name")
     settings: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("name")
-    @classmethod
-    def _printable(cls, v: str) -> str:
-        return check_name(v)
 
     @field_validator("settings", mode="before")
     @classmethod
@@ -74,17 +71,13 @@ class WorkloadSpec(_Strict):
 
 
 class OptimizerEntry(_Strict):
-    name: str = Field(max_length=120, description="registered optimizer name")
+    name: Printable = Field(max_length=120, description="registered optimizer name")
     # Values are checked against the optimizer's hyper-parameter model in _deep_problems,
     # which names the field and its range; a union type here would give vaguer messages.
     grid: dict[str, list[Any]] = Field(
         default_factory=dict, description="hyper-parameter → values; the runs take the product"
     )
 
-    @field_validator("name")
-    @classmethod
-    def _printable(cls, v: str) -> str:
-        return check_name(v)
 
     @field_validator("grid", mode="before")
     @classmethod
@@ -189,7 +182,7 @@ MAX_CAPTURE_STEPS = 20
 
 
 class StudySpec(_Strict):
-    name: str = Field(min_length=1, max_length=120)
+    name: Printable = Field(min_length=1, max_length=120)
     workload: WorkloadSpec
     optimizers: list[OptimizerEntry] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
@@ -237,10 +230,6 @@ class StudySpec(_Strict):
             raise ValueError(join_problems(problems))
         return data
 
-    @field_validator("name")
-    @classmethod
-    def _printable(cls, v: str) -> str:
-        return check_name(v)
 
     @field_validator("seeds")
     @classmethod

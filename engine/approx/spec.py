@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engine.approx.cases import parse_shape, parse_spectrum
 from engine.approx.methods import POWER_MAPS, RESERVED_OPTIONS
-from engine.errors import SpecError, check_name, clip, format_validation_error, short
+from engine.errors import Printable, SpecError, check_name, clip, format_validation_error, short
 from engine.specs import MAX_SPEC_CHARS, run_label
 from engine.spectral import SPECTRAL_MAPS, get_map
 from engine.spectral.freon import FINISHES
@@ -104,14 +104,11 @@ MAX_OPTIONS = 16
 
 
 class LabMethod(_Strict):
-    map: str = Field(max_length=120, description="registered spectral map (engine.spectral)")
+    map: Printable = Field(max_length=120,
+                           description="registered spectral map (engine.spectral)")
     options: dict[str, Scalar] = Field(default_factory=dict,
                                        description="the map's keyword options")
 
-    @field_validator("map")
-    @classmethod
-    def _printable(cls, v: str) -> str:
-        return check_name(v)
 
     @field_validator("options", mode="before")
     @classmethod
@@ -132,17 +129,13 @@ class LabMethod(_Strict):
 
 
 class CapturedRef(_Strict):
-    key: str = Field(min_length=1, max_length=200, description="captured matrix id")
-    label: str = Field(min_length=1, max_length=200)
+    key: Printable = Field(min_length=1, max_length=200, description="captured matrix id")
+    label: Printable = Field(min_length=1, max_length=200)
 
-    @field_validator("key", "label")
-    @classmethod
-    def _printable(cls, v: str) -> str:
-        return check_name(v)
 
 
 class LabSpec(_Strict):
-    name: str = Field("approximation lab", min_length=1, max_length=120)
+    name: Printable = Field("approximation lab", min_length=1, max_length=120)
     target: Literal["polar", "power"] = Field(
         "polar", description="polar: U Vᵀ; power: (GGᵀ)^(−c) G = U Σ^(1−2c) Vᵀ")
     c: float = Field(0.5, ge=0, le=1, description="the power c (0.5 for polar)")
@@ -156,10 +149,6 @@ class LabSpec(_Strict):
     seed: int = Field(0, ge=0, lt=2**31)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
-    @field_validator("name")
-    @classmethod
-    def _printable(cls, v: str) -> str:
-        return check_name(v)
 
     @field_validator("spectra", "shapes")
     @classmethod
