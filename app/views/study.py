@@ -7,10 +7,14 @@ page renders read-only for a share token: no cancel, re-run, add-seed or share c
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, StopException
 
 from app import access, actions, report
 from app.banner import broker_banner
@@ -24,6 +28,8 @@ from storage import stats
 from storage.export import study_parquet
 from storage.queries import Queries
 from storage.stream import TERMINAL
+
+log = logging.getLogger(__name__)
 
 REFRESH_S = 2.0
 SILENT_S = 180  # a running run reports every second; this long without a word means trouble
@@ -106,6 +112,20 @@ def _status_text(status: str, silent_s: float) -> str:
 
 
 # --- page parts -------------------------------------------------------------------------------
+
+@contextmanager
+def _tab(container, name: str) -> Iterator[None]:
+    """Draw one tab; a failure in it is said there, and the other tabs still draw."""
+    with container:
+        try:
+            yield
+        except (RerunException, StopException):
+            raise  # Streamlit's own control flow, not a failure
+        except Exception as err:
+            log.exception("study page: the %s tab failed", name)
+            st.error(f"The {name} tab could not be drawn ({type(err).__name__}); the other "
+                     "tabs are unaffected, and the dashboard's log has the details.")
+
 
 def _header(runs: pd.DataFrame) -> None:
     counts = runs["status"].value_counts()
@@ -443,19 +463,19 @@ def show(services: Services, who: access.Principal, study: dict) -> None:
         runs = data.runs()
         status = _status_runs(q, study_id, data.version)
         _header(status)
-        tabs = st.tabs(["Curves", "Compare", "Learning rate", "Time to target", "Diagnostics",
-                        "Runs"])
-        with tabs[0]:
+        names = ["Curves", "Compare", "Learning rate", "Time to target", "Diagnostics", "Runs"]
+        tabs = dict(zip(names, st.tabs(names), strict=True))
+        with _tab(tabs["Curves"], "Curves"):
             _curves_tab(data, runs, v, out)
-        with tabs[1]:
+        with _tab(tabs["Compare"], "Compare"):
             _compare_tab(data, runs, v, view, groups, out)
-        with tabs[2]:
+        with _tab(tabs["Learning rate"], "Learning rate"):
             _lr_tab(data, runs, v, view, out)
-        with tabs[3]:
+        with _tab(tabs["Time to target"], "Time to target"):
             _ttt_tab(data, runs, v, view, out)
-        with tabs[4]:
+        with _tab(tabs["Diagnostics"], "Diagnostics"):
             _diagnostics_tab(data, runs, v, data.metric_names(), out)
-        with tabs[5]:
+        with _tab(tabs["Runs"], "Runs"):
             varying = a.varying_hparams(runs, report.grid_axes(spec))
             _runs_tab(services, now_who, study, runs, status, varying, out)
         view.save()  # widgets inside this fragment rerun only the fragment
