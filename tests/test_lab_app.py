@@ -120,6 +120,22 @@ def test_the_form_submits_a_job_that_the_recorder_registers(services):
     assert spec["dtypes"] == ["float32", "bfloat16"] and spec["shapes"] == ["97x131"]
 
 
+def test_the_results_follow_the_job_just_submitted(services):
+    at = page()
+    at.multiselect(key="lab.spectra").set_value(["gaussian"]).run()
+    at.multiselect(key="lab.shapes").set_value(["97x131"]).run()
+    shown_jobs = []
+    for methods in ("newton_schulz", "qdwh"):
+        at.text_area(key="lab.methods.polar").input(methods).run()
+        at.button(key="lab.run").click().run()
+        assert not at.exception
+        shown_jobs.append(at.selectbox(key="lab.job").value)
+    jobs = LabQueries(services.db).jobs()
+    first, second = (LabQueries(services.db).job(j)["spec"]["methods"][0]["map"]
+                     for j in shown_jobs)
+    assert len(jobs) == 2 and (first, second) == ("newton_schulz", "qdwh")
+
+
 def test_power_target_offers_the_power_methods(services):
     at = page()
     at.selectbox(key="lab.target").set_value("power").run()

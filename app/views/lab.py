@@ -130,9 +130,12 @@ def _form(services: Services, lq: LabQueries) -> None:
         matrices = {k.key: lq.captured_matrix(k.key) for k in spec.captured}
         sub = actions.submit_lab(access.current(), services, spec, matrices)
         st.session_state["lab.flash"] = (
-            f"Queued lab job `{sub.job_id}`." if sub.queued
-            else f"Job `{sub.job_id}` was submitted before: showing its results.")
+            f"Queued lab job {sub.job_id}." if sub.queued
+            else f"Job {sub.job_id} was submitted before: showing its results.")
         st.query_params["job"] = sub.job_id
+        # The results' job picker keeps its own choice across reruns; drop it so the page
+        # follows the job just submitted (named in the URL) rather than the one shown before.
+        st.session_state.pop("lab.job", None)
         st.rerun()
 
 
