@@ -17,15 +17,25 @@ def _scheme(n: int) -> str:
     return "tableau10" if n <= 10 else "tableau20"
 
 
+def group_colors(groups: list[str] | None, n: int) -> alt.Scale:
+    """Colours by a fixed domain (the study's groups in config order), so a group keeps its
+    colour when others appear or stop reporting, and on every page that draws it."""
+    if groups:
+        return alt.Scale(domain=list(groups), scheme=_scheme(len(groups)))
+    return alt.Scale(scheme=_scheme(n))
+
+
 def _y_scale(log_y: bool) -> alt.Scale:
     return alt.Scale(type="log") if log_y else alt.Scale(zero=False)
 
 
 def band_chart(grouped: pd.DataFrame, metric: str, x_title: str, log_y: bool = False,
                band_label: str = "± std", show_raw: bool = False,
-               x_domain: tuple[float, float] | None = None) -> alt.LayerChart:
+               x_domain: tuple[float, float] | None = None,
+               groups: list[str] | None = None) -> alt.LayerChart:
     """Centre line per group with its seed band; ``n`` (seeds at the point) in the tooltip and
-    as point opacity, so a band resting on fewer seeds than the rest is visibly thinner."""
+    as point opacity, so a band resting on fewer seeds than the rest is visibly thinner.
+    ``groups``: every group of the study, in order, for colours that do not move."""
     title = METRIC_TITLES.get(metric, metric)
     data = grouped.copy()
     if log_y:  # a log axis cannot show a band reaching zero or below
@@ -36,7 +46,7 @@ def band_chart(grouped: pd.DataFrame, metric: str, x_title: str, log_y: bool = F
     # On the right: a legend below the plot would share the chart's height and squash it.
     n_groups = data["group"].nunique()
     color = alt.Color("group:N", title=None, legend=alt.Legend(orient="right", labelLimit=220),
-                      scale=alt.Scale(scheme=_scheme(n_groups)))
+                      scale=group_colors(groups, n_groups))
     tooltip = [alt.Tooltip("group:N"), alt.Tooltip("x:Q", title=x_title, format=".4g"),
                alt.Tooltip("center:Q", title=title, format=".4g"),
                alt.Tooltip("lo:Q", title=f"band low ({band_label})", format=".4g"),
@@ -88,7 +98,8 @@ def lr_chart(points: pd.DataFrame, title: str, log_y: bool = False) -> alt.Layer
     return alt.layer(*layers).properties(height=320, width="container")
 
 
-def ttt_chart(per_run: pd.DataFrame, x_title: str) -> alt.LayerChart:
+def ttt_chart(per_run: pd.DataFrame, x_title: str,
+              groups: list[str] | None = None) -> alt.LayerChart:
     """Time to target per run and group (``outcome`` from ``analytics.ttt_outcome``); runs that
     have not reached it sit at the right edge, marked "never" (censored: they ended) or "not
     yet" (still going), so they are counted, not dropped."""
@@ -103,7 +114,8 @@ def ttt_chart(per_run: pd.DataFrame, x_title: str) -> alt.LayerChart:
     return chart.mark_point(size=70, filled=True).encode(
         x=alt.X("x:Q", title=x_title),
         y=alt.Y("group:N", title=None),
-        color=alt.Color("group:N", legend=None),
+        color=alt.Color("group:N", legend=None,
+                        scale=group_colors(groups, data["group"].nunique())),
         shape=alt.Shape("outcome:N", title=None,
                         scale=alt.Scale(domain=list(labels.values()),
                                         range=["circle", "triangle-right", "diamond"])),

@@ -114,7 +114,12 @@ def curve_chart(data: StudyData, runs: pd.DataFrame, v: View,
         domain = (v.xmin if v.xmin is not None else float(grouped["x"].min()),
                   v.xmax if v.xmax is not None else float(grouped["x"].max()))
     return charts.band_chart(grouped, metric, an.X_TITLES[v.x], v.logy, BAND_LABELS[v.band],
-                             v.smooth > 0, domain)
+                             v.smooth > 0, domain, groups=study_groups(runs, v))
+
+
+def study_groups(runs: pd.DataFrame, v: View) -> list[str]:
+    """Every group of the study in config order, whether or not it has reported yet."""
+    return list(dict.fromkeys(an.group_key(runs, v.group)))
 
 
 def compare_table(data: StudyData, runs: pd.DataFrame, v: View) -> pd.DataFrame | None:
@@ -153,7 +158,7 @@ def ttt_figures(data: StudyData, runs: pd.DataFrame, v: View,
         reached, on="run_id")
     per_run["outcome"] = [an.ttt_outcome(s, r) for s, r in zip(per_run["status"],
                                                                 per_run["reached"], strict=True)]
-    chart = charts.ttt_chart(per_run, an.X_TITLES[v.x])
+    chart = charts.ttt_chart(per_run, an.X_TITLES[v.x], study_groups(runs, v))
     summary = an.ttt_summary(runs, reached, v.group)
     summary["median"] = summary["median"].map(fmt)
     return chart, summary.rename(columns={

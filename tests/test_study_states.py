@@ -112,3 +112,34 @@ def test_a_failing_tab_leaves_the_others_drawn(services, monkeypatch):
                       "are unaffected, and the dashboard's log has the details."]
     assert at.get("vega_lite_chart")  # curves and time to target still drawn
     assert any("run_id" in df.value.columns for df in at.dataframe)
+
+
+def test_a_group_keeps_its_colour_whatever_has_reported(services):
+    """The colour domain is every config of the study, in order, from the first chart on: a
+    group's colour does not move when others start reporting."""
+    import json
+
+    seeds, of = STATES["one finished"]
+    spec = _spec(seeds)
+    runs = expand(spec)
+    done = runs[0]
+    EventStream(connect(services.broker_url)).append([
+        {"type": "study", "study_id": spec.study_id, "spec": spec.model_dump(mode="json"),
+         "runs": [r.model_dump(mode="json") for r in runs], "ts": 1.0},
+        {"type": "metrics", "run_id": done.run_id, "attempt": 1, "rows": _rows(40, 1.0)},
+        {"type": "status", "run_id": done.run_id, "attempt": 1, "status": "finished",
+         "step": 40, "message": None, "worker": "w", "ts": time.time()}])
+    services.recorder.drain()
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.query_params["study"] = spec.study_id
+    at.run()
+    at.switch_page("screens/study.py").run()
+    configs = list(dict.fromkeys(r.label for r in runs))
+    assert configs == ["sgd[lr=0.05]", "sgd[lr=0.1]", "adamw[lr=0.001]"]
+    charts = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    curves = [c for c in charts if "layer" in c and any(
+        lay.get("mark", {}).get("type") == "area" for lay in c["layer"])]
+    assert len(curves) == 2, [c.get("title") for c in charts]
+    for chart in curves:
+        scales = [layer["encoding"]["color"]["scale"] for layer in chart["layer"]]
+        assert all(s.get("domain") == configs for s in scales)
