@@ -14,7 +14,8 @@ def render_signin(who: access.Principal) -> None:
     st.title("Approximant", anchor=False)
     current = access.mode()
     if current == "local":
-        # Only a request through a proxy, or to a non-loopback host name, gets here.
+        # Only a request from another machine, through a proxy, or to a host name that is not
+        # loopback gets here (access._request_is_local).
         st.error("This dashboard serves only the machine it runs on, and this request came "
                  "from elsewhere (a proxy, or a host name that is not localhost). Open it at "
                  "http://localhost, or ask its operator to configure access control.")
