@@ -33,18 +33,22 @@ def test_a_hung_broker_is_reported_while_it_hangs(tmp_path: Path):
     try:
         wait_for(lambda: services.broker_state() == (True, None), 30, "a healthy broker")
         os.kill(pid, signal.SIGSTOP)
-        reachable, since = wait_for(lambda: (s := services.broker_state()) and not s[0] and s,
-                                    60, "the hang to be reported")
-        assert since is not None
-        # A page's refresh returns although the recorder's loop is stuck inside its call.
-        done = threading.Event()
-        threading.Thread(target=lambda: (services.refresh(), done.set()), daemon=True).start()
-        assert done.wait(60), "refresh waited on the hung broker"
-        assert services.broker_state()[0] is False  # still frozen, still said
-    finally:
-        os.kill(pid, signal.SIGCONT)
-    wait_for(lambda: services.broker_state() == (True, None), 60, "the broker to be back")
-    recorder.stop()
-    recorder.close()
-    db.close()
-    broker.stop()
+        try:
+            reachable, since = wait_for(
+                lambda: (s := services.broker_state()) and not s[0] and s, 60,
+                "the hang to be reported")
+            assert since is not None
+            # A page's refresh returns although the recorder's loop is stuck inside its call.
+            done = threading.Event()
+            threading.Thread(target=lambda: (services.refresh(), done.set()),
+                             daemon=True).start()
+            assert done.wait(60), "refresh waited on the hung broker"
+            assert services.broker_state()[0] is False  # still frozen, still said
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: services.broker_state() == (True, None), 60, "the broker to be back")
+    finally:  # a failed assertion must not leave a broker behind
+        recorder.stop()
+        recorder.close()
+        db.close()
+        broker.stop()
