@@ -19,8 +19,8 @@ import redis
 from app.config import data_dir
 from storage.db import Database
 from storage.queries import Queries
-from storage.recorder import BROKER_ERRORS, Recorder, RecorderBusy
-from storage.stream import EventStream, connect
+from storage.recorder import Recorder, RecorderBusy
+from storage.stream import BROKER_ERRORS, EventStream, connect
 from tasks.broker import ENV_BROKER, masked
 
 log = logging.getLogger(__name__)

@@ -19,12 +19,18 @@ from typing import Any
 
 import duckdb
 import pandas as pd
-import redis
 
 from storage.db import Database
 from storage.lab import LAB_EVENTS, apply_lab_event
 from storage.schema import INSERT_RUN
-from storage.stream import TERMINAL, EventStream, event_time, status_change
+from storage.stream import (
+    BROKER_ERRORS,
+    TERMINAL,
+    EventStream,
+    Outage,
+    event_time,
+    status_change,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +43,6 @@ DATA_ERRORS = (KeyError, TypeError, ValueError, IndexError, duckdb.ConversionExc
 
 LOCK_KEY = "approximant:recorder"
 LOCK_TTL_S = 30
-BROKER_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 # Back-off of the loop while the broker is unreachable: quick to notice it is back, quiet.
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 5.0
 
@@ -64,8 +69,7 @@ class Recorder:
         self._lock_renewed = 0.0
         # Take the lock in the loop, once the broker answers (it was unreachable at start).
         self.lock_pending = False
-        # Epoch seconds since which the loop cannot reach the broker; None while it can.
-        self.unreachable_since: float | None = None
+        self.outage = Outage("recorder", log)
         # When the loop last came round (monotonic): a call that hangs reports no error, only
         # this growing old (see app.services.Services.broker_state).
         self.last_round = time.monotonic()
@@ -295,9 +299,7 @@ class Recorder:
                 self.drain_once(block_ms=100)
             except BROKER_ERRORS as err:
                 # Entries stay pending in the broker: one line per outage, then quiet retries.
-                if self.unreachable_since is None:
-                    self.unreachable_since = time.time()
-                    log.warning("recorder: broker unreachable (%s); waiting for it", err)
+                self.outage.lost(err)
                 self._stop.wait(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
@@ -310,10 +312,12 @@ class Recorder:
                 self._stop.wait(1.0)
                 continue
             delay = RETRY_MIN_S
-            if self.unreachable_since is not None:
-                log.warning("recorder: broker back after %.0f s",
-                            time.time() - self.unreachable_since)
-                self.unreachable_since = None
+            self.outage.back()
+
+    @property
+    def unreachable_since(self) -> float | None:
+        """Epoch seconds since which the loop cannot reach the broker; None while it can."""
+        return self.outage.since
 
     @property
     def running(self) -> bool:

@@ -16,6 +16,7 @@ Every entry has a single field ``e`` holding one JSON event:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -28,6 +29,29 @@ GROUP = "recorder"
 TERMINAL = ("finished", "diverged", "failed", "cancelled")
 # The same, as an SQL list for ``status IN …`` (fixed words, not user input).
 TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in TERMINAL) + ")"
+
+
+# What a lost broker raises (a stopped or restarting server, a network cut, a hung one).
+BROKER_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
+
+class Outage:
+    """A broker outage as one loop sees it: a warning when it starts and a line when it ends,
+    however many retries lie between (a line a second helps nobody at 3 a.m.)."""
+
+    def __init__(self, who: str, logger: logging.Logger) -> None:
+        self.who, self.log = who, logger
+        self.since: float | None = None  # epoch seconds; None while the broker answers
+
+    def lost(self, err: Exception) -> None:
+        if self.since is None:
+            self.since = time.time()
+            self.log.warning("%s: broker unreachable (%s); waiting for it", self.who, err)
+
+    def back(self) -> None:
+        if self.since is not None:
+            self.log.warning("%s: broker back after %.0f s", self.who, time.time() - self.since)
+            self.since = None
 
 
 def connect(url: str) -> redis.Redis:

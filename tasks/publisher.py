@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from storage.stream import TERMINAL, EventStream, now
+from storage.stream import BROKER_ERRORS, TERMINAL, EventStream, Outage, now
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,6 @@ return 1
 """
 
 T = TypeVar("T")
-BROKER_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
 
 def retrying(write: Callable[[], T], retry_for_s: float | None = BROKER_RETRY_FOR_S,
@@ -96,21 +95,18 @@ def retrying(write: Callable[[], T], retry_for_s: float | None = BROKER_RETRY_FO
     Quiet: one warning when an outage starts and one line when it ends, not one per retry.
     """
     deadline = None if retry_for_s is None else time.monotonic() + retry_for_s
-    delay, since = 0.2, None
+    delay, outage = 0.2, Outage(what, log)
     while True:
         try:
             result = write()
         except BROKER_ERRORS as err:
             if deadline is not None and time.monotonic() >= deadline:
                 raise
-            if since is None:
-                since = time.monotonic()
-                log.warning("%s: broker unreachable (%s); waiting for it", what, err)
+            outage.lost(err)
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
             continue
-        if since is not None:
-            log.warning("%s: broker back after %.0f s", what, time.monotonic() - since)
+        outage.back()
         return result
 
 
@@ -215,7 +211,11 @@ class MetricPublisher:
             args += [k, v]
         ok = self.stream.client.eval(_PROGRESS_LUA, 2, PROGRESS_KEY.format(run_id=self.run_id),
                                      LEASE_KEY.format(run_id=self.run_id), *args)
-        if not ok and not self.superseded:
+        if not ok:
+            self._lost_lease()
+
+    def _lost_lease(self) -> None:
+        if not self.superseded:
             self.superseded = True
             log.warning("run %s: attempt %d lost its lease to another attempt; stopping",
                         self.run_id, self.attempt)
@@ -245,7 +245,5 @@ class MetricPublisher:
                 continue  # the flushes report an outage; the next beat tries again
             if ok == 2:
                 return  # this attempt ended the run: nothing left to hold
-            if not ok and not self.superseded:
-                self.superseded = True
-                log.warning("run %s: attempt %d lost its lease to another attempt; stopping",
-                            self.run_id, self.attempt)
+            if not ok:
+                self._lost_lease()

@@ -28,10 +28,9 @@ from celery.signals import worker_ready, worker_shutdown
 
 from engine.specs import RunSpec
 from engine.training import checkpoint_bytes, load_checkpoint, train
-from storage.stream import TERMINAL, EventStream, connect, now
+from storage.stream import BROKER_ERRORS, TERMINAL, EventStream, Outage, connect, now
 from tasks.celery_app import DEFAULT_CHECKPOINT_S, app, checkpoint_every_s
 from tasks.publisher import (
-    BROKER_ERRORS,
     LEASE_KEY,
     LEASE_TTL_S,
     PROGRESS_KEY,
@@ -404,22 +403,18 @@ class _ReaperThread(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        down_since = None
+        outage = Outage("reaper", log)
         while not self.stopped.wait(max(0.5, LEASE_TTL_S / 4)):
             try:
                 self.reaper.scan()
             except BROKER_ERRORS as err:
                 self.reaper.forget()
-                if down_since is None:
-                    down_since = time.monotonic()
-                    log.warning("reaper: broker unreachable (%s); waiting for it", err)
+                outage.lost(err)
                 continue
             except Exception:
                 log.exception("reaper: pass failed")
                 continue
-            if down_since is not None:
-                log.warning("reaper: broker back after %.0f s", time.monotonic() - down_since)
-                down_since = None
+            outage.back()
 
 
 _reaper: _ReaperThread | None = None
