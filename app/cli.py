@@ -22,7 +22,7 @@ from typing import Protocol
 
 import redis
 
-from app.config import STACK_FILE, Stack, data_dir, read_stack, remove_stack, write_stack
+from app.config import Stack, data_dir, read_stack, remove_stack, write_stack
 from storage.stream import TERMINAL
 from tasks.broker import ENV_BROKER, EmbeddedBroker, check_broker, explicit_broker, masked
 
@@ -39,15 +39,6 @@ def _broker_env(url: str) -> dict[str, str]:
     # The URL may carry a password: children get it by environment, which only their user can
     # read, never in argv, which ``ps`` shows to everyone.
     return {ENV_BROKER: url}
-
-
-def _write_stack_private(directory: Path, stack: Stack) -> None:
-    """``write_stack``, readable by this user only: the file holds the broker's URL."""
-    # write_stack rewrites STACK_FILE.tmp and renames it; a file created 0600 keeps that mode.
-    tmp = directory / (STACK_FILE + ".tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-    tmp.chmod(0o600)
-    write_stack(directory, stack)
 
 
 class _Proc(Protocol):
@@ -275,7 +266,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             children.append(Supervised("dashboard", lambda: _child(dashboard_args, env)))
         shown_host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
         dash_url = f"http://{shown_host}:{args.port}"
-        _write_stack_private(directory, Stack(os.getpid(), url, dash_url))
+        write_stack(directory, Stack(os.getpid(), url, dash_url))
         print(f"Approximant: dashboard {dash_url} · broker {masked(url)}"
               f"{' (embedded)' if broker else ''} · data {directory}\nPress Ctrl-C to stop.",
               flush=True)
@@ -457,7 +448,7 @@ def _own_stack(directory: Path, args: argparse.Namespace) -> dict:
     recorder.start()
     worker = _child(["worker", "--concurrency", str(args.workers), "--loglevel", "WARNING"],
                     _broker_env(url))
-    _write_stack_private(directory, Stack(os.getpid(), url, ""))
+    write_stack(directory, Stack(os.getpid(), url, ""))
     print(f"run: no dashboard running for {directory}; started a local broker and worker")
     return {"url": url, "broker": broker, "db": db, "recorder": recorder, "worker": worker}
 

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.broker import write_private
+
 ENV_DATA_DIR = "APPROXIMANT_DATA_DIR"
 DEFAULT_DATA_DIR = ".approximant"
 STACK_FILE = "stack.json"
@@ -34,8 +36,9 @@ class Stack:
 
 
 def write_stack(directory: Path, stack: Stack) -> None:
+    """Publish ``stack``, readable by this user only: it holds the broker's URL (a password)."""
     tmp = directory / (STACK_FILE + ".tmp")
-    tmp.write_text(json.dumps(stack.__dict__))
+    write_private(tmp, json.dumps(stack.__dict__))
     tmp.replace(directory / STACK_FILE)
 
 

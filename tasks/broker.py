@@ -52,10 +52,10 @@ class EmbeddedBroker:
 
         port = self.port = self.port or free_port()
         self.password = self.password or secrets.token_urlsafe(24)
-        _write_private(self.dir / "password", self.password + "\n")
+        write_private(self.dir / "password", self.password + "\n")
         conf = self.dir / "valkey.conf"
         # In the config file, not in argv: ``ps`` shows every user a process's arguments.
-        _write_private(conf, "\n".join([
+        write_private(conf, "\n".join([
             "bind 127.0.0.1",
             "protected-mode yes",
             f"port {port}",
@@ -133,7 +133,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` readable by this user only (never briefly by others)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)  # an existing file keeps its old mode through O_CREAT
