@@ -78,8 +78,9 @@ def join_problems(problems: list[str]) -> str:
     return "\n".join([*problems[:MAX_PROBLEMS], f"… and {rest} more problem(s)"])
 
 
-def _loc_part(part: Any) -> str:
-    # A location can be a user's dict key: shown as is when short and printable.
+def field_part(part: Any) -> str:
+    """One part of a field path for a message; a user's dict key is shown as is when short
+    and printable, else shortened like any echoed value."""
     if isinstance(part, int) or (isinstance(part, str) and len(part) <= 40
                                  and not control_chars(part)):
         return str(part)
@@ -90,7 +91,7 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
     """Turn a pydantic error into one line per problem: ``field.path: message (got value)``."""
     lines = []
     for item in err.errors(include_url=False):
-        loc = ".".join(_loc_part(p) for p in (*((prefix,) if prefix else ()), *item["loc"]))
+        loc = ".".join(field_part(p) for p in (*((prefix,) if prefix else ()), *item["loc"]))
         msg = item["msg"]
         if item["type"] == "value_error":
             # Our own validators already prefix each line with its field path.

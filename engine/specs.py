@@ -23,6 +23,7 @@ from engine.errors import (
     SpecError,
     check_name,
     clip,
+    field_part,
     format_validation_error,
     join_problems,
     short,
@@ -63,7 +64,6 @@ class WorkloadSpec(_Strict):
     name: Printable = Field(max_length=120, description="registered workload name")
     settings: dict[str, Any] = Field(default_factory=dict)
 
-
     @field_validator("settings", mode="before")
     @classmethod
     def _bounded(cls, v: Any) -> Any:
@@ -77,7 +77,6 @@ class OptimizerEntry(_Strict):
     grid: dict[str, list[Any]] = Field(
         default_factory=dict, description="hyper-parameter → values; the runs take the product"
     )
-
 
     @field_validator("grid", mode="before")
     @classmethod
@@ -128,7 +127,7 @@ def _size_problems(data: Any) -> list[str]:
         for key, values in grid.items():
             n = len(values) if isinstance(values, list) else 1
             if n > limit:
-                name = key if isinstance(key, str) and len(key) <= 40 else short(key, 40)
+                name = field_part(key)
                 problems.append(f"optimizers.{i}.grid.{name}: {n} values; a grid list holds "
                                 f"at most {limit} (APPROXIMANT_MAX_RUNS)")
             product *= max(n, 1)
@@ -230,7 +229,6 @@ class StudySpec(_Strict):
             raise ValueError(join_problems(problems))
         return data
 
-
     @field_validator("seeds")
     @classmethod
     def _seeds_in_range(cls, v: list[int]) -> list[int]:
@@ -318,7 +316,7 @@ def _deep_problems(spec: StudySpec) -> list[str]:
             continue
         allowed = d.params.model_fields
         for key, values in entry.grid.items():
-            shown = key if len(key) <= 40 else short(key, 40)
+            shown = field_part(key)
             if key not in allowed:
                 problems.append(
                     f"{where}.grid.{shown}: not a hyper-parameter of {entry.name}; "

@@ -19,7 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engine.approx.cases import parse_shape, parse_spectrum
 from engine.approx.methods import POWER_MAPS, RESERVED_OPTIONS
-from engine.errors import Printable, SpecError, check_name, clip, format_validation_error, short
+from engine.errors import (
+    Printable,
+    SpecError,
+    check_name,
+    clip,
+    field_part,
+    format_validation_error,
+    short,
+)
 from engine.specs import MAX_SPEC_CHARS, run_label
 from engine.spectral import SPECTRAL_MAPS, get_map
 from engine.spectral.freon import FINISHES
@@ -109,7 +117,6 @@ class LabMethod(_Strict):
     options: dict[str, Scalar] = Field(default_factory=dict,
                                        description="the map's keyword options")
 
-
     @field_validator("options", mode="before")
     @classmethod
     def _few_printable(cls, v: Any) -> Any:
@@ -148,7 +155,6 @@ class LabSpec(_Strict):
     repeats: int = Field(3, ge=1, le=50, description="timed repeats per method and case")
     seed: int = Field(0, ge=0, lt=2**31)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-
 
     @field_validator("spectra", "shapes")
     @classmethod
@@ -256,7 +262,7 @@ def option_problems(where: str, map_name: str, options: dict[str, Any]) -> list[
     problems = []
     for key, value in options.items():
         opt = table.get(key)
-        shown = key if len(key) <= 40 else short(key, 40)
+        shown = field_part(key)
         if opt is None:
             allowed = ", ".join(table) or "none"
             problems.append(f"{where}.options.{shown}: {map_name} has no such option; "
