@@ -12,8 +12,8 @@ How a session becomes an editor depends on the mode the operator configured:
   browser that typed it is an editor for ``SIGN_IN_DAYS`` (a signed cookie, checked on every
   run) or until it signs out; changing the password signs every browser and open tab out.
 * ``local``: nothing configured. Only a dashboard bound to loopback may run this way, and only a
-  request addressed to a loopback host (no proxy headers) is the one local editor; anything else
-  (a reverse proxy, a DNS-rebinding page) gets no access.
+  request from this host addressed to a loopback name (no proxy headers) is the one local
+  editor; anything else (a reverse proxy, a DNS-rebinding page) gets no access.
 
 The checks live here and in ``app.actions``, on the server; hiding a button is only for looks.
 """
@@ -44,7 +44,8 @@ Role = Literal["editor", "viewer", "none"]
 
 # A session key no widget can write: the client can only set keys of widgets it was shown.
 _SESSION_KEY = "_approximant_login"
-# Failed password attempts, process-wide: a brute force from many sessions is throttled too.
+# Failed sign-ins allowed per client, and from all clients together, in FAILURE_WINDOW_S
+# (see _Throttle).
 MAX_FAILURES = 10
 GLOBAL_MAX_FAILURES = 100
 FAILURE_WINDOW_S = 60.0
