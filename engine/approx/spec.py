@@ -268,7 +268,7 @@ def option_problems(where: str, map_name: str, options: dict[str, Any]) -> list[
             problems.append(f"{where}.options.{shown}: {map_name} has no such option; "
                             f"allowed: {allowed}")
         elif not opt.accepts(value):
-            problems.append(f"{where}.options.{key}: must be {opt.rule()} for {map_name} "
+            problems.append(f"{where}.options.{shown}: must be {opt.rule()} for {map_name} "
                             f"(got {short(value)})")
     return problems
 
