@@ -13,16 +13,27 @@ METRIC_TITLES = {
 }
 
 
-def _scheme(n: int) -> str:
-    return "tableau10" if n <= 10 else "tableau20"
+# Okabe & Ito's colour-blind-safe set (Color Universal Design), its yellow darkened so it
+# reads on white. Beyond eight groups no palette stays distinguishable for everyone; tableau20
+# then at least keeps neighbours apart, and the tooltip names the group.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#000000",
+           "#B8A000"]
+
+
+def palette_scale(domain: list[str] | None = None, n: int | None = None) -> alt.Scale:
+    """A colour scale over ``domain`` (fixed, so colours do not move) or ``n`` unnamed values:
+    the colour-blind-safe palette while it suffices."""
+    count = len(domain) if domain else (n or 0)
+    kwargs: dict = {"domain": list(domain)} if domain else {}
+    if count <= len(PALETTE):
+        return alt.Scale(range=PALETTE, **kwargs)
+    return alt.Scale(scheme="tableau20", **kwargs)
 
 
 def group_colors(groups: list[str] | None, n: int) -> alt.Scale:
     """Colours by a fixed domain (the study's groups in config order), so a group keeps its
     colour when others appear or stop reporting, and on every page that draws it."""
-    if groups:
-        return alt.Scale(domain=list(groups), scheme=_scheme(len(groups)))
-    return alt.Scale(scheme=_scheme(n))
+    return palette_scale(groups or None, n)
 
 
 def _y_scale(log_y: bool) -> alt.Scale:
@@ -78,7 +89,8 @@ def lr_chart(points: pd.DataFrame, title: str, log_y: bool = False) -> alt.Layer
     top = float(finite["hi"].max()) * 1.1 if not finite.empty else 1.0
     bad = points.loc[~points.index.isin(finite.index)].assign(center=top)
     x = alt.X("lr:Q", title="learning rate", scale=alt.Scale(type="log"))
-    color = alt.Color("optimizer:N", title="optimizer", scale=alt.Scale(scheme="tableau10"))
+    color = alt.Color("optimizer:N", title="optimizer",
+                      scale=palette_scale(sorted(points["optimizer"].unique())))
     tooltip = ["label:N", alt.Tooltip("lr:Q", format=".3g"),
                alt.Tooltip("center:Q", title=title, format=".4g"),
                alt.Tooltip("n:Q", title="finite seeds"), alt.Tooltip("runs:Q", title="runs")]
@@ -131,7 +143,8 @@ def profile_chart(profile: pd.DataFrame) -> alt.Chart:
                 scale=alt.Scale(type="log")),
         y=alt.Y("rho:Q", title="fraction of tasks within τ× of best",
                 scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("solver:N", title="optimizer", scale=alt.Scale(scheme="tableau10")),
+        color=alt.Color("solver:N", title="optimizer",
+                        scale=palette_scale(sorted(profile["solver"].unique()))),
         tooltip=["solver:N", alt.Tooltip("tau:Q", format=".3g"),
                  alt.Tooltip("rho:Q", format=".2f")],
     ).properties(height=300, width="container")
