@@ -3,7 +3,8 @@ time-to-target and performance profiles.
 
 Pure numpy/scipy on small arrays (per group, per grid point): the heavy lifting — reducing
 millions of metric rows — happens in SQL before anything here runs. Randomised estimates
-(bootstrap) take a seed so the same data always draws the same band.
+(bootstrap) take a seed so the same data always draws the same band. docs/analytics.md says
+what each number is and why.
 """
 
 from __future__ import annotations
@@ -26,9 +27,20 @@ def _as_array(values) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
+def all_positive(values) -> bool:
+    """The rule for multiplicative bands: every finite value is > 0 (a loss, a time, a norm).
+
+    Decided on the values that enter the band, not on the metric's name, so a diagnostic that
+    can be ≤ 0 (alignment γ, a difference) keeps additive bands as soon as one value is ≤ 0.
+    """
+    a = _as_array(values)
+    return bool(a.size) and bool((a > 0).all())
+
+
 def band_frame(frame: pd.DataFrame, keys: list[str], value: str = "value",
                center: str = "mean", band: str = "std", level: float = 0.95,
-               n_boot: int = BOOT_SAMPLES, seed: int = BOOT_SEED) -> pd.DataFrame:
+               n_boot: int = BOOT_SAMPLES, seed: int = BOOT_SEED,
+               positive: bool | None = None) -> pd.DataFrame:
     """Per group of ``keys``: centre, band ``lo``/``hi`` and ``n`` (finite values that entered).
 
     Bands: ``std`` (mean ± sample std), ``sem`` (± standard error), ``t`` (Student-t
@@ -36,6 +48,13 @@ def band_frame(frame: pd.DataFrame, keys: list[str], value: str = "value",
     (percentile interval of the mean at ``level``) or ``none``. With the 2–5 seeds studies
     usually have, the percentile bootstrap covers far less than its nominal level (about 52 %
     at n = 2 and 85 % at n = 5 for normal data); the t interval is the honest one there.
+
+    ``positive`` (default: ``all_positive`` of the finite values) makes the ± bands
+    multiplicative: the half-width ``h`` is applied on the log scale as a fraction of the
+    centre, ``c·exp(∓h/c)``, so the band of a loss stays above 0 (the delta-method log
+    interval). It agrees with ``c ± h`` to first order when ``h ≪ c``. ``minmax`` and
+    ``bootstrap`` are ranges of values or of resampled means and never leave the values' sign.
+
     Non-finite values (a diverged seed) are left out of the band and are not counted in ``n``;
     the caller counts them separately.
     """
@@ -44,19 +63,20 @@ def band_frame(frame: pd.DataFrame, keys: list[str], value: str = "value",
     if band not in BANDS:
         raise ValueError(f"band must be one of {BANDS} (got {band!r})")
     finite = frame[np.isfinite(frame[value].astype(float))]
+    if positive is None:
+        positive = all_positive(finite[value])
     g = finite.groupby(keys, sort=True, observed=True)[value]
     out = g.agg(n="count", mean="mean", median="median", std="std", lo_mm="min", hi_mm="max")
     out["std"] = out["std"].fillna(0.0)  # one seed: no spread, not an unknown one
     c = out[center]
+    half = None
     if band == "std":
-        out["lo"], out["hi"] = c - out["std"], c + out["std"]
+        half = out["std"]
     elif band == "sem":
-        sem = out["std"] / np.sqrt(out["n"])
-        out["lo"], out["hi"] = c - sem, c + sem
+        half = out["std"] / np.sqrt(out["n"])
     elif band == "t":
         half = _sps.t.ppf(0.5 + level / 2, out["n"] - 1) * out["std"] / np.sqrt(out["n"])
         half = half.where(out["n"] > 1)  # one value: no interval, not a zero-width one
-        out["lo"], out["hi"] = c - half, c + half
     elif band == "minmax":
         out["lo"], out["hi"] = out["lo_mm"], out["hi_mm"]
     elif band == "bootstrap":
@@ -64,8 +84,21 @@ def band_frame(frame: pd.DataFrame, keys: list[str], value: str = "value",
                                                seed)
     else:
         out["lo"], out["hi"] = c, c
+    if half is not None:
+        out["lo"], out["hi"] = _spread(c, half, positive)
     out["center"] = c
     return out[["center", "lo", "hi", "n", "mean", "median", "std"]].reset_index()
+
+
+def _spread(center, half, positive: bool):
+    """``center ± half``, or its multiplicative form ``center ·/÷ exp(half / center)``."""
+    if not positive:
+        return center - half, center + half
+    # A huge relative half-width (a median far below the mean) overflows to hi = inf, lo = 0:
+    # unbounded above, which is what the data say.
+    with np.errstate(over="ignore"):
+        factor = np.exp(half / center)
+    return center / factor, center * factor
 
 
 def _bootstrap_rows(finite: pd.DataFrame, keys: list[str], value: str, index: pd.Index,

@@ -106,8 +106,21 @@ def test_unfinished_runs_are_counted_but_not_averaged(db):
     a = an.Analytics(db)
     table = an.group_table(a.runs(["s2"]), a.finals(["s2"], "val_loss"), band="t").iloc[0]
     assert (table["runs"], table["unfinished"], table["n"], table["center"]) == (4, 2, 2, 2.0)
-    # Student t with 1 degree of freedom: 2 ± 12.706 · √2 / √2.
-    assert table["hi"] == pytest.approx(2.0 + 12.7062047, rel=1e-6)
+    # Student t with 1 degree of freedom, half-width 12.706 · √2 / √2: for a loss not
+    # 2 ± 12.706 (down to −10.7) but 2·e^(∓12.706/2), which stays positive.
+    assert table["hi"] == pytest.approx(2.0 * math.exp(12.7062047 / 2), rel=1e-6)
+    assert table["lo"] == pytest.approx(2.0 * math.exp(-12.7062047 / 2), rel=1e-6)
+
+
+def test_curve_bands_of_a_loss_stay_positive(small):
+    curves = small.run_curves(["s1"], "val_loss", "step")
+    g = an.group_curves(curves, small.runs(["s1"]), "config", band="t").set_index(
+        ["group", "cell"])
+    # A at step 10: losses 1 and 2, mean 1.5, s/√n = ½, half-width 12.7062 · ½ = 6.3531. The
+    # additive band would reach −4.85; the multiplicative one is 1.5·e^(∓6.3531/1.5).
+    assert g.loc[("A", 2), "lo"] == pytest.approx(1.5 * math.exp(-12.7062047362 / 3))
+    assert g.loc[("A", 2), "hi"] == pytest.approx(1.5 * math.exp(12.7062047362 / 3))
+    assert (g["lo"].dropna() > 0).all()
 
 
 def test_time_to_target_keeps_censored_runs(small):

@@ -20,19 +20,20 @@ def _bootstrap_ci(values, level: float, n_boot: int = 1000, seed: int = 0):
 
 
 def test_std_and_sem_bands_by_hand():
+    # Additive bands (positive=False); multiplicative ones for positive values are tested below.
     frame = pd.DataFrame({"g": ["a"] * 3 + ["b"], "value": [1.0, 2.0, 3.0, 5.0]})
-    std = stats.band_frame(frame, ["g"], band="std").set_index("g")
+    std = stats.band_frame(frame, ["g"], band="std", positive=False).set_index("g")
     assert std.loc["a", ["center", "lo", "hi", "n"]].tolist() == [2.0, 1.0, 3.0, 3]
     # One seed has no spread: the band collapses onto the value.
     assert std.loc["b", ["center", "lo", "hi", "n"]].tolist() == [5.0, 5.0, 5.0, 1]
-    sem = stats.band_frame(frame, ["g"], band="sem").set_index("g")
+    sem = stats.band_frame(frame, ["g"], band="sem", positive=False).set_index("g")
     assert sem.loc["a", "lo"] == pytest.approx(2 - 1 / math.sqrt(3))
     assert sem.loc["a", "hi"] == pytest.approx(2 + 1 / math.sqrt(3))
 
 
 def test_student_t_interval_by_hand():
     frame = pd.DataFrame({"g": ["a"] * 3 + ["b"], "value": [1.0, 2.0, 3.0, 5.0]})
-    out = stats.band_frame(frame, ["g"], band="t").set_index("g")
+    out = stats.band_frame(frame, ["g"], band="t", positive=False).set_index("g")
     half = 4.302652729911275 / math.sqrt(3)  # t(0.975, 2) · s / √n with s = 1
     assert out.loc["a", "lo"] == pytest.approx(2 - half) and out.loc["a", "hi"] == \
         pytest.approx(2 + half)
@@ -86,6 +87,33 @@ def test_probability_of_improvement():
     cmp = stats.compare([1.0, 1.2, 0.9], [2.0, 2.1, 1.9])
     assert cmp.diff == pytest.approx(1.0333333 - 2.0)
     assert cmp.p_improve == 1.0 and cmp.p_value < 0.01 and (cmp.n, cmp.n_base) == (3, 3)
+
+
+def test_bands_of_positive_values_are_multiplicative():
+    frame = pd.DataFrame({"g": ["a"] * 3 + ["b"] * 2, "value": [1.0, 2.0, 3.0, 1.0, 3.0]})
+    std = stats.band_frame(frame, ["g"], band="std").set_index("g")
+    # a: centre 2, s = 1 → 2·e^(∓1/2), not 2 ∓ 1.
+    assert std.loc["a", "lo"] == pytest.approx(2 * math.exp(-0.5))
+    assert std.loc["a", "hi"] == pytest.approx(2 * math.exp(0.5))
+    t = stats.band_frame(frame, ["g"], band="t").set_index("g")
+    # b: a loss of 1 and 3. The additive t interval 2 ± 12.7062 · √2/√2 reaches −10.7; the
+    # multiplicative one is 2·e^(∓12.7062/2): wide, and positive.
+    assert t.loc["b", "lo"] == pytest.approx(2 * math.exp(-12.7062047362 / 2))
+    assert t.loc["b", "hi"] == pytest.approx(2 * math.exp(12.7062047362 / 2))
+    assert (t["lo"] > 0).all()
+    # Median centre: the half-width is a fraction of the median.
+    med = stats.band_frame(frame, ["g"], center="median", band="sem").set_index("g")
+    assert med.loc["a", "hi"] == pytest.approx(2 * math.exp(1 / math.sqrt(3) / 2))
+
+
+def test_a_value_at_or_below_zero_keeps_bands_additive():
+    # γ-like diagnostic: one value ≤ 0 anywhere in the frame makes every band additive.
+    frame = pd.DataFrame({"g": ["a"] * 3 + ["b"] * 2, "value": [1.0, 2.0, 3.0, -1.0, 1.0]})
+    std = stats.band_frame(frame, ["g"], band="std").set_index("g")
+    assert std.loc["a", ["lo", "hi"]].tolist() == [1.0, 3.0]
+    assert std.loc["b", "lo"] == pytest.approx(-math.sqrt(2))
+    assert not stats.all_positive([1.0, 0.0]) and stats.all_positive([1.0, math.inf, 2.0])
+    assert not stats.all_positive([math.nan])
 
 
 def test_tuneability_counts_decades_of_the_contiguous_good_range():
