@@ -188,31 +188,57 @@ def group_curves(curves: pd.DataFrame, runs: pd.DataFrame, group_by: str = "conf
     return out.merge(xs, on=["group", "cell"])[cols]
 
 
+COMPARISON = ["diff", "diff_lo", "diff_hi", "p_improve", "p_value"]
+
+
 def group_table(runs: pd.DataFrame, finals: pd.DataFrame, group_by: str = "config",
                 measure: str = "final", baseline: str | None = None,
-                band: str = "t") -> pd.DataFrame:
-    """One row per group: runs, how many diverged or failed and how many have not finished,
-    centre ± band of the measure over the finished runs and, against ``baseline``, the
-    difference, bootstrap P(improvement) and Welch p-value."""
+                band: str = "t", level: float = 0.95) -> pd.DataFrame:
+    """One row per group: ``runs``, ``diverged`` (diverged or failed), ``unfinished``, ``n``
+    (finished seeds with a finite value), ``center`` (their mean) with the ``band`` as ``lo``/
+    ``hi`` and, against ``baseline``, the columns of ``COMPARISON`` from ``stats.welch``:
+    ``diff`` (Δ of means), its interval ``diff_lo``/``diff_hi``, ``p_improve`` (P(better)) and
+    ``p_value`` (Welch, two-sided). Last, ``note``: text, never missing.
+
+    Counts are ints; every other number is a float, NaN where it cannot be computed or
+    should not be shown: a band or a test needs ``stats.MIN_SEEDS`` finished seeds on each
+    side it uses (the ``note`` says so), and the baseline's own row has Δ = 0 and nothing else.
+    """
     _check("measure", measure, MEASURES)
     per_run = runs[["run_id", "status"]].assign(group=group_key(runs, group_by)).merge(
         finals[["run_id", measure]], on="run_id", how="left")
     per_run["bad"] = per_run["status"].isin(BROKEN)
     per_run["open"] = ~per_run["status"].isin(DONE + BROKEN)
     values = per_run[per_run["status"].isin(DONE)].rename(columns={measure: "value"})
-    summary = stats.band_frame(values, ["group"], band=band)
+    summary = stats.band_frame(values, ["group"], band=band, level=level)
     counts = per_run.groupby("group").agg(runs=("run_id", "count"), diverged=("bad", "sum"),
                                           unfinished=("open", "sum"))
     table = counts.join(summary.set_index("group"), how="left").reset_index()
-    if baseline is not None and baseline in set(per_run["group"]):
-        base = values.loc[values["group"] == baseline, "value"]
-        comps = {g: stats.compare(v["value"], base) for g, v in values.groupby("group")}
-        table["diff"] = table["group"].map(lambda g: comps[g].diff if g in comps else math.nan)
-        table["p_improve"] = table["group"].map(
-            lambda g: comps[g].p_improve if g in comps and g != baseline else math.nan)
-        table["p_value"] = table["group"].map(
-            lambda g: comps[g].p_value if g in comps and g != baseline else math.nan)
-    return table
+    table["n"] = table["n"].fillna(0).astype(int)
+    few = table["n"] < stats.MIN_SEEDS
+    table.loc[few, ["lo", "hi"]] = math.nan
+    note = pd.Series(np.where(table["n"] == 0, "no finished seeds",
+                              np.where(few, f"too few seeds (need {stats.MIN_SEEDS})", "")),
+                     index=table.index)
+    cols = ["group", "runs", "diverged", "unfinished", "n", "center", "lo", "hi"]
+    if baseline is not None and baseline in set(table["group"]):
+        base = table.loc[table["group"] == baseline].iloc[0]
+        w = stats.welch(table["n"], table["mean"], table["std"], base["n"], base["mean"],
+                        base["std"], level)
+        is_base = table["group"] == baseline
+        shown = ~few & ~is_base & (base["n"] >= stats.MIN_SEEDS)
+        table["diff"] = w["diff"]  # the baseline's own row: x − x = 0
+        for col in COMPARISON[1:]:
+            table[col] = np.where(shown, w[col], math.nan)
+        note = note.mask(is_base, _join(note, "baseline"))
+        if base["n"] < stats.MIN_SEEDS:
+            note = note.mask(~is_base, _join(note, "baseline has too few seeds"))
+        cols += COMPARISON
+    return table.assign(note=note)[[*cols, "note"]]
+
+
+def _join(notes: pd.Series, text: str) -> pd.Series:
+    return notes.map(lambda s: f"{s}; {text}" if s else text)
 
 
 def lr_sensitivity(runs: pd.DataFrame, finals: pd.DataFrame, measure: str = "final",

@@ -126,17 +126,63 @@ def _bootstrap_rows(finite: pd.DataFrame, keys: list[str], value: str, index: pd
     return lo, hi
 
 
+MIN_SEEDS = 3  # per side, for an interval or a test in the comparison table (docs/analytics.md)
+
+
 @dataclass(frozen=True)
 class Comparison:
-    """A candidate against the baseline on one scalar per seed (lower is better)."""
+    """A candidate against the baseline on one scalar per seed (lower is better).
+
+    All inferential numbers come from one Welch model, so they cannot disagree: the interval
+    excludes 0 exactly when ``p_value`` < 1 − level, and ``p_value = 2·min(P, 1 − P)`` with
+    ``P = p_improve``.
+    """
 
     n: int
     n_base: int
     diff: float  # mean(candidate) − mean(baseline); negative is an improvement
-    p_improve: float  # bootstrap probability that the candidate's mean is lower
+    diff_lo: float  # Welch–Satterthwaite t interval of ``diff`` at the requested level
+    diff_hi: float
+    p_improve: float  # F_ν(−diff / se): 1 − the one-sided Welch p of "not better"
     t: float
     df: float
     p_value: float  # Welch's two-sided t-test
+
+
+def welch(n, mean, std, n_base, mean_base, std_base,
+          level: float = 0.95) -> dict[str, np.ndarray]:
+    """Welch's comparison of candidates against a baseline from summary statistics, vectorised
+    over candidates (arguments broadcast): per candidate ``diff``, ``se``, ``df`` (Welch–
+    Satterthwaite ν), ``t``, ``p_value`` (two-sided), ``p_improve`` and ``diff_lo``/``diff_hi``.
+
+    ``p_improve = F_ν(−diff / se)`` with ``F_ν`` Student's t CDF: one minus the one-sided Welch
+    p-value of "the candidate is not better", and Welch's approximation to the posterior
+    probability that the candidate's true mean is below the baseline's (independent normal
+    seeds, flat priors on each mean and log-variance: the Behrens–Fisher problem).
+
+    Needs two values a side (NaN otherwise). Two constant samples have se = 0: the interval is
+    the point ``diff``, p = 0 and P ∈ {0, 1} when the means differ, p and P NaN when equal.
+    """
+    n, mean, sd = (np.asarray(x, dtype=float) for x in (n, mean, std))
+    nb, mb, sb = (np.asarray(x, dtype=float) for x in (n_base, mean_base, std_base))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        va, vb = sd**2 / n, sb**2 / nb
+        se2 = va + vb
+        diff = mean - mb
+        se = np.sqrt(se2)
+        df = se2**2 / (va**2 / (n - 1) + vb**2 / (nb - 1))
+        t = diff / se
+        flat = se2 == 0
+        p = np.where(flat, np.where(diff == 0, np.nan, 0.0), 2 * _sps.t.sf(np.abs(t), df))
+        better = np.where(flat, np.where(diff == 0, np.nan, (diff < 0).astype(float)),
+                          _sps.t.cdf(-t, df))
+        half = np.where(flat, 0.0, _sps.t.ppf(0.5 + level / 2, df) * se)
+    ok = (n >= 2) & (nb >= 2)
+    nan = np.full(np.broadcast(ok, diff).shape, np.nan)
+    return {"diff": diff, "se": np.where(ok, se, nan), "df": np.where(ok & ~flat, df, nan),
+            "t": np.where(ok, t, nan), "p_value": np.where(ok, p, nan),
+            "p_improve": np.where(ok, better, nan), "diff_lo": np.where(ok, diff - half, nan),
+            "diff_hi": np.where(ok, diff + half, nan)}
 
 
 def welch_t(a, b) -> tuple[float, float, float]:
@@ -145,44 +191,24 @@ def welch_t(a, b) -> tuple[float, float, float]:
     Needs two finite values per side; two constant samples give t = ±inf (p = 0) when their
     means differ and NaN when they are equal.
     """
-    a, b = _as_array(a), _as_array(b)
-    if a.size < 2 or b.size < 2:
-        return math.nan, math.nan, math.nan
-    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-    diff = a.mean() - b.mean()
-    se2 = va + vb
-    if se2 == 0:
-        if diff == 0:
-            return math.nan, math.nan, math.nan
-        return math.copysign(math.inf, diff), math.nan, 0.0
-    t = diff / math.sqrt(se2)
-    df = se2**2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
-    p = 2 * _sps.t.sf(abs(t), df)
-    return float(t), float(df), float(p)
+    c = compare(a, b)
+    return c.t, c.df, c.p_value
 
 
-def prob_improvement(candidate, baseline, n_boot: int = 10_000,
-                     seed: int = BOOT_SEED) -> float:
-    """P(mean of a resampled candidate < mean of a resampled baseline), ties counted half.
+def prob_improvement(candidate, baseline) -> float:
+    """P(better) of ``welch``: F_ν(−diff / se), lower is better. A side with a single value
+    has no spread: NaN, not a confident 0 or 1."""
+    return compare(candidate, baseline).p_improve
 
-    Seeds are resampled independently on each side (the runs are independent); lower is better.
-    A side with a single value has no spread to resample: NaN, not a confident 0 or 1.
-    """
+
+def compare(candidate, baseline, level: float = 0.95) -> Comparison:
     a, b = _as_array(candidate), _as_array(baseline)
-    if a.size < 2 or b.size < 2:
-        return math.nan
-    rng = np.random.default_rng(seed)
-    ma = a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(axis=1)
-    mb = b[rng.integers(0, b.size, size=(n_boot, b.size))].mean(axis=1)
-    return float(np.mean(ma < mb) + 0.5 * np.mean(ma == mb))
-
-
-def compare(candidate, baseline, n_boot: int = 10_000, seed: int = BOOT_SEED) -> Comparison:
-    a, b = _as_array(candidate), _as_array(baseline)
-    t, df, p = welch_t(a, b)
-    diff = float(a.mean() - b.mean()) if a.size and b.size else math.nan
-    return Comparison(int(a.size), int(b.size), diff, prob_improvement(a, b, n_boot, seed),
-                      t, df, p)
+    if not (a.size and b.size):
+        return Comparison(int(a.size), int(b.size), *[math.nan] * 7)
+    sd = [x.std(ddof=1) if x.size > 1 else 0.0 for x in (a, b)]
+    w = welch(a.size, a.mean(), sd[0], b.size, b.mean(), sd[1], level)
+    return Comparison(int(a.size), int(b.size), *(float(w[k]) for k in (
+        "diff", "diff_lo", "diff_hi", "p_improve", "t", "df", "p_value")))
 
 
 def tuneability(lrs, losses, within: float = 0.1) -> float:

@@ -95,21 +95,67 @@ def test_finals_group_table_and_baseline(small):
     # One finished seed: no spread, so neither a probability nor a t-test, not a confident 1.
     assert math.isnan(table.loc["B", "p_improve"]) and math.isnan(table.loc["B", "p_value"])
     assert list(table["unfinished"]) == [0, 0]
+    assert table["note"].tolist() == ["too few seeds (need 3); baseline",
+                                      "too few seeds (need 3); baseline has too few seeds"]
 
 
-def test_unfinished_runs_are_counted_but_not_averaged(db):
-    runs = {"a0": ("A", "adamw", 0, 1e-3, "finished"), "a1": ("A", "adamw", 1, 1e-3, "finished"),
-            "a2": ("A", "adamw", 2, 1e-3, "cancelled"), "a3": ("A", "adamw", 3, 1e-3, "running")}
-    rows = [("a0", 10, "val_loss", 1.0), ("a1", 10, "val_loss", 3.0),
-            ("a2", 5, "val_loss", 50.0), ("a3", 5, "val_loss", 70.0)]
-    _insert(db, "s2", runs, rows)
+def _seeds(label: str, values: list[float], status: str = "finished") -> tuple[dict, list]:
+    runs = {f"{label}{i}": (label, "adamw", i, 1e-3, status) for i in range(len(values))}
+    rows = [(f"{label}{i}", 10, "val_loss", v) for i, v in enumerate(values)]
+    return runs, rows
+
+
+def test_group_table_against_a_baseline_by_hand(db):
+    runs, rows = {}, []
+    for label, values, status in [("A", [3.0, 4.0, 5.0], "finished"),
+                                  ("B", [1.0, 2.0, 3.0], "finished"),
+                                  ("C", [1.0, 2.0], "finished"), ("D", [9.0], "running")]:
+        r, m = _seeds(label, values, status)
+        runs.update(r)
+        rows += m
+    _insert(db, "s5", runs, rows)
     a = an.Analytics(db)
-    table = an.group_table(a.runs(["s2"]), a.finals(["s2"], "val_loss"), band="t").iloc[0]
-    assert (table["runs"], table["unfinished"], table["n"], table["center"]) == (4, 2, 2, 2.0)
-    # Student t with 1 degree of freedom, half-width 12.706 · √2 / √2: for a loss not
-    # 2 ± 12.706 (down to −10.7) but 2·e^(∓12.706/2), which stays positive.
-    assert table["hi"] == pytest.approx(2.0 * math.exp(12.7062047 / 2), rel=1e-6)
-    assert table["lo"] == pytest.approx(2.0 * math.exp(-12.7062047 / 2), rel=1e-6)
+    table = an.group_table(a.runs(["s5"]), a.finals(["s5"], "val_loss"), baseline="A")
+    assert list(table.columns) == ["group", "runs", "diverged", "unfinished", "n", "center", "lo",
+                                   "hi", "diff", "diff_lo", "diff_hi", "p_improve", "p_value",
+                                   "note"]
+    assert {c: table[c].dtype.kind for c in table.columns if c not in ("group", "note")} == {
+        "runs": "i", "diverged": "i", "unfinished": "i", "n": "i", "center": "f", "lo": "f",
+        "hi": "f", "diff": "f", "diff_lo": "f", "diff_hi": "f", "p_improve": "f", "p_value": "f"}
+    t = table.set_index("group")
+    # B against A is the hand case of tests/test_stats.py: Δ = −2, ν = 4, t = −√6,
+    # interval −2 ± 2.7764451 · √(2/3), P(better) = ½ + 0.3·√2.4, p = 1 − 0.6·√2.4.
+    b = t.loc["B"]
+    assert (b["n"], b["center"], b["diff"]) == (3, 2.0, -2.0)
+    assert b["diff_lo"] == pytest.approx(-2 - 2.7764451052 * math.sqrt(2 / 3))
+    assert b["diff_hi"] == pytest.approx(-2 + 2.7764451052 * math.sqrt(2 / 3))
+    assert b["p_improve"] == pytest.approx(0.5 + 0.3 * math.sqrt(2.4))
+    assert b["p_value"] == pytest.approx(1 - 0.6 * math.sqrt(2.4))
+    # B's own 95 % interval: 2 ± t(0.975, 2)/√3 = 2 ± 2.4841 would reach −0.48 for a loss; the
+    # multiplicative one is 2·e^(∓2.4841/2) and stays positive.
+    half = 4.3026527297 / math.sqrt(3)
+    assert b["lo"] == pytest.approx(2 * math.exp(-half / 2)) and b["lo"] > 0
+    assert b["hi"] == pytest.approx(2 * math.exp(half / 2))
+    # The baseline row: Δ = 0 and nothing to test; its own interval is shown.
+    base = t.loc["A"]
+    assert base["diff"] == 0.0 and base["note"] == "baseline"
+    assert all(math.isnan(base[c]) for c in ("diff_lo", "diff_hi", "p_improve", "p_value"))
+    assert base["lo"] == pytest.approx(4 * math.exp(-half / 4))
+    # Two seeds: Δ is a fact, the rest is "too few seeds", not P(better) = 1.
+    c = t.loc["C"]
+    assert (c["n"], c["diff"], c["note"]) == (2, -2.5, "too few seeds (need 3)")
+    assert all(math.isnan(c[k]) for k in ("lo", "hi", "diff_lo", "diff_hi", "p_improve",
+                                          "p_value"))
+    d = t.loc["D"]
+    assert (d["n"], d["unfinished"], d["note"]) == (0, 1, "no finished seeds")
+    assert math.isnan(d["center"]) and math.isnan(d["diff"])
+    assert table["note"].map(type).eq(str).all()  # no cell of text is missing
+    assert not any(table["note"].str.contains("None"))
+    # Without a baseline there is nothing to compare against, and still a note.
+    plain = an.group_table(a.runs(["s5"]), a.finals(["s5"], "val_loss"))
+    assert list(plain.columns) == ["group", "runs", "diverged", "unfinished", "n", "center", "lo",
+                                   "hi", "note"]
+    assert plain.set_index("group").loc["B", "note"] == ""
 
 
 def test_curve_bands_of_a_loss_stay_positive(small):
@@ -121,6 +167,21 @@ def test_curve_bands_of_a_loss_stay_positive(small):
     assert g.loc[("A", 2), "lo"] == pytest.approx(1.5 * math.exp(-12.7062047362 / 3))
     assert g.loc[("A", 2), "hi"] == pytest.approx(1.5 * math.exp(12.7062047362 / 3))
     assert (g["lo"].dropna() > 0).all()
+
+
+def test_unfinished_runs_are_counted_but_not_averaged(db):
+    runs = {"a0": ("A", "adamw", 0, 1e-3, "finished"), "a1": ("A", "adamw", 1, 1e-3, "finished"),
+            "a2": ("A", "adamw", 2, 1e-3, "cancelled"), "a3": ("A", "adamw", 3, 1e-3, "running")}
+    rows = [("a0", 10, "val_loss", 1.0), ("a1", 10, "val_loss", 3.0),
+            ("a2", 5, "val_loss", 50.0), ("a3", 5, "val_loss", 70.0)]
+    _insert(db, "s2", runs, rows)
+    a = an.Analytics(db)
+    table = an.group_table(a.runs(["s2"]), a.finals(["s2"], "val_loss"), band="t").iloc[0]
+    assert (table["runs"], table["unfinished"], table["n"], table["center"]) == (4, 2, 2, 2.0)
+    # Two seeds are below MIN_SEEDS: the t interval (2 ± 12.706 · √2 / √2, reaching −10.7 for a
+    # loss) is not shown, and the note says why.
+    assert math.isnan(table["lo"]) and math.isnan(table["hi"])
+    assert table["note"] == "too few seeds (need 3)"
 
 
 def test_time_to_target_keeps_censored_runs(small):

@@ -79,14 +79,61 @@ def test_welch_by_hand_and_against_scipy():
 
 
 def test_probability_of_improvement():
-    assert stats.prob_improvement([1.0, 1.0], [2.0, 2.0]) == 1.0
+    assert stats.prob_improvement([1.0, 1.0], [2.0, 2.0]) == 1.0  # se = 0, the means differ
     assert math.isnan(stats.prob_improvement([1.0], [2.0, 2.0]))  # one seed: no evidence
     assert stats.prob_improvement([3.0, 3.0], [2.0, 2.0]) == 0.0
-    # Candidate means 1, 2, 3 w.p. ¼, ½, ¼ against a constant 2: ¼ + ½·½ = ½.
-    assert stats.prob_improvement([1.0, 3.0], [2.0, 2.0]) == pytest.approx(0.5, abs=0.02)
-    cmp = stats.compare([1.0, 1.2, 0.9], [2.0, 2.1, 1.9])
-    assert cmp.diff == pytest.approx(1.0333333 - 2.0)
-    assert cmp.p_improve == 1.0 and cmp.p_value < 0.01 and (cmp.n, cmp.n_base) == (3, 3)
+    # Equal means: t = 0, so P = F(0) = ½ whatever the spread.
+    assert stats.prob_improvement([1.0, 3.0], [2.0, 2.0]) == 0.5
+
+
+def test_welch_interval_p_and_p_better_by_hand():
+    # Candidate {1, 2, 3} against baseline {3, 4, 5}: means 2 and 4, both variances 1, so
+    # se² = 1/3 + 1/3 = 2/3 and ν = (2/3)² / ((1/3)²/2 + (1/3)²/2) = 4; t = −2/√(2/3) = −√6.
+    # Student t with 4 df: F(t) = ½ + ⅜ · x · (1 − t²/(12(1 + t²/4))), x = t/√(1 + t²/4);
+    # at t = −√6: x = −√2.4, bracket 0.8, F = ½ − 0.3·√2.4 = 0.0352420.
+    # P(better) = F(√6) = 0.9647580; two-sided p = 2 · 0.0352420 = 0.0704840;
+    # interval −2 ± t(0.975, 4) · √(2/3) = −2 ± 2.7764451 · 0.8164966 = −2 ± 2.2669579.
+    c = stats.compare([1.0, 2.0, 3.0], [3.0, 4.0, 5.0])
+    assert (c.n, c.n_base, c.diff, c.df) == (3, 3, -2.0, pytest.approx(4.0))
+    assert c.t == pytest.approx(-math.sqrt(6))
+    assert c.p_improve == pytest.approx(0.5 + 0.3 * math.sqrt(2.4), rel=1e-12)
+    assert c.p_value == pytest.approx(1 - 0.6 * math.sqrt(2.4), rel=1e-12)
+    assert c.diff_lo == pytest.approx(-2 - 2.7764451052 * math.sqrt(2 / 3), rel=1e-10)
+    assert c.diff_hi == pytest.approx(-2 + 2.7764451052 * math.sqrt(2 / 3), rel=1e-10)
+    # The three numbers tell one story: the interval holds 0, p > 0.05, P(better) < 0.975.
+    assert c.p_value == pytest.approx(2 * min(c.p_improve, 1 - c.p_improve))
+    # Swapping the sides mirrors everything.
+    r = stats.compare([3.0, 4.0, 5.0], [1.0, 2.0, 3.0])
+    assert r.p_improve == pytest.approx(1 - c.p_improve) and r.p_value == pytest.approx(c.p_value)
+    assert (r.diff_lo, r.diff_hi) == (pytest.approx(-c.diff_hi), pytest.approx(-c.diff_lo))
+
+
+def test_welch_interval_with_unequal_variances_against_scipy():
+    a, b = [1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0]
+    c = stats.compare(a, b, level=0.9)
+    # ν = 75/17 from the test above (se² = 25/12); scipy supplies the t quantile.
+    half = sps.t.ppf(0.95, 75 / 17) * math.sqrt(25 / 12)
+    assert (c.diff_lo, c.diff_hi) == (pytest.approx(-2.5 - half), pytest.approx(-2.5 + half))
+    assert c.p_value == pytest.approx(sps.ttest_ind(a, b, equal_var=False).pvalue)
+    assert c.p_improve == pytest.approx(1 - sps.ttest_ind(a, b, equal_var=False,
+                                                          alternative="less").pvalue)
+
+
+def test_welch_is_vectorised_over_candidates():
+    # Two candidates against one baseline {3, 4, 5}: the first is the hand case above, the
+    # second has a single seed and gets a Δ but no inference.
+    w = stats.welch([3, 1], [2.0, 1.0], [1.0, 0.0], 3, 4.0, 1.0)
+    assert w["diff"].tolist() == [-2.0, -3.0]
+    assert w["p_improve"][0] == pytest.approx(0.5 + 0.3 * math.sqrt(2.4))
+    assert all(math.isnan(w[k][1]) for k in ("diff_lo", "diff_hi", "p_improve", "p_value"))
+
+
+def test_constant_samples_give_a_point_interval():
+    c = stats.compare([1.0, 1.0, 1.0], [2.0, 2.0, 2.0])
+    assert (c.diff_lo, c.diff_hi, c.p_value, c.p_improve) == (-1.0, -1.0, 0.0, 1.0)
+    same = stats.compare([1.0, 1.0], [1.0, 1.0])
+    assert (same.diff_lo, same.diff_hi) == (0.0, 0.0)
+    assert math.isnan(same.p_value) and math.isnan(same.p_improve)
 
 
 def test_bands_of_positive_values_are_multiplicative():
