@@ -74,10 +74,12 @@ def main() -> None:
           f"{g * 1e3:.0f} ms (bootstrap {gb * 1e3:.0f} ms) + chart spec {c * 1e3:.0f} ms "
           f"= {(q + g + c) * 1e3:.0f} ms server time")
     wall_q, _ = timed(lambda: a.run_curves([sid], "val_loss", "wall", points), args.repeats)
-    fin, _ = timed(lambda: a.finals([sid], "val_loss"), args.repeats)
+    fin, finals = timed(lambda: a.finals([sid], "val_loss"), args.repeats)
+    tab, _ = timed(lambda: an.group_table(runs, finals, baseline=runs["label"].iloc[0]),
+                   args.repeats)
     ttt, _ = timed(lambda: a.time_to_target([sid], "val_loss", 0.5), args.repeats)
-    print(f"other queries: wall-time grid {wall_q * 1e3:.0f} ms, finals {fin * 1e3:.0f} ms, "
-          f"time to target {ttt * 1e3:.0f} ms")
+    print(f"other queries: wall-time grid {wall_q * 1e3:.0f} ms, finals {fin * 1e3:.0f} ms "
+          f"+ comparison table {tab * 1e3:.0f} ms, time to target {ttt * 1e3:.0f} ms")
     db.close()
 
     from streamlit.testing.v1 import AppTest
