@@ -6,12 +6,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-METRIC_TITLES = {
-    "train_loss": "Training loss",
-    "val_loss": "Validation loss",
-    "val_accuracy": "Validation accuracy",
-}
-
+from app.labels import metric_title
 
 # Okabe & Ito's colour-blind-safe set (Color Universal Design), its yellow darkened so it
 # reads on white. Beyond eight groups no palette stays distinguishable for everyone; tableau20
@@ -40,24 +35,67 @@ def _y_scale(log_y: bool) -> alt.Scale:
     return alt.Scale(type="log") if log_y else alt.Scale(zero=False)
 
 
+# Legend symbols at full opacity and line-shaped, whatever the layer's own opacity: a swatch
+# as faint as a band's fill cannot be matched to its line.
+LINE_LEGEND = {"symbolOpacity": 1.0, "symbolType": "stroke", "symbolStrokeWidth": 4,
+               "symbolSize": 240, "labelLimit": 260, "orient": "right"}
+# Streamlit fits a chart's whole height (title and axes included) to the spec's height: a row
+# per group needs this much room so every y label shows, plus the title and x axis.
+ROW_PX, AXIS_PX = 32, 90
+SEED_ROWS = 12_000  # per chart: seed lines beyond this are thinned, the payload stays small
+
+
+def hover_frame(grouped: pd.DataFrame, groups: list[str]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """One row per grid cell with every group's centre, formatted, in a column of its own
+    (``g0``, ``g1``…, named by position so no group name can break a Vega field path), for a
+    hover rule whose tooltip shows every group at one x; "–" where a group has no value there."""
+    cols = {g: f"g{i}" for i, g in enumerate(groups)}
+    wide = grouped.pivot_table(index="cell", columns="group", values="center",
+                               aggfunc="first", observed=True)
+    present = [g for g in groups if g in wide.columns]
+    wide = wide[present].rename(columns={g: cols[g] for g in present})
+    wide = wide.apply(lambda col: col.map(lambda v: "–" if pd.isna(v) else f"{v:.4g}"))
+    wide["x"] = grouped.groupby("cell")["x"].mean()
+    return wide.reset_index(), {cols[g]: g for g in present}
+
+
+def thin_seeds(seeds: pd.DataFrame, budget: int = SEED_ROWS) -> pd.DataFrame:
+    """Every k-th cell of each run so the seed lines fit ``budget`` rows."""
+    if len(seeds) <= budget:
+        return seeds
+    k = -(-len(seeds) // budget)
+    keep = seeds.groupby("run_id", sort=False).cumcount() % k == 0
+    return seeds[keep]
+
+
 def band_chart(grouped: pd.DataFrame, metric: str, x_title: str, log_y: bool = False,
                band_label: str = "± std", show_raw: bool = False,
                x_domain: tuple[float, float] | None = None,
-               groups: list[str] | None = None) -> alt.LayerChart:
+               groups: list[str] | None = None,
+               seeds: pd.DataFrame | None = None) -> alt.LayerChart:
     """Centre line per group with its seed band; ``n`` (seeds at the point) in the tooltip and
     as point opacity, so a band resting on fewer seeds than the rest is visibly thinner.
-    ``groups``: every group of the study, in order, for colours that do not move."""
-    title = METRIC_TITLES.get(metric, metric)
+    ``groups``: every group of the study, in order, for colours that do not move.
+
+    Interaction: drag or wheel zooms and pans x; hovering shows a rule with every group's value
+    at that x; clicking a group (its line or legend entry) fades the others and draws its seeds
+    (``seeds``: one row per run and cell with ``run_id, group, seed, x, value``)."""
+    title = metric_title(metric)
     data = grouped.copy()
     if log_y:  # a log axis cannot show a band reaching zero or below
         data = data[data["center"] > 0]
         data["lo"] = data["lo"].where(data["lo"] > 0, data["center"])
     xs = alt.Scale(domain=list(x_domain), clamp=True) if x_domain else alt.Scale()
     x = alt.X("x:Q", title=x_title, scale=xs)
-    # On the right: a legend below the plot would share the chart's height and squash it.
-    n_groups = data["group"].nunique()
-    color = alt.Color("group:N", title=None, legend=alt.Legend(orient="right", labelLimit=220),
-                      scale=group_colors(groups, n_groups))
+    y_scale = _y_scale(log_y)
+    order = list(groups) if groups else list(dict.fromkeys(data["group"]))
+    n_groups = len(order)
+    color = alt.Color("group:N", title=None, legend=alt.Legend(**LINE_LEGEND),
+                      scale=group_colors(order, n_groups))
+    picked = alt.selection_point(name="picked", fields=["group"], bind="legend", on="click")
+    hover = alt.selection_point(name="hover", fields=["cell"], nearest=True, on="pointerover",
+                                clear="pointerout", empty=False)
+    faded = alt.condition(picked, alt.value(1.0), alt.value(0.15))
     tooltip = [alt.Tooltip("group:N"), alt.Tooltip("x:Q", title=x_title, format=".4g"),
                alt.Tooltip("center:Q", title=title, format=".4g"),
                alt.Tooltip("lo:Q", title=f"band low ({band_label})", format=".4g"),
@@ -65,21 +103,45 @@ def band_chart(grouped: pd.DataFrame, metric: str, x_title: str, log_y: bool = F
                alt.Tooltip("n:Q", title="seeds at this point")]
     base = alt.Chart(data, title=title)
     layers = [
-        base.mark_area(opacity=0.18).encode(x=x, y=alt.Y("lo:Q", title=title,
-                                                            scale=_y_scale(log_y)),
-                                            y2="hi:Q", color=color),
+        base.mark_area(opacity=0.18).encode(
+            x=x, y=alt.Y("lo:Q", title=title, scale=y_scale), y2="hi:Q", color=color,
+            opacity=alt.condition(picked, alt.value(0.18), alt.value(0.03))),
     ]
     if show_raw:
         layers.append(base.mark_line(opacity=0.25, strokeWidth=1).encode(
             x=x, y="raw:Q", color=color))
-    layers.append(base.mark_line(strokeWidth=2).encode(x=x, y="center:Q", color=color))
+    if seeds is not None and not seeds.empty:
+        seed_data = thin_seeds(seeds)
+        if log_y:
+            seed_data = seed_data[seed_data["value"] > 0]
+        layers.append(alt.Chart(seed_data).mark_line(strokeWidth=1, opacity=0.7).encode(
+            x=x, y=alt.Y("value:Q", scale=y_scale), color=color, detail="run_id:N",
+            strokeDash=alt.value([4, 2]),
+            tooltip=[alt.Tooltip("group:N"), alt.Tooltip("seed:N"),
+                     alt.Tooltip("x:Q", title=x_title, format=".4g"),
+                     alt.Tooltip("value:Q", title=title, format=".4g")],
+        ).transform_filter(alt.ParameterPredicate(param="picked", empty=False)))
+    layers.append(base.mark_line(strokeWidth=2).encode(
+        x=x, y="center:Q", color=color, opacity=faded).add_params(picked))
     layers.append(base.mark_point(filled=True, size=18).encode(
         x=x, y="center:Q", color=color,
         opacity=alt.Opacity("n:Q", legend=None, scale=alt.Scale(range=[0.15, 0.9])),
         tooltip=tooltip))
+    wide, columns = hover_frame(data, order)
+    if not wide.empty:
+        layers.append(alt.Chart(wide).mark_rule(color="#888", strokeWidth=1).encode(
+            x=x, opacity=alt.condition(hover, alt.value(0.6), alt.value(0)),
+            tooltip=[alt.Tooltip("x:Q", title=x_title, format=".4g")] + [
+                alt.Tooltip(f"{col}:N", title=group)
+                for col, group in columns.items()],
+        ).add_params(hover))
+        layers.append(base.mark_point(filled=True, size=60).encode(
+            x=x, y="center:Q", color=color,
+            opacity=alt.condition(hover, alt.value(1.0), alt.value(0)),
+        ))
     # Tall enough for one legend row per group: a clipped legend hides which line is which.
-    return alt.layer(*layers).properties(height=max(320, 20 * n_groups), width="container") \
-        .interactive(bind_y=False)
+    return alt.layer(*layers).properties(height=max(380, 24 * n_groups + 60),
+                                         width="container").interactive(bind_y=False)
 
 
 def lr_chart(points: pd.DataFrame, title: str, log_y: bool = False) -> alt.LayerChart:
@@ -89,8 +151,8 @@ def lr_chart(points: pd.DataFrame, title: str, log_y: bool = False) -> alt.Layer
     top = float(finite["hi"].max()) * 1.1 if not finite.empty else 1.0
     bad = points.loc[~points.index.isin(finite.index)].assign(center=top)
     x = alt.X("lr:Q", title="learning rate", scale=alt.Scale(type="log"))
-    color = alt.Color("optimizer:N", title="optimizer",
-                      scale=palette_scale(sorted(points["optimizer"].unique())))
+    color = alt.Color("optimizer:N", title="optimizer", legend=alt.Legend(**LINE_LEGEND),
+                      scale=palette_scale(list(dict.fromkeys(points["optimizer"]))))
     tooltip = ["label:N", alt.Tooltip("lr:Q", format=".3g"),
                alt.Tooltip("center:Q", title=title, format=".4g"),
                alt.Tooltip("n:Q", title="finite seeds"), alt.Tooltip("runs:Q", title="runs")]
@@ -125,14 +187,16 @@ def ttt_chart(per_run: pd.DataFrame, x_title: str,
     chart = alt.Chart(data, title=f"Time to target ({x_title})")
     return chart.mark_point(size=70, filled=True).encode(
         x=alt.X("x:Q", title=x_title),
-        y=alt.Y("group:N", title=None),
+        y=alt.Y("group:N", title=None, sort=list(groups) if groups else None,
+                axis=alt.Axis(labelLimit=320)),
         color=alt.Color("group:N", legend=None,
                         scale=group_colors(groups, data["group"].nunique())),
         shape=alt.Shape("outcome:N", title=None,
                         scale=alt.Scale(domain=list(labels.values()),
                                         range=["circle", "triangle-right", "diamond"])),
         tooltip=["group:N", "seed:N", alt.Tooltip("shown:N", title=x_title)],
-    ).properties(height=max(120, 28 * data["group"].nunique()), width="container")
+    ).properties(height=ROW_PX * max(3, len(groups or data["group"].unique())) + AXIS_PX,
+                 width="container")
 
 
 def profile_chart(profile: pd.DataFrame) -> alt.Chart:
@@ -148,3 +212,27 @@ def profile_chart(profile: pd.DataFrame) -> alt.Chart:
         tooltip=["solver:N", alt.Tooltip("tau:Q", format=".3g"),
                  alt.Tooltip("rho:Q", format=".2f")],
     ).properties(height=300, width="container")
+
+
+def forest_chart(table: pd.DataFrame, baseline: str, measure_title: str) -> alt.LayerChart:
+    """Δ against the baseline per group with its 95 % interval (``group, diff, diff_lo,
+    diff_hi``), a rule at zero: a bar that crosses zero is no evidence either way. Groups in
+    the table's order, coloured as everywhere else."""
+    data = table.dropna(subset=["diff"])
+    groups = list(table["group"])
+    y = alt.Y("group:N", title=None, sort=groups, axis=alt.Axis(labelLimit=260))
+    color = alt.Color("group:N", legend=None, scale=group_colors(groups, len(groups)))
+    tooltip = ["group:N", alt.Tooltip("diff:Q", title="Δ vs baseline", format=".4g"),
+               alt.Tooltip("diff_lo:Q", title="95 % CI low", format=".4g"),
+               alt.Tooltip("diff_hi:Q", title="95 % CI high", format=".4g")]
+    base = alt.Chart(data, title=f"Δ {measure_title} vs {baseline} (95 % CI)")
+    x_title = f"Δ {measure_title} (lower is better)"
+    x = alt.X("diff:Q", title=x_title)
+    return alt.layer(
+        alt.Chart(pd.DataFrame({"zero": [0.0]})).mark_rule(color="#888", strokeDash=[4, 3])
+        .encode(x="zero:Q"),
+        base.mark_rule(strokeWidth=3).encode(x=alt.X("diff_lo:Q", title=x_title),
+                                             x2="diff_hi:Q", y=y, color=color,
+                                             tooltip=tooltip),
+        base.mark_point(filled=True, size=90).encode(x=x, y=y, color=color, tooltip=tooltip),
+    ).properties(height=ROW_PX * max(3, len(groups)) + AXIS_PX, width="container")

@@ -14,7 +14,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from app import charts
+from app import charts, labels
 from app.view_state import Setting, flag, metric_name, optional_float, unit_interval
 from storage import analytics as an
 from storage import stats
@@ -70,7 +70,7 @@ class View:
 
 
 def title(metric: str) -> str:
-    return charts.METRIC_TITLES.get(metric, metric)
+    return labels.metric_title(metric)
 
 
 def fmt(v: float | None) -> str:
@@ -109,12 +109,29 @@ def curve_chart(data: StudyData, runs: pd.DataFrame, v: View,
     if curves.empty:
         return None
     grouped = an.group_curves(curves, runs, v.group, v.center, v.band, v.smooth)
+    names = group_names(runs, v)
+    grouped["group"] = grouped["group"].map(names)
     domain = None
     if v.xmin is not None or v.xmax is not None:
         domain = (v.xmin if v.xmin is not None else float(grouped["x"].min()),
                   v.xmax if v.xmax is not None else float(grouped["x"].max()))
     return charts.band_chart(grouped, metric, an.X_TITLES[v.x], v.logy, BAND_LABELS[v.band],
-                             v.smooth > 0, domain, groups=study_groups(runs, v))
+                             v.smooth > 0, domain, groups=list(names.values()),
+                             seeds=seed_curves(curves, runs, v, names))
+
+
+def seed_curves(curves: pd.DataFrame, runs: pd.DataFrame, v: View,
+                names: dict[str, str]) -> pd.DataFrame:
+    """Each run's gridded curve (smoothed as the centre lines are) with its group's title and
+    seed, for the lines a click on a group shows."""
+    keyed = curves.merge(runs[["run_id", "seed"]].assign(group=an.group_key(runs, v.group)
+                                                          .map(names)), on="run_id")
+    if v.smooth and not keyed.empty:
+        keyed = keyed.sort_values(["run_id", "cell"])
+        keyed["value"] = np.concatenate([
+            stats.ema(g.to_numpy(dtype=float), v.smooth)
+            for _, g in keyed.groupby("run_id", sort=False)["value"]])
+    return keyed[["run_id", "group", "seed", "x", "value"]]
 
 
 def study_groups(runs: pd.DataFrame, v: View) -> list[str]:
@@ -122,16 +139,38 @@ def study_groups(runs: pd.DataFrame, v: View) -> list[str]:
     return list(dict.fromkeys(an.group_key(runs, v.group)))
 
 
+def group_names(runs: pd.DataFrame, v: View) -> dict[str, str]:
+    """Each group's key → the title people read, in config order."""
+    return labels.group_titles(study_groups(runs, v))
+
+
 def compare_table(data: StudyData, runs: pd.DataFrame, v: View) -> pd.DataFrame | None:
     finals = data.finals(v.metric)
     if finals.empty:
         return None
     table = an.group_table(runs, finals, v.group, v.measure, v.baseline or None, band="t")
+    table["group"] = table["group"].map(group_names(runs, v))
     table = table.rename(columns={"center": f"{v.measure} {v.metric} (mean)", "lo": "CI low",
                                   "hi": "CI high", "n": "finished seeds",
                                   "diverged": "diverged/failed", "diff": "Δ vs baseline",
+                                  "diff_lo": "Δ CI low", "diff_hi": "Δ CI high",
+                                  "note": "note",
                                   "p_improve": "P(better)", "p_value": "Welch p"})
     return table.drop(columns=["mean", "median", "std"], errors="ignore")
+
+
+def forest_figure(table: pd.DataFrame, v: View, runs: pd.DataFrame) -> alt.TopLevelMixin | None:
+    """The comparison table's Δ against the baseline with its interval, as a forest plot;
+    None until some group has a difference to show."""
+    cols = {"Δ vs baseline": "diff", "Δ CI low": "diff_lo", "Δ CI high": "diff_hi"}
+    names = group_names(runs, v)
+    baseline = names.get(v.baseline, v.baseline)
+    if not set(cols) <= set(table.columns):
+        return None
+    if table.loc[table["group"] != baseline, "Δ vs baseline"].isna().all():
+        return None  # nothing compared yet: a lone baseline at zero says nothing
+    return charts.forest_chart(table.rename(columns=cols), baseline,
+                               f"{v.measure} {title(v.metric).lower()}")
 
 
 def lr_figures(data: StudyData, runs: pd.DataFrame,
@@ -141,7 +180,10 @@ def lr_figures(data: StudyData, runs: pd.DataFrame,
         return None
     band = v.band if v.band != "none" else "std"
     points, tune = an.lr_sensitivity(runs, finals, v.measure, band, v.within / 100)
+    points = points.assign(optimizer=points["optimizer"].map(labels.optimizer_title),
+                           label=points["label"].map(labels.config_title))
     chart = charts.lr_chart(points, f"{v.measure} {title(v.metric).lower()}", v.logy)
+    tune = tune.assign(optimizer=tune["optimizer"].map(labels.optimizer_title))
     return chart, tune.rename(columns={"decades": "lr range within x % of best (decades)"})
 
 
@@ -154,12 +196,14 @@ def auto_target(data: StudyData, metric: str) -> float | None:
 def ttt_figures(data: StudyData, runs: pd.DataFrame, v: View,
                 target: float) -> tuple[alt.TopLevelMixin, pd.DataFrame]:
     reached = data.reached(v.metric, target, v.x)
-    per_run = runs[["run_id", "seed", "status"]].assign(group=an.group_key(runs, v.group)).merge(
-        reached, on="run_id")
+    names = group_names(runs, v)
+    per_run = runs[["run_id", "seed", "status"]].assign(
+        group=an.group_key(runs, v.group).map(names)).merge(reached, on="run_id")
     per_run["outcome"] = [an.ttt_outcome(s, r) for s, r in zip(per_run["status"],
                                                                 per_run["reached"], strict=True)]
-    chart = charts.ttt_chart(per_run, an.X_TITLES[v.x], study_groups(runs, v))
+    chart = charts.ttt_chart(per_run, an.X_TITLES[v.x], list(names.values()))
     summary = an.ttt_summary(runs, reached, v.group)
+    summary["group"] = summary["group"].map(names)
     summary["median"] = summary["median"].map(fmt)
     return chart, summary.rename(columns={
         "median": f"median {an.X_TITLES[v.x]} (∞: not reached)", "not_yet": "still going"})
@@ -179,19 +223,28 @@ def eta_chart(data: StudyData, runs: pd.DataFrame, v: View) -> alt.TopLevelMixin
         if curves.empty:
             return None
         g = an.group_curves(curves, runs, v.group, "median", "none")
-        frames.append(g.assign(group=g["group"] + " · " + name))
+        frames.append(g.assign(group=g["group"].map(group_names(runs, v)) + " · " + name))
     return charts.band_chart(pd.concat(frames), "η* against the learning rate used",
                              an.X_TITLES[v.x], log_y=True, band_label="none")
 
 
 def runs_table(status: pd.DataFrame, runs: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
-    """The runs with the grid axes that vary, status, progress and final metrics."""
-    table = status.assign(message=status["message"].fillna(""))
+    """The runs with the grid axes that vary, status, progress, final metrics and what each
+    cost: wall time of its current attempt (to the end, or to its last report while it runs)
+    and milliseconds per step, so a slow optimizer is told apart from a slow queue."""
+    table = status.assign(message=status["message"].fillna(""),
+                          label=status["label"].map(labels.config_title))
+    ended = table["finished_at"].fillna(table["updated_at"])
+    wall = (ended - table["started_at"]).dt.total_seconds()
+    table["wall_s"] = wall.where(wall >= 0)
+    table["ms_per_step"] = (1e3 * table["wall_s"] / table["last_step"].where(
+        table["last_step"] > 0)).astype(float)
     if varying:
         hp = pd.DataFrame(runs["hparams"].tolist(), index=runs.index)[varying]
         table = table.merge(hp.assign(run_id=runs["run_id"]), on="run_id", how="left")
     return table[["label", *varying, "seed", "status", "progress", "last_step", "train_loss",
-                  "val_loss", "val_accuracy", "attempt", "message", "run_id"]]
+                  "val_loss", "val_accuracy", "wall_s", "ms_per_step", "worker", "attempt",
+                  "message", "run_id"]]
 
 
 def grid_axes(spec: dict) -> set[str]:

@@ -90,11 +90,12 @@ def test_study_page_shows_progress_charts_and_runs(seeded):
     # Two curve charts, learning-rate sensitivity, time to target.
     assert len(at.get("vega_lite_chart")) == 4
     runs = _frame(at, "runs_table")
-    assert list(runs["label"]) == ["sgd[lr=0.1]", "adamw[lr=0.001]"]
+    # Configs as people write them, not as run labels.
+    assert list(runs["label"]) == ["SGD-momentum (lr = 0.1)", "AdamW (lr = 0.001)"]
     assert list(runs["status"]) == ["finished", "running"]
     assert runs["train_loss"].iloc[0] == pytest.approx(2.0 / 50)
     compare = _frame(at, "group_table")
-    assert set(compare["group"]) == {"sgd[lr=0.1]", "adamw[lr=0.001]"}
+    assert set(compare["group"]) == {"SGD-momentum (lr = 0.1)", "AdamW (lr = 0.001)"}
     assert at.button(key="cancel").label == "Cancel study"
 
 
@@ -116,12 +117,13 @@ def test_new_study_form_refuses_bad_input_before_submission(services):
     at.text_input(key="opt.adamw.lr").input("-0.1, abc").run()
     at.text_input(key="seeds").input("0, x").run()
     errors = shown(at.error[0].value)
-    assert "optimizers.1.grid.lr: 'abc' is not a valid float" in errors
-    assert "seeds: 'x' is not a valid int" in errors
+    # Fields named as the form names them, not by their spec path.
+    assert "AdamW lr: 'abc' is not a valid float" in errors
+    assert "Seeds: 'x' is not a valid int" in errors
     assert at.button(key="run").disabled
     at.text_input(key="opt.adamw.lr").input("-0.1").run()
     at.text_input(key="seeds").input("0").run()
-    assert ("optimizers.1.grid.lr: Input should be greater than 0 (got -0.1)"
+    assert ("AdamW lr: Input should be greater than 0 (got -0.1)"
             in shown(at.error[0].value))
     assert at.button(key="run").disabled
 
@@ -159,7 +161,7 @@ def test_training_settings_reach_the_spec_and_are_validated(services):
     at = app().run()
     at.switch_page("screens/new_study.py").run()
     at.number_input(key="grad_clip").set_value(-1.0).run()
-    assert "grad_clip: Input should be greater than 0 (got -1.0)" in shown(at.error[0].value)
+    assert "Gradient clip: Input should be greater than 0 (got -1.0)" in shown(at.error[0].value)
     at.number_input(key="grad_clip").set_value(1.0).run()
     at.selectbox(key="lr_schedule").set_value("cosine").run()
     at.number_input(key="warmup_steps").set_value(10).run()
@@ -204,7 +206,7 @@ def test_view_settings_come_from_the_url_and_go_back_to_it(seeded):
     assert at.selectbox(key="view.x").value == "wall"
     assert at.slider(key="view.smooth").value == 0.5
     assert at.selectbox(key="view.center").value == "mean"  # a bad value falls back
-    assert set(_frame(at, "group_table")["group"]) == {"sgd", "adamw"}
+    assert set(_frame(at, "group_table")["group"]) == {"SGD-momentum", "AdamW"}
     at.selectbox(key="view.band").set_value("sem").run()
     at.toggle(key="view.logy").set_value(True).run()
     assert at.query_params["band"] == "sem" and at.query_params["logy"] == "1"

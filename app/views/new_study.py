@@ -9,6 +9,7 @@ import redis
 import streamlit as st
 
 from app import access, actions, forms
+from app.labels import human_problems
 from app.services import get_services
 from app.text import plain, plain_lines
 from engine.errors import SpecError
@@ -96,7 +97,9 @@ def _build_spec_dict() -> dict[str, Any]:
         seeds = []
     training = _training_settings()
     if problems:
-        raise SpecError("\n".join(problems))
+        # Named here, where the chosen optimizers are known: "AdamW lr", not optimizers.1.
+        named = {"optimizers": [{"name": o} for o in chosen]}
+        raise SpecError(human_problems("\n".join(problems), named))
     return {
         "name": name,
         "workload": {"name": wl_name, "settings": settings},
@@ -166,8 +169,20 @@ def _submit(spec: StudySpec) -> None:
     st.switch_page(page("study"), query_params={"study": sub.study_id})
 
 
-def _show_errors(err: SpecError) -> None:
-    st.error("The study cannot run yet:\n\n" + plain_lines(err))
+def _show_errors(err: SpecError, spec: dict | None = None, paths: bool = False) -> None:
+    """Each problem under the field's name as the form shows it (``AdamW lr``); with the spec
+    path beside it where the user wrote the spec (``paths``)."""
+    st.error("The study cannot run yet:\n\n" + plain_lines(human_problems(err, spec, paths)))
+
+
+def _toml_dict(text: str) -> dict | None:
+    """The TOML as a plain dict, to name an error's optimizer; None if it does not parse."""
+    import tomllib
+
+    try:
+        return tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, ValueError):
+        return None
 
 
 def render() -> None:
@@ -175,11 +190,12 @@ def render() -> None:
     tab_form, tab_toml = st.tabs(["Form", "TOML spec"])
     with tab_form:
         spec = None
+        data = None
         try:
             data = _build_spec_dict()
             spec = parse_study(data)
         except SpecError as err:
-            _show_errors(err)
+            _show_errors(err, data)
         if spec is not None:
             st.info(f"{spec.n_runs()} runs · study id `{spec.study_id}`")
             with st.expander("As a spec file for `approximant run`"):
@@ -193,4 +209,4 @@ def render() -> None:
             try:
                 _submit(parse_study_toml(text))
             except SpecError as err:
-                _show_errors(err)
+                _show_errors(err, _toml_dict(text), paths=True)

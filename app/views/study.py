@@ -16,7 +16,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, StopException
 
-from app import access, actions, report
+from app import access, actions, labels, report
 from app.banner import broker_banner
 from app.report import BAND_LABELS, SETTINGS, View, title
 from app.services import Services, get_services
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 REFRESH_S = 2.0
 SILENT_S = 180  # a running run reports every second; this long without a word means trouble
 RERUNNABLE = ("failed", "cancelled")
+MISSING = "–"  # what an empty table cell shows (Streamlit's own default is the word "None")
 
 
 # --- cached data: keyed by the study's data version, which changes with every new row -------
@@ -194,19 +195,31 @@ def _compare_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState
     c = st.columns([2, 3])
     c[0].radio("Measure", list(an.MEASURES), key=view.key("measure"), horizontal=True,
                format_func=lambda m: {"final": "final value", "best": "best value"}[m])
-    c[1].selectbox("Baseline", groups, key=view.key("baseline"))
+    c[1].selectbox("Baseline", groups, key=view.key("baseline"), format_func=labels.config_title)
     table = report.compare_table(data, runs, v)
     if table is None:
         st.caption(f"The comparison appears once runs report {title(v.metric).lower()}.")
         return
-    st.dataframe(table, hide_index=True, width="stretch", key="group_table",
-                 column_config={c: st.column_config.NumberColumn(format="%.4g")
-                                for c in table.columns if table[c].dtype.kind == "f"})
+    left, right = st.columns([3, 2])
+    left.dataframe(table, hide_index=True, width="stretch", key="group_table",
+                   placeholder=MISSING,
+                   column_config={c: st.column_config.NumberColumn(format="%.4g")
+                                  for c in table.columns if table[c].dtype.kind == "f"})
+    forest = report.forest_figure(table, v, runs)
+    if forest is not None:
+        right.altair_chart(forest, width="stretch", key="chart_forest")
+        out["charts"]["Δ against the baseline"] = forest
     st.caption(
-        "Lower is better. Statistics use finished runs only. CI: Student-t 95 % interval of the "
-        "mean over seeds. P(better): bootstrap probability that the group's mean beats the "
-        f"baseline's ({plain(v.baseline)}), needing 2 seeds a side; Welch p: two-sided t-test, "
-        "unequal variances. Diverged/failed and unfinished runs are counted, not averaged."
+        "Lower is better. Statistics use finished runs only; finished seeds: n per group. CI: "
+        "Student-t 95 % interval of the mean; for a metric whose values are all positive (a "
+        "loss) it is laid off on the log scale, c·e^(∓h/c), so it stays positive. Δ: group mean "
+        f"− baseline ({plain(labels.config_title(v.baseline))}) mean, with its Welch 95 % "
+        "interval (the bars beside the table). Welch p: two-sided Welch t-test of equal means. "
+        "P(better): probability, under the same Welch model, that the group's true mean is "
+        "below the baseline's (1 − one-sided Welch p), so p = 2·min(P(better), 1 − P(better)). "
+        f"Intervals and tests need {stats.MIN_SEEDS} finished seeds a side; below that the "
+        "note says \"too few seeds\". Diverged/failed and unfinished runs are counted, not "
+        "averaged (docs/analytics.md)."
     )
     out["tables"]["Comparison"] = table
 
@@ -223,7 +236,7 @@ def _lr_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState,
     out["charts"]["Learning-rate sensitivity"] = chart
     st.number_input("Tuneability: within % of the best", min_value=0.1, max_value=1000.0,
                     step=1.0, key=view.key("within"))
-    st.dataframe(tune, hide_index=True, key="tune_table")
+    st.dataframe(tune, hide_index=True, key="tune_table", placeholder=MISSING)
     st.caption("Crosses: learning rates at which every seed diverged or failed. Tuneability is "
                "the width of the contiguous lr range around the best whose value stays within "
                f"{v.within:g} % of the best (other grid axes at their best).")
@@ -242,7 +255,7 @@ def _ttt_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState,
     chart, summary = report.ttt_figures(data, runs, v, target)
     st.altair_chart(chart, width="stretch", key="chart_ttt")
     out["charts"][f"Time to {title(v.metric).lower()} ≤ {target:.4g}"] = chart
-    st.dataframe(summary, hide_index=True, key="ttt_table")
+    st.dataframe(summary, hide_index=True, key="ttt_table", placeholder=MISSING)
     st.caption("Runs that have not reached the target are kept, not dropped: censored (∞) if "
                "they ended, \"not yet\" while they run. A group's median is ∞ when half or "
                "more of its runs are not there.")
@@ -284,14 +297,21 @@ def _runs_tab(services: Services, who: access.Principal, study: dict, runs: pd.D
         "train_loss": st.column_config.NumberColumn("train loss", format="%.4f"),
         "val_loss": st.column_config.NumberColumn("val loss", format="%.4f"),
         "val_accuracy": st.column_config.NumberColumn("val acc", format="%.3f"),
+        "wall_s": st.column_config.NumberColumn(
+            "wall time (s)", format="%.1f",
+            help="This attempt's time from start to end (to its last report while it runs): "
+                 "data loading and evaluation included."),
+        "ms_per_step": st.column_config.NumberColumn(
+            "ms / step", format="%.1f", help="Wall time over steps done: what a step costs."),
     }
     out["tables"]["Runs"] = table.drop(columns=["progress"])
     if not who.is_editor or not services.broker_url:
         st.dataframe(table, hide_index=True, width="stretch", key="runs_table",
-                     column_config=config)
+                     column_config=config, placeholder=MISSING)
         return
     event = st.dataframe(table, hide_index=True, width="stretch", key="runs_table",
-                         column_config=config, on_select="rerun", selection_mode="multi-row")
+                         column_config=config, on_select="rerun", selection_mode="multi-row",
+                         placeholder=MISSING)
     picked = table.iloc[event.selection.rows] if event and event.selection.rows else table[:0]
     _run_actions(services, who, study, runs, status, picked)
 
@@ -319,8 +339,9 @@ def _run_actions(services: Services, who: access.Principal, study: dict, runs: p
         _after_action(f"{n} run(s) queued again." if n else
                       "Those runs are already queued or running.")
     with c[2].popover("Add seeds to a config"):
-        labels = list(dict.fromkeys(status["label"]))
-        label = st.selectbox("Config", labels, key="seed_label")
+        configs = list(dict.fromkeys(status["label"]))
+        label = st.selectbox("Config", configs, key="seed_label",
+                             format_func=labels.config_title)
         have = sorted(status.loc[status["label"] == label, "seed"])
         suggestion = ", ".join(str(max(have) + 1 + i) for i in range(2)) if have else "0"
         text = st.text_input("Seeds (comma-separated)", value=suggestion, key="seed_new")
@@ -428,7 +449,7 @@ def show(services: Services, who: access.Principal, study: dict) -> None:
     view = ViewState(SETTINGS, scope=f"{study_id}:{readonly}")
     view.load()
     st.title(plain(study["name"]), anchor=False)
-    opts = ", ".join(sorted({o["name"] for o in spec["optimizers"]}))
+    opts = ", ".join(dict.fromkeys(labels.optimizer_title(o["name"]) for o in spec["optimizers"]))
     meta = (f"{study_id} · workload {spec['workload']['name']} · optimizers {opts} · "
             f"seeds {spec['seeds']} · {spec['steps']} steps · created "
             f"{study['created_at']:%Y-%m-%d %H:%M}")
