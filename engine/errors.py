@@ -109,3 +109,17 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
 
 class SpecError(ValueError):
     """A study spec that cannot be run; ``str(err)`` lists every problem, one per line."""
+
+
+class MapError(SpecError):
+    """A spectral map that has no answer for this input (or whose factorisation failed on it).
+
+    The message names the map, the input's shape and the reason, e.g.
+    ``freon: no answer for a matrix of shape (1, 64): …``. ``nonfinite`` says the input held
+    NaN or inf, which a training loop with ``nonfinite="propagate"`` turns into a divergence.
+    """
+
+    def __init__(self, map_name: str, shape: tuple[int, ...], reason: str,
+                 nonfinite: bool = False) -> None:
+        self.map_name, self.shape, self.reason, self.nonfinite = map_name, shape, reason, nonfinite
+        super().__init__(f"{map_name}: no answer for a matrix of shape {shape}: {reason}")

@@ -32,13 +32,12 @@ from engine.spectral import get_map
 from engine.spectral.common import sync
 from engine.spectral.freon import freon_power
 from engine.spectral.newton_schulz import (
-    KAON_OUT_SCALE,
-    kaon_rows,
-    newton_schulz_rows,
+    QuinticPlan,
+    kaon_plan,
+    newton_schulz_plan,
     odd_quintic_iteration,
 )
 from engine.spectral.qdwh import qdwh_polar
-from engine.spectral.schedules import get_schedule
 
 # The option that caps a map's iterations, for the maps that iterate.
 ITERATION_OPTION = {"newton_schulz": "steps", "kaon_chaos": "steps", "qdwh": "max_iter",
@@ -129,22 +128,30 @@ def freon_flops(m: int, n: int, steps: tuple, c: float, eigh: bool = False) -> f
 
 # -- drivers -----------------------------------------------------------------------------------
 
-def quintic_rows(map_name: str, options: dict[str, Any]
-                 ) -> tuple[list[tuple[float, float, float]], float, float, float]:
-    """(rows applied, norm safety, output divisor, eps) for a stepped map and its options."""
+def quintic_plan(map_name: str, options: dict[str, Any], dtype: torch.dtype
+                 ) -> tuple[QuinticPlan, float]:
+    """(the plan the registry map runs in ``dtype``, eps) for a stepped map and its options."""
     eps = float(options.get("eps", 1e-7))
     if map_name == "newton_schulz":
-        name = options.get("schedule", "keller")
-        rows = newton_schulz_rows(name, options.get("steps"))
-        return rows, get_schedule(name).norm_safety, 1.0, eps
-    return kaon_rows(int(options.get("steps", 5))), 1.0, KAON_OUT_SCALE, eps
+        plan = newton_schulz_plan(options.get("schedule", "keller"), options.get("steps"), dtype)
+        return plan, eps
+    return kaon_plan(int(options.get("steps", 5))), eps
+
+
+def quintic_rows(map_name: str, options: dict[str, Any], dtype: torch.dtype = torch.float64
+                 ) -> tuple[list[tuple[float, float, float]], float, float, float]:
+    """(rows applied, norm safety, output divisor, eps) of :func:`quintic_plan` (fp64: the
+    tables as they are)."""
+    plan, eps = quintic_plan(map_name, options, dtype)
+    return plan.rows, plan.norm_safety, plan.out_scale, eps
 
 
 def _stepped(G: Tensor, map_name: str, options: dict[str, Any], dtype: torch.dtype,
              repeats: int) -> list[Iterate]:
-    rows, norm_safety, out_scale, eps = quintic_rows(map_name, options)
+    plan, eps = quintic_plan(map_name, options, dtype)
+    out_scale = plan.out_scale
     batch, m, n = _dims(G)
-    times: list[list[float]] = [[] for _ in rows]
+    times: list[list[float]] = [[] for _ in plan.rows]
     kept: list[Tensor] = []  # the last repeat's iterates
     t0 = [0.0]
 
@@ -158,8 +165,8 @@ def _stepped(G: Tensor, map_name: str, options: dict[str, Any], dtype: torch.dty
         sync(G.device)
         t0[0] = time.perf_counter()
         # The registry's own iteration, watched after every step: the iterates are its own.
-        odd_quintic_iteration(G, rows, dtype=dtype, eps=eps, norm_safety=norm_safety,
-                              after_step=keep)
+        odd_quintic_iteration(G, plan.rows, dtype=dtype, eps=eps, norm_safety=plan.norm_safety,
+                              s4_guard=plan.s4_guard, after_step=keep)
     out = []
     for i, Y in enumerate(kept):
         if out_scale != 1.0:

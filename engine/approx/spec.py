@@ -30,6 +30,7 @@ from engine.errors import (
 )
 from engine.specs import MAX_SPEC_CHARS, run_label
 from engine.spectral import SPECTRAL_MAPS, get_map
+from engine.spectral.common import NULL_MODES
 from engine.spectral.freon import FINISHES
 from engine.spectral.schedules import SCHEDULES
 
@@ -90,6 +91,7 @@ _C = Option(float, 0, 1)
 _DELTA = Option(float, 0, 1e3)
 _EPS = Option(float, 0, 1, open_lo=True)
 _L0 = Option(float, 0, 1, open_lo=True)
+_NULL = Option(str, choices=NULL_MODES)
 # Every option of every lab map, typed and bounded: the maps' own checks come too late for
 # some (qdwh[max_iter=-1] ran zero iterations and was scored) and coerce others (steps=5.5).
 # A test checks this table against the maps' signatures.
@@ -99,10 +101,10 @@ LAB_OPTIONS: dict[str, dict[str, Option]] = {
     "gram_eigh": {"c": _C, "delta": _DELTA},
     "newton_schulz": {"schedule": Option(str, choices=tuple(SCHEDULES)),
                       "steps": Option(int, 1, 100), "eps": _EPS},
-    "qdwh": {"l0": _L0, "max_iter": Option(int, 1, 50)},
+    "qdwh": {"l0": _L0, "max_iter": Option(int, 1, 50), "null": _NULL},
     "freon": {"c": _C, "delta": _DELTA, "l0": _L0, "tol": Option(float, 0, 1, True, True),
               "max_steps": Option(int, 1, 50), "norm_bound": Option(float, 0, 1e6, True),
-              "probe": Option(bool), "finish": Option(str, choices=FINISHES)},
+              "probe": Option(bool), "finish": Option(str, choices=FINISHES), "null": _NULL},
     "kaon_chaos": {"steps": Option(int, 1, 100), "eps": _EPS},
     "kaon_iid": {"low": Option(float, 0, 1e3, True), "high": Option(float, 0, 1e3, True),
                  "distribution": Option(str, choices=("uniform", "loguniform"))},

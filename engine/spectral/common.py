@@ -1,9 +1,16 @@
-"""Shared helpers for spectral maps: input checks, working dtype, the wide orientation."""
+"""Shared helpers for spectral maps: input checks, working dtype, the wide orientation, exact
+power-of-two scaling, readable failures and the numerical null space."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
+
+from engine.errors import MapError, clip
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # The dtypes a spec may name, by name (optimizer hyper-parameters, lab specs).
@@ -45,6 +52,104 @@ def work_dtype(G: Tensor, dtype: torch.dtype | None, allow_half: bool = False) -
     elif d not in (torch.float32, torch.float64):
         raise ValueError(f"dtype: expected a floating dtype (got {d})")
     return d
+
+
+def empty_result(G: Tensor, d: torch.dtype) -> Tensor | None:
+    """The (empty) answer for a matrix with no entries, or None when ``G`` has entries: every
+    map sends an empty matrix to an empty one of its shape (no factorisation is run)."""
+    return torch.empty_like(G, dtype=d) if G.numel() == 0 else None
+
+
+@contextmanager
+def map_errors(name: str, G: Tensor) -> Iterator[None]:
+    """Turn a factorisation's ``LinAlgError`` into a ``MapError`` that names the map, ``G``'s
+    shape and the reason (NaN/inf input, or the factorisation's own message)."""
+    try:
+        yield
+    except torch.linalg.LinAlgError as err:
+        nonfinite = not bool(torch.isfinite(G).all())
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        reason = ("the input holds NaN or inf" if nonfinite
+                  else f"a factorisation failed ({clip(first, 200)})")
+        raise MapError(name, tuple(G.shape), reason, nonfinite) from err
+
+
+# frexp exponents of the smallest normal and the largest finite number: a power of two 2^(−e)
+# with e in this range is representable (2^(−128) in fp32 as a subnormal, exactly).
+_EXPONENTS = {d: tuple(int(torch.frexp(torch.tensor(v, dtype=torch.float64)).exponent)
+                      for v in (torch.finfo(d).tiny, torch.finfo(d).max))
+              for d in _FLOATS}
+
+
+def pow2_exponent(X: Tensor, floor: float = 0.0) -> Tensor:
+    """Per matrix, the integer e with ``max(max|X|, floor) ∈ [2^(e−1), 2^e)``, shaped (…, 1, 1)
+    (int32); 0 for a zero matrix or one holding NaN/inf (they pass through unscaled, so NaN
+    still propagates). Clamped to ``X``'s exponent range so that ``2^(−e)`` is representable.
+
+    Dividing by 2^e is exact in binary floating point (no rounding unless an entry leaves the
+    normal range), so a map can bring any finite input to max-abs ≈ 1 before it squares
+    anything, and the result in the normal range is bit for bit what it was unscaled.
+    ``floor``: a number in G's units that the scale must also cover (Freon's δ).
+    """
+    top = torch.linalg.vector_norm(X, ord=math.inf, dim=(-2, -1), keepdim=True).double()
+    if floor > 0:
+        top = top.clamp_min(floor)
+    e = torch.frexp(top).exponent
+    e = torch.where(torch.isfinite(top) & (top > 0), e, torch.zeros_like(e))
+    lo, hi = _EXPONENTS[X.dtype]
+    return e.clamp(lo, hi)
+
+
+def pow2(e: Tensor, dtype: torch.dtype) -> Tensor:
+    """``2^e`` exactly, in ``dtype`` (e an integer tensor within ``dtype``'s exponent range)."""
+    return torch.ldexp(torch.ones_like(e, dtype=torch.float64), e).to(dtype)
+
+
+def times_pow2(Y: Tensor, e: Tensor) -> Tensor:
+    """``Y·2^e`` for integer exponents e shaped (…, 1, 1), applied in two halves so that a
+    scale outside Y's exponent range still gives the representable answer (2^200·2^−190)."""
+    half = torch.div(e, 2, rounding_mode="floor")
+    return Y * pow2(half, Y.dtype) * pow2(e - half, Y.dtype)
+
+
+def null_tolerance(top: Tensor, rows: int, cols: int, d: torch.dtype) -> Tensor:
+    """The numerical null threshold: σ ≤ max(m, n)·eps·σ_max is zero to working precision
+    (NumPy's ``matrix_rank`` tolerance), for ``top`` = σ_max of each matrix."""
+    return top * (max(rows, cols, 1) * torch.finfo(d).eps)
+
+
+# How an iterative map treats G's numerically-null directions (the ``null`` option).
+NULL_MODES = ("keep", "zero")
+
+
+def check_null(null: str) -> None:
+    if null not in NULL_MODES:
+        raise ValueError(f"null: must be one of {', '.join(NULL_MODES)} (got {null!r})")
+
+
+def drop_null(G: Tensor, Y: Tensor, c: float) -> Tensor:
+    """``Y = U y(Σ) Vᵀ`` (an approximation of ``(GGᵀ)^(−c)G``, 0 < c < 1, same shape as G)
+    with the directions of G's numerical null space projected out, as the SVD maps do.
+
+    On the small side, ``H = G Yᵀ = U σ y(σ) Uᵀ`` is positive semidefinite and increasing in
+    σ, so its eigenvalues rank G's singular directions without an SVD of G; those with
+    σ ≤ max(m, n)·eps·σ_max (the same threshold carried through μ = σ^(2−2c)) are dropped.
+    Both factors are scaled by powers of two and H is formed and decomposed in fp64, so
+    neither overflow nor the GEMM's rounding reach the threshold. Costs one m×m×n GEMM, one
+    m×m eigh and two products, paid only when asked for.
+    """
+    d = Y.dtype
+    X, transposed = to_wide(G)
+    Z, _ = to_wide(Y)
+    m, n = X.shape[-2], X.shape[-1]
+    Xs = X.double() * pow2(-pow2_exponent(X), torch.float64)
+    Zs = Z.double() * pow2(-pow2_exponent(Z), torch.float64)
+    H = Xs @ Zs.mT  # (…, m, m)
+    mu, W = torch.linalg.eigh(0.5 * (H + H.mT))
+    top = mu.amax(dim=-1, keepdim=True).clamp_min(0)
+    keep = mu > top * (max(m, n) * torch.finfo(d).eps) ** (2.0 - 2.0 * c)
+    Wk = W * keep.unsqueeze(-2).to(W.dtype)
+    return from_wide((Wk @ Wk.mT).to(d) @ Z, transposed)
 
 
 def to_wide(X: Tensor) -> tuple[Tensor, bool]:

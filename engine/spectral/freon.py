@@ -29,11 +29,20 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
+from engine.errors import MapError
 from engine.spectral.common import (
     check_matrix,
+    check_null,
+    drop_null,
+    empty_result,
     from_wide,
+    map_errors,
+    null_tolerance,
+    pow2,
+    pow2_exponent,
     safe_scale,
     stacked_q,
+    times_pow2,
     to_wide,
     work_dtype,
 )
@@ -99,6 +108,7 @@ def freon_power(
     norm_bound: float | None = None,
     probe: bool = True,
     finish: str = "auto",
+    null: str = "keep",
 ) -> tuple[Tensor, FreonInfo]:
     """``(G Gᵀ + δ² I)^(−c) G`` in ``dtype`` (G's shape) and the iteration record.
 
@@ -128,40 +138,101 @@ def freon_power(
     skipped when ``max_steps`` leaves no room or when a failure would add a QR step (fp64's
     default ℓ₀ is too low for that), and costs one host sync; ``probe=False`` gives a
     data-independent path.
+
+    Scale: without ``norm_bound``, G and δ are divided by one power of two first (exact), so
+    any finite G works and the answer comes back wherever it is representable; with it, G is
+    the caller's prescaled matrix and is used as it is (the optimizer's fast path).
+
+    ``c = 1`` with δ = 0 is one QR: a zero G gives zero, and a rank-deficient G, whose
+    ``(GGᵀ)⁻¹`` does not exist, raises ``MapError`` (pass δ > 0, or use ``spectral_power``,
+    which maps the null space to zero). ``null``: as in ``qdwh``, "keep" leaves numerically-
+    null directions (σ ≤ max(m, n)·eps·σ_max) at what the iteration makes of them (exact
+    zeros stay zero; noise below ℓ₀ is only partly mapped), "zero" projects them out as the
+    SVD maps do; it applies to 0 < c < 1 with δ = 0 (a floor already defines the answer there).
     """
     check_matrix(G)
     if not delta >= 0:
         raise ValueError(f"delta: must be >= 0 (got {delta})")
     if not 1 <= max_steps <= 50:
         raise ValueError(f"max_steps: must be in [1, 50] (got {max_steps})")
+    check_null(null)
     frac = as_fraction(c)
     d = work_dtype(G, dtype)
     fin = resolve_finish(finish, G.device)
-    X, transposed = to_wide(G.to(d))
-    m, n = X.shape[-2], X.shape[-1]
-    eye = torch.eye(m, dtype=d, device=X.device)
+    if (empty := empty_result(G, d)) is not None:
+        return empty, FreonInfo(0, 0, ())
     if frac == 0:
-        return from_wide(X, transposed), FreonInfo(0, 0, ())
-    if frac == 1:
-        if delta > 0:
-            X = torch.cat([X, delta * eye.expand(*X.shape[:-2], m, m)], dim=-1)  # A + δ²I
-        Y = _inverse_by_qr(X)
-        return from_wide(Y[..., :n], transposed), FreonInfo(1, 0, ())
+        return G.to(d), FreonInfo(0, 0, ())
+    with map_errors("freon", G):
+        if frac == 1:
+            Y, info = _freon_one(G, delta, d)
+        else:
+            Y, info = _freon_iterate(G, frac, delta, l0, d, tol, max_steps, norm_bound, probe,
+                                     fin)
+    if null == "zero" and delta == 0 and frac < 1:
+        Y = drop_null(G.to(d), Y, float(frac))
+    return Y, info
 
+
+def _freon_one(G: Tensor, delta: float, d: torch.dtype) -> tuple[Tensor, FreonInfo]:
+    """c = 1: ``(GGᵀ + δ²I)⁻¹G`` by one least-squares QR, on G and δ divided by a power of
+    two (so the answer, which scales as 1/G, never over- or underflows in between)."""
+    e = pow2_exponent(G, delta)  # (…, 1, 1)
+    X, transposed = to_wide((G * pow2(-e, G.dtype)).to(d))
+    m, n = X.shape[-2], X.shape[-1]
+    if delta > 0:
+        dh = (delta * pow2(-e, torch.float64)).to(d)  # δ/2^e ≤ 1
+        eye = torch.eye(m, dtype=d, device=X.device)
+        X = torch.cat([X, dh * eye.expand(*X.shape[:-2], m, m)], dim=-1)  # A + δ²I
+    Y, R = _inverse_by_qr(X)
+    if delta == 0:
+        # Without a floor the answer exists only for full row rank; a zero G (a zero
+        # gradient) is the one rank-deficient input with an obvious answer, zero.
+        rd = R.diagonal(dim1=-2, dim2=-1).abs()  # (…, m)
+        top = rd.amax(dim=-1, keepdim=True)
+        zero = top == 0
+        singular = (rd <= null_tolerance(top, m, n, d)).any(dim=-1, keepdim=True) & ~zero
+        if bool(singular.any()):
+            raise MapError("freon", tuple(G.shape),
+                           "(GGᵀ)^(−1)G does not exist for a rank-deficient G (c = 1 with no "
+                           "floor); pass delta > 0 for (GGᵀ + δ²I)^(−1)G, or use "
+                           "spectral_power, which maps the null space to 0")
+        Y = torch.where(zero[..., None], torch.zeros_like(Y), Y)
+    return from_wide(times_pow2(Y[..., :n], -e), transposed), FreonInfo(1, 0, ())
+
+
+def _freon_iterate(
+    G: Tensor, frac: Fraction, delta: float, l0: float | None, d: torch.dtype,
+    tol: float | None, max_steps: int, norm_bound: float | None, probe: bool, fin: str,
+) -> tuple[Tensor, FreonInfo]:
+    """The rational iteration for 0 < c < 1 (see :func:`freon_power`)."""
+    cf = float(frac)
     if norm_bound is not None:
+        X, transposed = to_wide(G.to(d))
+        m = X.shape[-2]
         alpha: Tensor | float = _bound_scale(norm_bound, delta, m)
+        dh: Tensor | float = delta
+        gain: Tensor | float = 1.0
     else:
+        e = pow2_exponent(G, delta)  # max(max|G|, δ) ∈ [2^(e−1), 2^e), (…, 1, 1)
+        X, transposed = to_wide((G * pow2(-e, G.dtype)).to(d))
+        m = X.shape[-2]
         alpha = safe_scale(X)
+        dh = (delta * pow2(-e, torch.float64)).to(d)
         if delta > 0:
-            alpha = (alpha**2 + delta**2).sqrt()  # ‖[X, δI]‖₂² = ‖X‖₂² + δ²
+            alpha = (alpha**2 + dh**2).sqrt()  # ‖[X, δI]‖₂² = ‖X‖₂² + δ²
+        # The power of two comes back as 2^(e(1−2c)): |e(1−2c)| ≤ e/2 for the c here, so it is
+        # representable whenever the answer is.
+        gain = torch.exp2(e.double() * (1 - 2 * cf)).to(d)
+    n = X.shape[-1]
+    eye = torch.eye(m, dtype=d, device=X.device)
     Xt = X / alpha
     # The floor: the iteration runs on [X, δI] (Gram A + δ²I). Until the first QR step, Xt
     # stands for that with ``floor`` = δ/α pending: that step takes the floor through its
     # stack's identity block, and only its result is widened (see _qr_step).
-    floor: Tensor | float | None = delta / alpha if delta > 0 else None
+    floor: Tensor | float | None = dh / alpha if delta > 0 else None
     plan = _plan(frac, m, d, delta, l0, tol, max_steps, norm_bound, probe, fin)
     spec = plan.speculation
-    cf = float(frac)
     # The output accumulator: Y = F·X with F = ∏ u^(p(2c−1)/2) from the QR phase (None: Y = X,
     # c = ½). The Cholesky phase's C and the finish act on it; X only drives the Gram.
     Y: Tensor | None = None
@@ -205,7 +276,7 @@ def freon_power(
         lam, V = eig if eig is not None else torch.linalg.eigh(A)
         # λ ≥ L_T in exact arithmetic; the clamp only keeps rounding from reaching 0. The
         # scale α^(1−2c) rides on the eigenvalues (m numbers, not an m×n′ pass).
-        gain = lam.clamp_min(0.5 * L_T) ** -cf * _as_column(alpha ** (1 - 2 * cf))
+        gain = lam.clamp_min(0.5 * L_T) ** -cf * _as_column(alpha ** (1 - 2 * cf) * gain)
         Y = ((V * gain[..., None, :]) @ V.mT) @ (Xt if Y is None else Y)
         info = FreonInfo(qr_steps, 0, schedule, probes, eigh_steps=1)
         return from_wide(Y[..., :n], transposed), info
@@ -254,7 +325,7 @@ def freon_power(
             S = _add_diag(S @ E, coef[j])
         W_ = S if W_ is None else W_ @ S
     out = Xt if Y is None else Y
-    scale = mid**-cf * alpha ** (1 - 2 * cf)
+    scale = mid**-cf * alpha ** (1 - 2 * cf) * gain
     out = out * scale if W_ is None else (W_ * scale) @ out  # scale the smaller factor
     return from_wide(out[..., :n], transposed), FreonInfo(qr_steps, chol_steps, schedule, probes)
 
@@ -511,6 +582,7 @@ def warm_freon(
     norm_bound: float | None = None,
     probe: bool = True,
     finish: str = "auto",
+    null: str = "keep",
 ) -> None:
     """Solve and cache the schedules a call with these options on ``shape`` may use.
 
@@ -519,6 +591,7 @@ def warm_freon(
     covered too, because the schedule never depends on the values of G, only on options.
     """
     frac = as_fraction(c)
+    check_null(null)
     if frac in (0, 1):
         return
     d = dtype if dtype in (torch.float32, torch.float64) else torch.float32
@@ -528,10 +601,11 @@ def warm_freon(
         _plan(frac, m, d, delta, l0, tol, max_steps, norm_bound, probe, fin)
 
 
-def _inverse_by_qr(X: Tensor) -> Tensor:
-    """``(X Xᵀ)⁻¹ X`` for wide X by one least-squares QR: ``Xᵀ = Q R`` ⇒ it is ``R⁻¹ Qᵀ``."""
+def _inverse_by_qr(X: Tensor) -> tuple[Tensor, Tensor]:
+    """``(X Xᵀ)⁻¹ X`` for wide X by one least-squares QR: ``Xᵀ = Q R`` ⇒ it is ``R⁻¹ Qᵀ``;
+    and R, whose diagonal says whether X has full row rank."""
     Q, R = torch.linalg.qr(X.mT)
-    return torch.linalg.solve_triangular(R, Q.mT, upper=True)
+    return torch.linalg.solve_triangular(R, Q.mT, upper=True), R
 
 
 def freon(
@@ -546,7 +620,8 @@ def freon(
     norm_bound: float | None = None,
     probe: bool = True,
     finish: str = "auto",
+    null: str = "keep",
 ) -> Tensor:
     """``(G Gᵀ + δ² I)^(−c) G`` by Freon's rational iteration (see :func:`freon_power`)."""
     return freon_power(G, c=c, delta=delta, l0=l0, dtype=dtype, tol=tol, max_steps=max_steps,
-                       norm_bound=norm_bound, probe=probe, finish=finish)[0]
+                       norm_bound=norm_bound, probe=probe, finish=finish, null=null)[0]

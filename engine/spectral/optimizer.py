@@ -17,7 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from engine.errors import MapError
 from engine.spectral import get_map
+from engine.spectral.common import pow2, pow2_exponent
 
 SHAPE_SCALES = ("original", "match_rms_adamw", "none")
 NONFINITE = ("raise", "propagate")
@@ -117,12 +119,16 @@ def spectral_direction(
     ``M/‖M‖_F`` (and so does the normalisation, keeping it consistent).
     """
     if getattr(spectral_map, "prescale", False):
+        # A power of two first (exact: the same bits in the normal range), so that ‖M‖_F
+        # neither overflows (a 1e30 fp32 gradient gave a zero update) nor underflows (at 1e-30
+        # the "unit" momentum had norm 1e8 and the relative floor vanished).
+        M = M * pow2(-pow2_exponent(M), M.dtype)
         norm = M.norm(dim=(-2, -1), keepdim=True)
         M = M / norm.clamp_min(torch.finfo(M.dtype).tiny)
     try:
         D = (spectral_map(M, generator) if isinstance(spectral_map, ConfiguredMap)
              else spectral_map(M))
-    except torch.linalg.LinAlgError:
+    except (torch.linalg.LinAlgError, MapError):
         # Factorisation-based maps (QR/Cholesky/eigh/SVD) refuse NaN/inf input where matmul
         # maps pass it on. A non-finite momentum is the "propagate" case: hand NaN on so the
         # training loop records a divergence, as it would for Newton–Schulz; a finite one

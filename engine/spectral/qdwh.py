@@ -10,7 +10,13 @@ from torch import Tensor
 
 from engine.spectral.common import (
     check_matrix,
+    check_null,
+    drop_null,
+    empty_result,
     from_wide,
+    map_errors,
+    pow2,
+    pow2_exponent,
     safe_scale,
     stacked_q,
     to_wide,
@@ -57,28 +63,50 @@ def qdwh_polar(
     l0: float | None = None,
     dtype: torch.dtype | None = None,
     max_iter: int = 10,
+    null: str = "keep",
 ) -> tuple[Tensor, QDWHInfo]:
     """The polar factor of ``G`` by QDWH, in ``dtype``, with the iteration record.
 
     ``l0`` must be a lower bound on σ_min/‖G‖₂ (default: eps/20 of the dtype, which costs
     6 iterations in fp64); components below it converge only partially, and exact zeros
     stay zero. Stops once the scalar bound is within 10·eps of 1, i.e. at working accuracy.
+
+    ``null``: what happens to G's numerically-null directions (σ ≤ max(m, n)·eps·σ_max, e.g.
+    the rounding noise of a rank-deficient matrix). "keep" (default): whatever the iteration
+    makes of them, anywhere in [0, 1] (≈ 1 once σ ≥ l0; a κ = 1e16 matrix is "rank
+    deficient" by that threshold and still gets its full polar factor). "zero": projected
+    out, as ``svd_polar`` does (one extra m×m eigh, see ``common.drop_null``).
+    G is divided by a power of two first, so any finite scale works.
     """
     check_matrix(G)
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         # Fewer than one step returns the scaled input, which is not a polar factor.
         raise ValueError(f"max_iter: must be an integer >= 1 (got {max_iter!r})")
+    check_null(null)
     d = work_dtype(G, dtype)
     eps = torch.finfo(d).eps
     # eps/20: covers κ up to ≈ 1/eps after the 1.05 safety of the scale, still ≤ 6 steps.
     lo = eps / 20 if l0 is None else float(l0)
     if not 0 < lo <= 1:
         raise ValueError(f"l0: must be in (0, 1] (got {l0})")
-    X, transposed = to_wide(G.to(d))
-    T = X.mT  # (..., n, m) tall: QR and Cholesky act on the small m×m side
+    if (empty := empty_result(G, d)) is not None:
+        return empty, QDWHInfo()
+    # Exact, and before the cast: the norm estimate squares G (it overflowed from ‖G‖₂ ≈ 1e10
+    # in fp32 and the iteration then ran unscaled).
+    X, transposed = to_wide((G * pow2(-pow2_exponent(G), G.dtype)).to(d))
+    with map_errors("qdwh", G):
+        T, info = _iterate(X.mT, lo, eps, max_iter)
+    Y = T.mT
+    if null == "zero":
+        Y = drop_null(X, Y, 0.5)
+    return from_wide(Y, transposed), info
+
+
+def _iterate(T: Tensor, lo: float, eps: float, max_iter: int) -> tuple[Tensor, QDWHInfo]:
+    """QDWH on the tall (…, n, m) ``T`` (max-abs ≈ 1): QR steps, then Cholesky once safe."""
     T = T / safe_scale(T)
     m = T.shape[-1]
-    eye = torch.eye(m, dtype=d, device=T.device)
+    eye = torch.eye(m, dtype=T.dtype, device=T.device)
     info = QDWHInfo()
     while 1.0 - lo > 10 * eps and info.iterations < max_iter:
         a, b, c = qdwh_coefficients(lo)
@@ -95,10 +123,10 @@ def qdwh_polar(
             info.cholesky_steps += 1
         lo = min(lo * (a + b * lo * lo) / (1.0 + c * lo * lo), 1.0)
         info.lower_bounds.append(lo)
-    return from_wide(T.mT, transposed), info
+    return T, info
 
 
 def qdwh(G: Tensor, *, l0: float | None = None, dtype: torch.dtype | None = None,
-         max_iter: int = 10) -> Tensor:
+         max_iter: int = 10, null: str = "keep") -> Tensor:
     """The polar factor ``U Vᵀ`` of ``G`` by QDWH (see :func:`qdwh_polar`); returns ``dtype``."""
-    return qdwh_polar(G, l0=l0, dtype=dtype, max_iter=max_iter)[0]
+    return qdwh_polar(G, l0=l0, dtype=dtype, max_iter=max_iter, null=null)[0]

@@ -376,7 +376,7 @@ def test_training_captures_gradient_and_momentum_of_matrix_parameters_at_chosen_
     ("kaon_iid[distribution=normal]", "methods.0.options.distribution: must be one of "
      "uniform, loguniform for kaon_iid (got 'normal')"),
     ("qdwh[steps=3]", "methods.0.options.steps: qdwh has no such option; allowed: l0, "
-     "max_iter"),
+     "max_iter, null"),
     ("svd_polar[x=1]", "methods.0.options.x: svd_polar has no such option; allowed: none"),
 ])
 def test_bad_method_options_are_named(line, message):
