@@ -214,12 +214,12 @@ def profile_chart(profile: pd.DataFrame) -> alt.Chart:
     ).properties(height=300, width="container")
 
 
-def forest_chart(table: pd.DataFrame, baseline: str, measure_title: str) -> alt.LayerChart:
+def forest_chart(table: pd.DataFrame, baseline: str, measure_title: str,
+                 groups: list[str]) -> alt.LayerChart:
     """Δ against the baseline per group with its 95 % interval (``group, diff, diff_lo,
-    diff_hi``), a rule at zero: a bar that crosses zero is no evidence either way. Groups in
-    the table's order, coloured as everywhere else."""
+    diff_hi``), a rule at zero: a bar that crosses zero is no evidence either way. ``groups``:
+    every group of the study in order, for rows and colours as everywhere else."""
     data = table.dropna(subset=["diff"])
-    groups = list(table["group"])
     y = alt.Y("group:N", title=None, sort=groups, axis=alt.Axis(labelLimit=260))
     color = alt.Color("group:N", legend=None, scale=group_colors(groups, len(groups)))
     tooltip = ["group:N", alt.Tooltip("diff:Q", title="Δ vs baseline", format=".4g"),

@@ -149,8 +149,12 @@ def compare_table(data: StudyData, runs: pd.DataFrame, v: View) -> pd.DataFrame 
     if finals.empty:
         return None
     table = an.group_table(runs, finals, v.group, v.measure, v.baseline or None, band="t")
-    table["group"] = table["group"].map(group_names(runs, v))
-    table = table.rename(columns={"center": f"{v.measure} {v.metric} (mean)", "lo": "CI low",
+    names = group_names(runs, v)
+    # Config order, as in every legend, so a row is found where its colour is expected.
+    table = table.set_index("group").reindex(list(names)).reset_index()
+    table["group"] = table["group"].map(names)
+    table = table.rename(columns={"center": f"{v.measure} {title(v.metric).lower()} (mean)",
+                                  "lo": "CI low",
                                   "hi": "CI high", "n": "finished seeds",
                                   "diverged": "diverged/failed", "diff": "Δ vs baseline",
                                   "diff_lo": "Δ CI low", "diff_hi": "Δ CI high",
@@ -170,7 +174,7 @@ def forest_figure(table: pd.DataFrame, v: View, runs: pd.DataFrame) -> alt.TopLe
     if table.loc[table["group"] != baseline, "Δ vs baseline"].isna().all():
         return None  # nothing compared yet: a lone baseline at zero says nothing
     return charts.forest_chart(table.rename(columns=cols), baseline,
-                               f"{v.measure} {title(v.metric).lower()}")
+                               f"{v.measure} {title(v.metric).lower()}", list(names.values()))
 
 
 def lr_figures(data: StudyData, runs: pd.DataFrame,
@@ -203,6 +207,7 @@ def ttt_figures(data: StudyData, runs: pd.DataFrame, v: View,
                                                                 per_run["reached"], strict=True)]
     chart = charts.ttt_chart(per_run, an.X_TITLES[v.x], list(names.values()))
     summary = an.ttt_summary(runs, reached, v.group)
+    summary = summary.set_index("group").reindex(list(names)).reset_index()
     summary["group"] = summary["group"].map(names)
     summary["median"] = summary["median"].map(fmt)
     return chart, summary.rename(columns={

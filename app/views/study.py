@@ -200,14 +200,15 @@ def _compare_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState
     if table is None:
         st.caption(f"The comparison appears once runs report {title(v.metric).lower()}.")
         return
-    left, right = st.columns([3, 2])
-    left.dataframe(table, hide_index=True, width="stretch", key="group_table",
-                   placeholder=MISSING,
-                   column_config={c: st.column_config.NumberColumn(format="%.4g")
-                                  for c in table.columns if table[c].dtype.kind == "f"})
+    # The forest plot right under the table, rows in the same order: thirteen columns need
+    # the page's whole width, and a plot squeezed beside them would be too narrow to read.
+    st.dataframe(table, hide_index=True, width="stretch", key="group_table",
+                 placeholder=MISSING,
+                 column_config={c: st.column_config.NumberColumn(format="%.4g")
+                                for c in table.columns if table[c].dtype.kind == "f"})
     forest = report.forest_figure(table, v, runs)
     if forest is not None:
-        right.altair_chart(forest, width="stretch", key="chart_forest")
+        st.altair_chart(forest, width="stretch", key="chart_forest")
         out["charts"]["Δ against the baseline"] = forest
     st.caption(
         "Lower is better. Statistics use finished runs only; finished seeds: n per group. CI: "
