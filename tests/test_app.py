@@ -258,7 +258,7 @@ def test_profiles_page_compares_optimizers_across_studies(services):
     assert len(at.multiselect(key="prof_studies").value) == 3
     assert len(at.get("vega_lite_chart")) == 1
     table = at.dataframe[0].value
-    assert list(table.columns) == ["adamw", "muon"] and len(table) == 3
+    assert list(table.columns) == ["AdamW", "Muon"] and len(table) == 3
     at.selectbox(key="prof_cost").set_value("ttt").run()
     assert not at.exception and len(at.get("vega_lite_chart")) == 1
 

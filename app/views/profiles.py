@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import charts
+from app import charts, labels
 from app.services import get_services
 from app.text import plain
 from storage import analytics as an
@@ -40,7 +40,7 @@ def render() -> None:
         st.caption("Pick studies that have recorded metrics.")
         return
     c = st.columns(3)
-    metric = c[0].selectbox("Metric", metrics, key="prof_metric",
+    metric = c[0].selectbox("Metric", metrics, key="prof_metric", format_func=labels.metric_title,
                             index=metrics.index("val_loss") if "val_loss" in metrics else 0)
     cost = c[1].selectbox("Cost", list(COSTS), format_func=COSTS.__getitem__, key="prof_cost")
     slack = c[2].number_input("Target: within % of the task's best", 0.0, 1000.0, 5.0,
@@ -70,6 +70,7 @@ def render() -> None:
         st.error(f"{plain(metric)}: performance profiles need positive costs; this metric has "
                  "values ≤ 0. Choose a loss.")
         return
+    table = table.assign(solver=table["solver"].map(labels.optimizer_title))
     taus = np.logspace(0, 1, 101)
     profile = stats.performance_profile(table, taus)
     st.altair_chart(charts.profile_chart(profile), width="stretch", key="chart_profile")
@@ -77,4 +78,5 @@ def render() -> None:
                "config's median over seeds; a diverged run costs ∞ and is never within τ.")
     wide = table.pivot(index="task", columns="solver", values="cost")
     wide.index = [f"{names.at[t, 'name']} · {names.at[t, 'workload']} ({t})" for t in wide.index]
-    st.dataframe(wide, key="prof_table", width="stretch")
+    # A task an optimizer was not run on shows "–", not the word None.
+    st.dataframe(wide, key="prof_table", width="stretch", placeholder="–")

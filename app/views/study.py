@@ -185,8 +185,11 @@ def _curves_tab(data: _CachedData, runs: pd.DataFrame, v: View, out: dict) -> No
     st.caption(
         f"Lines: {v.center} over seeds; band: {BAND_LABELS[v.band]}; point opacity: seeds at "
         f"that point (groups have {n_seeds.min()}–{n_seeds.max()} runs). Diverged seeds leave "
-        "the band from the step they diverge and are counted in the comparison table."
-        + (" Faint line: before smoothing." if v.smooth else "")
+        "the band from the step they diverge and are counted in the comparison table. Bands of "
+        "a metric whose values are all positive (a loss) are multiplicative, so they stay above "
+        "zero. Hover for every group's value at one step; click a group (its line or legend "
+        "entry) to draw its seeds; drag or scroll to pan and zoom the x axis; double-click "
+        "clears both." + (" Faint line: before smoothing." if v.smooth else "")
     )
 
 
