@@ -225,14 +225,61 @@ def forest_chart(table: pd.DataFrame, baseline: str, measure_title: str,
     tooltip = ["group:N", alt.Tooltip("diff:Q", title="Δ vs baseline", format=".4g"),
                alt.Tooltip("diff_lo:Q", title="95 % CI low", format=".4g"),
                alt.Tooltip("diff_hi:Q", title="95 % CI high", format=".4g")]
-    base = alt.Chart(data, title=f"Δ {measure_title} vs {baseline} (95 % CI)")
+    title = alt.Title(f"Δ {measure_title} vs {baseline} (95 % CI)",
+                      subtitle="hollow: too few seeds for an interval")
     x_title = f"Δ {measure_title} (lower is better)"
     x = alt.X("diff:Q", title=x_title)
+    sure = data["diff_lo"].notna()
     return alt.layer(
         alt.Chart(pd.DataFrame({"zero": [0.0]})).mark_rule(color="#888", strokeDash=[4, 3])
         .encode(x="zero:Q"),
-        base.mark_rule(strokeWidth=3).encode(x=alt.X("diff_lo:Q", title=x_title),
-                                             x2="diff_hi:Q", y=y, color=color,
-                                             tooltip=tooltip),
-        base.mark_point(filled=True, size=90).encode(x=x, y=y, color=color, tooltip=tooltip),
+        alt.Chart(data[sure], title=title).mark_rule(strokeWidth=3).encode(
+            x=alt.X("diff_lo:Q", title=x_title), x2="diff_hi:Q", y=y, color=color,
+            tooltip=tooltip),
+        alt.Chart(data[sure]).mark_point(filled=True, size=90).encode(
+            x=x, y=y, color=color, tooltip=tooltip),
+        # A difference with no interval is drawn hollow: a lone dot must not look certain.
+        alt.Chart(data[~sure]).mark_point(filled=False, size=90, strokeWidth=2).encode(
+            x=x, y=y, color=color, tooltip=tooltip),
     ).properties(height=ROW_PX * max(3, len(groups)) + AXIS_PX, width="container")
+
+
+def budget_chart(curves: pd.DataFrame, measure_title: str, families: list[str],
+                 common_k: int | None = None, log_y: bool = False) -> alt.LayerChart:
+    """Expected best ``measure_title`` after k random trials of each family's lr grid, with its
+    bootstrap band (``family, k, expected, lo, hi, trials``; families titled, in config order
+    for colours that do not move); a dashed rule at ``common_k``, the budget every family
+    can be read at."""
+    data = curves.copy()
+    if log_y:
+        data = data[data["expected"] > 0]
+        data["lo"] = data["lo"].where(data["lo"] > 0, data["expected"])
+    x = alt.X("k:Q", title="tuning budget k (random trials of the lr grid)",
+              scale=alt.Scale(type="log", base=2), axis=alt.Axis(tickMinStep=1))
+    y_scale = _y_scale(log_y)
+    color = alt.Color("family:N", title=None, legend=alt.Legend(**LINE_LEGEND),
+                      scale=group_colors(families, len(families)))
+    picked = alt.selection_point(fields=["family"], bind="legend", on="click")
+    tooltip = [alt.Tooltip("family:N", title="optimizer"), alt.Tooltip("k:Q", title="trials k"),
+               alt.Tooltip("expected:Q", title=f"expected best {measure_title}", format=".4g"),
+               alt.Tooltip("lo:Q", title="bootstrap 95 % low", format=".4g"),
+               alt.Tooltip("hi:Q", title="bootstrap 95 % high", format=".4g"),
+               alt.Tooltip("trials:Q", title="trials observed")]
+    title = f"Expected best {measure_title} at equal tuning budget"
+    base = alt.Chart(data, title=title)
+    y_title = f"expected best {measure_title} after k trials"
+    layers = [
+        base.mark_area(opacity=0.15).encode(
+            x=x, y=alt.Y("lo:Q", title=y_title, scale=y_scale), y2="hi:Q", color=color,
+            opacity=alt.condition(picked, alt.value(0.15), alt.value(0.03))),
+        base.mark_line(strokeWidth=2, point=alt.OverlayMarkDef(size=25, filled=True)).encode(
+            x=x, y=alt.Y("expected:Q", title=y_title, scale=y_scale), color=color,
+            opacity=alt.condition(picked, alt.value(1.0), alt.value(0.15)),
+            tooltip=tooltip).add_params(picked),
+    ]
+    if common_k is not None:
+        layers.append(alt.Chart(pd.DataFrame({"k": [common_k]})).mark_rule(
+            color="#888", strokeDash=[4, 3]).encode(
+            x="k:Q", tooltip=[alt.Tooltip("k:Q", title="budget every optimizer has")]))
+    return alt.layer(*layers).properties(height=max(360, 24 * len(families) + 60),
+                                         width="container")

@@ -1,0 +1,51 @@
+"""What the study charts put in their Vega-Lite specs: fixed colours, the hover table, the
+seed lines' budget and the forest plot's certain and uncertain differences."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from app import charts
+
+
+def _datasets(chart) -> list[list[dict]]:
+    spec = chart.to_dict()
+    return list(spec["datasets"].values())
+
+
+def test_hover_frame_has_every_group_at_each_step_and_a_dash_where_none():
+    grouped = pd.DataFrame({
+        "group": ["a.b[x]", "a.b[x]", "c", "c"], "cell": [0, 1, 0, 1],
+        "x": [0.0, 10.0, 0.0, 10.0], "center": [1.0, 0.5, 2.0, math.nan]})
+    wide, columns = charts.hover_frame(grouped, ["a.b[x]", "c"])
+    # Positional field names: a group name with dots or brackets cannot break a Vega path.
+    assert columns == {"g0": "a.b[x]", "g1": "c"}
+    assert wide[["cell", "g0", "g1", "x"]].values.tolist() == [[0, "1", "2", 0.0],
+                                                                [1, "0.5", "–", 10.0]]
+
+
+def test_seed_lines_are_thinned_to_the_budget_per_run():
+    seeds = pd.DataFrame({"run_id": [r for r in "abc" for _ in range(100)],
+                          "x": list(range(100)) * 3, "value": 1.0})
+    thin = charts.thin_seeds(seeds, budget=60)
+    assert len(thin) <= 60 and set(thin["run_id"]) == {"a", "b", "c"}
+    assert charts.thin_seeds(seeds, budget=1000) is seeds
+
+
+def test_forest_draws_uncertain_differences_hollow():
+    table = pd.DataFrame({"group": ["base", "sure", "unsure", "none"],
+                          "diff": [0.0, -0.2, 0.1, math.nan],
+                          "diff_lo": [math.nan, -0.3, math.nan, math.nan],
+                          "diff_hi": [math.nan, -0.1, math.nan, math.nan]})
+    chart = charts.forest_chart(table, "base", "final loss", list(table["group"]))
+    spec = chart.to_dict()
+    points = [layer for layer in spec["layer"] if layer["mark"]["type"] == "point"]
+    filled = {layer["mark"]["filled"]: layer for layer in points}
+    data = spec["datasets"]
+    assert [r["group"] for r in data[filled[True]["data"]["name"]]] == ["sure"]
+    assert [r["group"] for r in data[filled[False]["data"]["name"]]] == ["base", "unsure"]
+    # Rows and colours follow the study's order and palette, not the table's sorting.
+    assert points[0]["encoding"]["color"]["scale"]["domain"] == ["base", "sure", "unsure", "none"]
+    assert points[0]["encoding"]["color"]["scale"]["range"] == charts.PALETTE
