@@ -144,15 +144,17 @@ def band_chart(grouped: pd.DataFrame, metric: str, x_title: str, log_y: bool = F
                                          width="container").interactive(bind_y=False)
 
 
-def lr_chart(points: pd.DataFrame, title: str, log_y: bool = False) -> alt.LayerChart:
+def lr_chart(points: pd.DataFrame, title: str, log_y: bool = False,
+             optimizers: list[str] | None = None) -> alt.LayerChart:
     """Measure against learning rate per optimizer config family, with the seed band; a
-    learning rate whose runs all diverged is drawn as a cross above the finite points."""
+    learning rate whose runs all diverged is drawn as a cross above the finite points.
+    ``optimizers``: every optimizer of the study in order, for colours that do not move."""
     finite = points[np.isfinite(points["center"].astype(float))]
     top = float(finite["hi"].max()) * 1.1 if not finite.empty else 1.0
     bad = points.loc[~points.index.isin(finite.index)].assign(center=top)
     x = alt.X("lr:Q", title="learning rate", scale=alt.Scale(type="log"))
     color = alt.Color("optimizer:N", title="optimizer", legend=alt.Legend(**LINE_LEGEND),
-                      scale=palette_scale(list(dict.fromkeys(points["optimizer"]))))
+                      scale=palette_scale(optimizers or list(dict.fromkeys(points["optimizer"]))))
     tooltip = ["label:N", alt.Tooltip("lr:Q", format=".3g"),
                alt.Tooltip("center:Q", title=title, format=".4g"),
                alt.Tooltip("n:Q", title="finite seeds"), alt.Tooltip("runs:Q", title="runs")]

@@ -186,7 +186,8 @@ def lr_figures(data: StudyData, runs: pd.DataFrame,
     points, tune = an.lr_sensitivity(runs, finals, v.measure, band, v.within / 100)
     points = points.assign(optimizer=points["optimizer"].map(labels.optimizer_title),
                            label=points["label"].map(labels.config_title))
-    chart = charts.lr_chart(points, f"{v.measure} {title(v.metric).lower()}", v.logy)
+    order = [labels.optimizer_title(o) for o in dict.fromkeys(runs["optimizer"])]
+    chart = charts.lr_chart(points, f"{v.measure} {title(v.metric).lower()}", v.logy, order)
     tune = tune.assign(optimizer=tune["optimizer"].map(labels.optimizer_title))
     return chart, tune.rename(columns={"decades": "lr range within x % of best (decades)"})
 
@@ -269,6 +270,8 @@ def build(data: StudyData, queries: Queries, spec: dict,
             out_charts[title(metric)] = chart
     if (lr := lr_figures(data, runs, v)) is not None:
         out_charts["Learning-rate sensitivity"], tables["Tuneability"] = lr
+    if (budget := budget_figures(data, runs, v)) is not None:
+        out_charts["Tuning budget"], tables["Tuning budget"] = budget
     target = v.target if v.target is not None else auto_target(data, v.metric)
     if target is not None:
         chart, tables["Time to target"] = ttt_figures(data, runs, v, target)
@@ -283,3 +286,43 @@ def build(data: StudyData, queries: Queries, spec: dict,
     tables["Runs"] = runs_table(queries.runs(data.study_id), runs, varying).drop(
         columns=["progress"])
     return out_charts, tables
+
+
+def budget_data(data: StudyData, runs: pd.DataFrame,
+                v: View) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """``analytics.tuning_budget`` for the view's metric and measure, families titled as
+    people write them; None until some run has ended."""
+    finals = data.finals(v.metric)
+    if finals.empty or runs.empty:
+        return None
+    firsts = an.first_values(data.a, [data.study_id], v.metric)
+    curves, summary = an.tuning_budget(runs, finals, firsts, v.measure,
+                                       an.higher_is_better(v.metric))
+    if curves.empty:
+        return None
+    names = labels.group_titles(list(dict.fromkeys(an.family_key(runs))))
+    return (curves.assign(family=curves["family"].map(names)),
+            summary.assign(family=summary["family"].map(names)))
+
+
+def budget_table(summary: pd.DataFrame, measure_title: str) -> pd.DataFrame:
+    """The tuning-budget summary with column names a person reads."""
+    k = int(summary["k"].iloc[0])
+    return summary.drop(columns=["optimizer", "k", "penalty"]).rename(columns={
+        "family": "optimizer", "trials": "trials (lr × seed)", "diverged": "diverged/failed",
+        "lrs": "lr grid points", "mean": "E[best] at k = 1 (mean trial)",
+        "at_k": f"E[best] at k = {k}", "at_k_lo": "95 % low", "at_k_hi": "95 % high",
+        "best": f"best single trial ({measure_title})", "rank": f"rank at k = {k}"})
+
+
+def budget_figures(data: StudyData, runs: pd.DataFrame,
+                   v: View) -> tuple[alt.TopLevelMixin, pd.DataFrame] | None:
+    """The equal-budget tuning curve and its table, for the page and the snapshot."""
+    computed = budget_data(data, runs, v)
+    if computed is None:
+        return None
+    curves, summary = computed
+    measure_title = f"{v.measure} {title(v.metric).lower()}"
+    chart = charts.budget_chart(curves, measure_title, list(summary["family"]),
+                                int(summary["k"].iloc[0]), v.logy)
+    return chart, budget_table(summary, measure_title)
