@@ -105,6 +105,15 @@ def _finite(x: float) -> float | None:
     return x if isinstance(x, float) and math.isfinite(x) else None
 
 
+def _unrepresentable(G64: Tensor, G: Tensor, dtype: torch.dtype) -> str:
+    """Why the fp64 case cannot be handed over in ``dtype`` (empty: it can)."""
+    if not bool(torch.isfinite(G).all()):
+        return f"its entries overflow {str(dtype).removeprefix('torch.')}"
+    if bool((G64 != 0).any()) and not bool((G != 0).any()):
+        return f"its entries underflow {str(dtype).removeprefix('torch.')} to zero"
+    return ""
+
+
 def case_list(spec: LabSpec) -> list[tuple[str, str, str]]:
     """(case_id, spectrum, shape) for generated cases, then ("captured:…", key, "") per capture."""
     out = [(f"{sp}@{sh}", sp, sh) for sp, sh in spec.cases()]
@@ -148,6 +157,12 @@ def run_lab(
             dtype = DTYPES[dname]
             in_dtype = torch.float64 if dtype == torch.float64 else torch.float32
             G = G64.to(in_dtype).to(device)
+            lost = _unrepresentable(G64, G, in_dtype)
+            if lost:
+                note = f"{case_id} × {dname} skipped: {lost}"
+                if note not in info["skipped"]:
+                    info["skipped"].append(note)
+                continue
             if in_dtype not in ref_cache:
                 with off_the_clock():
                     ref_cache[in_dtype] = references(G, c)

@@ -1,10 +1,11 @@
 """Test matrices for the approximation lab: controlled spectra × shapes, edge cases, captures.
 
 A case is named by two strings that travel in the lab spec: a *spectrum* (``loguniform:1e-6``,
-``powerlaw:1``, ``lowrank:16``, ``gaussian``, and the edge cases ``rankdef:0.5``, ``zero``,
-``orthogonal``, ``scaled:1e20``) and a *shape* (``256x256``, ``1024x256``, ``8x64x96`` for a
-batch of 8, or a GPT-2-small matrix such as ``gpt2:mlp_fc``). Every matrix is built in fp64
-from Haar-random factors with a seeded generator, so a case is the same on every machine.
+``powerlaw:1``, ``lowrank:16``, ``gaussian``, and the edge cases ``rankdef:0.5``, ``rank1``,
+``zero``, ``orthogonal``, ``scaled:1e30``) and a *shape* (``256x256``, ``1024x256``,
+``8x64x96`` for a batch of 8, or a GPT-2-small matrix such as ``gpt2:mlp_fc``). Every matrix
+is built in fp64 from Haar-random factors with a seeded generator, so a case is the same on
+every machine.
 """
 
 from __future__ import annotations
@@ -124,6 +125,12 @@ def _b_rankdef(m: int, n: int, p: float, g: torch.Generator) -> Tensor:
     return _from_values(m, n, s, g)
 
 
+def _b_rank1(m: int, n: int, p: float, g: torch.Generator) -> Tensor:
+    s = torch.zeros(min(m, n), dtype=torch.float64)
+    s[0] = 1.0
+    return _from_values(m, n, s, g)
+
+
 def _b_zero(m: int, n: int, p: float, g: torch.Generator) -> Tensor:
     return torch.zeros(m, n, dtype=torch.float64)
 
@@ -148,12 +155,22 @@ SPECTRA: dict[str, SpectrumKind] = {
                      _b_gaussian),
         SpectrumKind("rankdef", "a fraction of σ exactly 0, the rest log-uniform on [1e-3, 1]; "
                      "parameter the zero fraction", _b_rankdef, 0.5, 0.0, 0.99),
+        SpectrumKind("rank1", "one singular value 1, the rest exactly 0 (a batch-1 gradient: "
+                     "Kaon's root, CANS's overshoot)", _b_rank1),
         SpectrumKind("zero", "the zero matrix", _b_zero),
         SpectrumKind("orthogonal", "already orthogonal: every σ = 1", _b_orthogonal),
-        SpectrumKind("scaled", "log-uniform on [1e-3, 1] times a scale (huge or tiny); "
-                     "parameter the scale", _b_scaled, 1e20, 1e-30, 1e30),
+        SpectrumKind("scaled", "log-uniform on [1e-3, 1] times a scale (huge or tiny; beyond "
+                     "1e±38 only fp64 holds it); parameter the scale", _b_scaled, 1e20, 1e-300,
+                     1e300),
     )
 }
+
+
+# The edge cases the spectral engine is tested on (tests/engine/test_spectral_properties.py),
+# as lab spectra: scale at both ends of fp32's and fp64's range, rank one, rank-deficient,
+# zero. A job over these shows each map's convention on the page.
+EDGE_SPECTRA = ("scaled:1e30", "scaled:1e-30", "scaled:1e160", "scaled:1e-160", "rank1",
+                "rankdef:0.5", "zero", "orthogonal")
 
 
 @dataclass(frozen=True)

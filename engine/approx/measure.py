@@ -29,6 +29,13 @@ class Reference:
     Vh: Tensor
     f: Tensor  # target singular values, aligned with s
     T: Tensor  # U diag(f) Vh
+    dtype: torch.dtype = torch.float64  # the input's: its eps sets the null threshold
+
+    @property
+    def null(self) -> Tensor:
+        """The numerically-zero σ of this matrix (the registry's threshold, max(m, n)·eps of
+        the dtype the method received it in: an fp32 matrix's rounding noise is null)."""
+        return null_mask(self.s, max(self.T.shape), self.dtype)
 
     @property
     def scale(self) -> float:
@@ -36,10 +43,13 @@ class Reference:
         return top if top > 0 else 1.0
 
 
-def target_values(s: Tensor, c: float) -> Tensor:
-    """σ (σ²)^(−c) with 0 on the null space (the pseudo-inverse convention of the registry)."""
-    out = s * s.clamp_min(torch.finfo(s.dtype).tiny).pow(-2.0 * c) if c else s.clone()
-    return torch.where(null_mask(s), torch.zeros_like(s), out)
+def target_values(s: Tensor, c: float, size: int | None = None,
+                  dtype: torch.dtype | None = None) -> Tensor:
+    """σ^(1−2c) with 0 on the null space (the pseudo-inverse convention of the registry;
+    ``size`` = max(m, n) and ``dtype`` set its threshold). One power, so 1e300 inputs do not
+    overflow."""
+    out = s.clamp_min(torch.finfo(s.dtype).tiny).pow(1.0 - 2.0 * c) if c else s.clone()
+    return torch.where(null_mask(s, size, dtype), torch.zeros_like(s), out)
 
 
 def references(G: Tensor, c: float) -> list[Reference]:
@@ -49,8 +59,8 @@ def references(G: Tensor, c: float) -> list[Reference]:
     for M in mats:
         M64 = M.detach().to("cpu", torch.float64)
         U, s, Vh = torch.linalg.svd(M64, full_matrices=False)
-        f = target_values(s, c)
-        out.append(Reference(U, s, Vh, f, (U * f) @ Vh))
+        f = target_values(s, c, max(M64.shape), M.dtype)
+        out.append(Reference(U, s, Vh, f, (U * f) @ Vh, M.dtype))
     return out
 
 
@@ -59,7 +69,7 @@ def effective_lower_bound(refs: list[Reference]) -> float:
     worst = math.inf
     for r in refs:
         fro = float(r.s.norm())
-        live = r.s[~null_mask(r.s)]
+        live = r.s[~r.null]
         if fro > 0 and live.numel():
             worst = min(worst, float(live.min()) / fro)
     return worst if math.isfinite(worst) else 0.0
@@ -68,7 +78,7 @@ def effective_lower_bound(refs: list[Reference]) -> float:
 def condition_number(refs: list[Reference]) -> float:
     worst = 0.0
     for r in refs:
-        live = r.s[~null_mask(r.s)]
+        live = r.s[~r.null]
         if live.numel():
             worst = max(worst, float(live.max() / live.min()))
     return worst
@@ -147,7 +157,7 @@ def measure(X: Tensor, refs: list[Reference], polar: bool) -> Measurement:
         phi = ((r.U.mT @ X64) * r.Vh).sum(dim=-1)
         nuc_num += float((r.s * phi).sum())
         nuc_den += float(r.s.sum())
-        live = ~null_mask(r.s)
+        live = ~r.null
         # x is σ/σ_max: the chart's axis is scale-free, like the methods' own normalisation.
         pairs.append(torch.stack([r.s[live] / r.s.max(), phi[live]], dim=-1))
     allp = torch.cat(pairs)
