@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import Tensor
 
+from engine.spectral.contracts import MapCase, registry_cases
 from engine.spectral.exact import (
     gram_eigh,
     kaon_iid,
@@ -32,7 +33,9 @@ from engine.spectral.qdwh import qdwh
 class SpectralMap:
     """A registered map. ``exact``: equal to its target up to rounding (no iteration error);
     ``random``: takes ``generator=``; ``half``: runs in bf16/fp16 (matmul only); ``warm``:
-    ``warm(shape, **options)`` precomputes what a call on that shape will look up."""
+    ``warm(shape, **options)`` precomputes what a call on that shape will look up;
+    ``cases``: what it must return, with tolerances (engine/spectral/contracts.py), which the
+    property tests run for every entry."""
 
     name: str
     fn: Callable[..., Tensor]
@@ -41,31 +44,40 @@ class SpectralMap:
     random: bool = False
     half: bool = False
     warm: Callable[..., None] | None = None
+    cases: tuple[MapCase, ...] = ()
 
 
+_CASES = registry_cases()
 SPECTRAL_MAPS: dict[str, SpectralMap] = {
     m.name: m
     for m in (
-        SpectralMap("svd", svd_map, "U f(Σ) Vᵀ for any f, by thin SVD (reference).", exact=True),
-        SpectralMap("svd_polar", polar_svd, "Polar factor U Vᵀ by SVD (reference).", exact=True),
+        SpectralMap("svd", svd_map, "U f(Σ) Vᵀ for any f, by thin SVD (reference).",
+                    exact=True, cases=_CASES["svd"]),
+        SpectralMap("svd_polar", polar_svd, "Polar factor U Vᵀ by SVD (reference).",
+                    exact=True, cases=_CASES["svd_polar"]),
         SpectralMap("spectral_power", spectral_power,
-                    "(GGᵀ + δ²I)^(−c) G = U σ(σ²+δ²)^(−c) Vᵀ by SVD (reference).", exact=True),
+                    "(GGᵀ + δ²I)^(−c) G = U σ(σ²+δ²)^(−c) Vᵀ by SVD (reference).",
+                    exact=True, cases=_CASES["spectral_power"]),
         SpectralMap("gram_eigh", gram_eigh,
-                    "(GGᵀ + δ²I)^(−c) G by eigh of the smaller Gram (squares κ).", exact=True),
+                    "(GGᵀ + δ²I)^(−c) G by eigh of the smaller Gram (squares κ).",
+                    exact=True, cases=_CASES["gram_eigh"]),
         SpectralMap("newton_schulz", newton_schulz,
-                    "Newton–Schulz odd quintics with a named schedule (matmul only).", half=True),
-        SpectralMap("qdwh", qdwh, "Polar factor by QDWH (QR, then Cholesky once safe)."),
+                    "Newton–Schulz odd quintics with a named schedule (matmul only).",
+                    half=True, cases=_CASES["newton_schulz"]),
+        SpectralMap("qdwh", qdwh, "Polar factor by QDWH (QR, then Cholesky once safe).",
+                    cases=_CASES["qdwh"]),
         SpectralMap("freon", freon,
                     "(GGᵀ + δ²I)^(−c) G by Freon's rational iteration (QR/Cholesky, no SVD).",
-                    warm=warm_freon),
+                    warm=warm_freon, cases=_CASES["freon"]),
         SpectralMap("kaon_chaos", kaon_chaos,
-                    "Kaon chaotic map: 5× X ← 4.1(I − XXᵀ)²X, /1.175 (matmul only).", half=True),
+                    "Kaon chaotic map: 5× X ← 4.1(I − XXᵀ)²X, /1.175 (matmul only).",
+                    half=True, cases=_CASES["kaon_chaos"]),
         SpectralMap("kaon_iid", kaon_iid,
                     "Kaon SVD form: singular values replaced by i.i.d. draws on [low, high].",
-                    exact=True, random=True),
+                    exact=True, random=True, cases=_CASES["kaon_iid"]),
         SpectralMap("truncated_sgd", truncated_sgd,
                     "G with the top fraction of its singular values zeroed (by SVD).",
-                    exact=True),
+                    exact=True, cases=_CASES["truncated_sgd"]),
     )
 }
 
@@ -85,4 +97,4 @@ def apply_map(name: str, G: Tensor, **options: Any) -> Tensor:
     return get_map(name).fn(G, **options)
 
 
-__all__ = ["SPECTRAL_MAPS", "SpectralMap", "apply_map", "get_map"]
+__all__ = ["SPECTRAL_MAPS", "MapCase", "SpectralMap", "apply_map", "get_map"]

@@ -131,23 +131,27 @@ def drop_null(G: Tensor, Y: Tensor, c: float) -> Tensor:
     """``Y = U y(Σ) Vᵀ`` (an approximation of ``(GGᵀ)^(−c)G``, 0 < c < 1, same shape as G)
     with the directions of G's numerical null space projected out, as the SVD maps do.
 
-    On the small side, ``H = G Yᵀ = U σ y(σ) Uᵀ`` is positive semidefinite and increasing in
-    σ, so its eigenvalues rank G's singular directions without an SVD of G; those with
-    σ ≤ max(m, n)·eps·σ_max (the same threshold carried through μ = σ^(2−2c)) are dropped.
-    Both factors are scaled by powers of two and H is formed and decomposed in fp64, so
-    neither overflow nor the GEMM's rounding reach the threshold. Costs one m×m×n GEMM, one
-    m×m eigh and two products, paid only when asked for.
+    A positive semidefinite m×m matrix on the small side ranks G's singular directions
+    without an SVD of G: ``G Yᵀ = U σ y(σ) Uᵀ`` (eigenvalues σ^(2−2c)) for c ≥ ½, ``Y Yᵀ``
+    (σ^(2−4c)) for c < ½: both exponents are ≤ 1 for Freon's c, so the threshold
+    σ ≤ max(m, n)·eps·σ_max, carried through the power, stays above the product's own
+    rounding. Directions below it are dropped. Both factors are scaled by powers of two and
+    the product is formed and decomposed in fp64. Costs one m×m×n GEMM, one m×m eigh and two
+    products, paid only when asked for.
     """
     d = Y.dtype
     X, transposed = to_wide(G)
     Z, _ = to_wide(Y)
     m, n = X.shape[-2], X.shape[-1]
-    Xs = X.double() * pow2(-pow2_exponent(X), torch.float64)
     Zs = Z.double() * pow2(-pow2_exponent(Z), torch.float64)
-    H = Xs @ Zs.mT  # (…, m, m)
+    if c < 0.5:
+        H, power = Zs @ Zs.mT, 2.0 - 4.0 * c  # (…, m, m)
+    else:
+        Xs = X.double() * pow2(-pow2_exponent(X), torch.float64)
+        H, power = Xs @ Zs.mT, 2.0 - 2.0 * c
     mu, W = torch.linalg.eigh(0.5 * (H + H.mT))
     top = mu.amax(dim=-1, keepdim=True).clamp_min(0)
-    keep = mu > top * (max(m, n) * torch.finfo(d).eps) ** (2.0 - 2.0 * c)
+    keep = mu > top * (max(m, n) * torch.finfo(d).eps) ** power
     Wk = W * keep.unsqueeze(-2).to(W.dtype)
     return from_wide((Wk @ Wk.mT).to(d) @ Z, transposed)
 

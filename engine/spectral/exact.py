@@ -31,11 +31,12 @@ from engine.spectral.common import (
 )
 
 
-def null_mask(s: Tensor, size: int | None = None) -> Tensor:
+def null_mask(s: Tensor, size: int | None = None, dtype: torch.dtype | None = None) -> Tensor:
     """Singular values (descending or not, shape (…, r)) that are zero to working precision:
-    σ ≤ size·eps·σ_max, ``size`` = max(m, n) of the matrix (default r)."""
+    σ ≤ size·eps·σ_max, ``size`` = max(m, n) of the matrix (default r), eps of ``dtype``
+    (default s's: a reference in fp64 for an fp32 matrix passes fp32)."""
     top = s.amax(dim=-1, keepdim=True) if s.shape[-1] else s
-    return s <= null_tolerance(top, size or s.shape[-1], 1, s.dtype)
+    return s <= null_tolerance(top, size or s.shape[-1], 1, dtype or s.dtype)
 
 
 def _svd(name: str, G: Tensor, dtype: torch.dtype | None
@@ -118,9 +119,13 @@ def spectral_power(G: Tensor, *, c: float, delta: float = 0.0,
     ``c = 0`` returns G, ``c = ½`` the polar factor U Vᵀ, ``c > ½`` inverts the σ order.
     Scale-safe: huge or tiny G (and δ) give the answer wherever it is representable.
     """
+    return _power("spectral_power", G, c, delta, dtype)
+
+
+def _power(name: str, G: Tensor, c: float, delta: float, dtype: torch.dtype | None) -> Tensor:
     _check_c(c)
     _check_delta(delta)
-    parts = _svd("spectral_power", G, dtype)
+    parts = _svd(name, G, dtype)
     if isinstance(parts, Tensor):
         return parts
     U, s, Vh, e = parts
@@ -131,7 +136,7 @@ def spectral_power(G: Tensor, *, c: float, delta: float = 0.0,
 def polar_svd(G: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """The polar factor ``U Vᵀ`` by SVD (the partial isometry ``U_r V_rᵀ`` if rank-deficient:
     σ ≤ max(m, n)·eps·σ_max counts as zero)."""
-    return spectral_power(G, c=0.5, dtype=dtype)
+    return _power("svd_polar", G, 0.5, 0.0, dtype)
 
 
 def gram_eigh(G: Tensor, *, c: float, delta: float = 0.0,

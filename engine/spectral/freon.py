@@ -148,7 +148,10 @@ def freon_power(
     which maps the null space to zero). ``null``: as in ``qdwh``, "keep" leaves numerically-
     null directions (σ ≤ max(m, n)·eps·σ_max) at what the iteration makes of them (exact
     zeros stay zero; noise below ℓ₀ is only partly mapped), "zero" projects them out as the
-    SVD maps do; it applies to 0 < c < 1 with δ = 0 (a floor already defines the answer there).
+    SVD maps do; it applies to 0 < c ≤ ½ with δ = 0 (a floor already defines the answer).
+    For ½ < c < 1 with δ = 0 a numerically rank-deficient G has no stable answer here: the
+    partly converged factor reaches ℓ₀^(−2c) and its rounding (≈ 100 in fp32 at c = ¾)
+    lands in every direction, so pass δ > 0 (as the optimizer does) or use spectral_power.
     """
     check_matrix(G)
     if not delta >= 0:
@@ -157,6 +160,11 @@ def freon_power(
         raise ValueError(f"max_steps: must be in [1, 50] (got {max_steps})")
     check_null(null)
     frac = as_fraction(c)
+    if null == "zero" and delta == 0 and frac > Fraction(1, 2):
+        raise ValueError(
+            f"null: 'zero' is for c <= 1/2 (got c = {frac}); for c > 1/2 without a floor the "
+            "numerically-null directions are amplified rounding, not a function of G: pass "
+            "delta > 0, or use spectral_power")
     d = work_dtype(G, dtype)
     fin = resolve_finish(finish, G.device)
     if (empty := empty_result(G, d)) is not None:
