@@ -327,3 +327,95 @@ def profile_costs(runs: pd.DataFrame, finals: pd.DataFrame, reached: pd.DataFram
         stats.censored_median).reset_index()
     return (per_config.groupby(["task", "optimizer"])["cost"].min().reset_index()
             .rename(columns={"optimizer": "solver"}))
+
+
+def first_values(a: Analytics, study_ids: list[str], metric: str) -> pd.DataFrame:
+    """Per run (latest attempt): ``first``, the value of ``metric`` at its first recorded step
+    (for an evaluated metric, the untrained model at step 0)."""
+    with a.db.read() as cur:
+        return cur.execute(f"""
+            SELECT m.run_id, arg_min(m.value, m.step) AS first
+            FROM metrics m JOIN runs r ON m.run_id = r.run_id AND m.attempt = r.attempt
+            WHERE r.study_id IN ({_in(study_ids)}) AND m.name = ?
+            GROUP BY m.run_id
+        """, [*study_ids, metric]).df()
+
+
+def family_key(runs: pd.DataFrame) -> pd.Series:
+    """A run's config without its learning rate (``freon[c=0.25]``): the set whose lr grid a
+    tuning budget is spent on."""
+    return runs["label"].map(_without_lr)
+
+
+def higher_is_better(metric: str) -> bool:
+    """Accuracies are maximised; every other metric here (losses, times) is minimised."""
+    return "accuracy" in metric
+
+
+BUDGET_COLUMNS = ["family", "optimizer", "k", "expected", "lo", "hi", "trials"]
+
+
+def tuning_budget(runs: pd.DataFrame, finals: pd.DataFrame, firsts: pd.DataFrame,
+                  measure: str = "final", higher: bool = False, level: float = 0.95,
+                  n_boot: int = stats.BOOT_SAMPLES,
+                  seed: int = stats.BOOT_SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The equal-budget tuning protocol: per config family (a config without its lr), the
+    expected best ``measure`` after k random trials of its lr grid, k = 1…(its trials), with a
+    bootstrap band (``stats.best_of_k_band``; Dodge et al. 2019's expected validation
+    performance).
+
+    A trial is one run, one (lr, seed) pair: tuning with a budget of k trains k runs, and
+    seed noise is part of what a tuner sees. Only runs that ended count. A diverged or failed
+    run, or one whose value is not finite, is a trial worth the *untrained* model: the worst
+    of the study's ``firsts`` (each run's first value, ``first_values``), so a grid that
+    diverges at high lr pays for it at small k without making every expectation infinite.
+    Where no first value is known the worst finite trial stands in.
+
+    Returns ``curves`` (``BUDGET_COLUMNS``, one row per family and k) and ``summary``, one row
+    per family in config order: ``family, optimizer, trials, diverged, lrs`` (grid points),
+    ``mean`` (E at k = 1), ``at_k`` and ``at_k_lo``/``at_k_hi`` (E and its band at the common
+    budget ``k`` = the fewest trials any family has, so every family is read inside its own
+    data), ``best`` (the single best trial), ``rank`` (1 = best at the common budget), and
+    ``penalty`` (what a failed trial counted as).
+    """
+    _check("measure", measure, MEASURES)
+    empty = (pd.DataFrame(columns=BUDGET_COLUMNS), pd.DataFrame(columns=[
+        "family", "optimizer", "trials", "diverged", "lrs", "mean", "k", "at_k", "at_k_lo",
+        "at_k_hi", "best", "rank", "penalty"]))
+    per_run = runs[["run_id", "optimizer", "status"]].assign(
+        family=family_key(runs), lr=runs["hparams"].map(lambda h: h.get("lr")))
+    per_run = per_run[per_run["status"].isin(DONE + BROKEN)].merge(
+        finals[["run_id", measure]], on="run_id", how="left").rename(columns={measure: "value"})
+    if per_run.empty:
+        return empty
+    value = per_run["value"].astype(float)
+    failed = per_run["status"].isin(BROKEN) | ~np.isfinite(value)
+    known = firsts["first"].astype(float) if not firsts.empty else pd.Series(dtype=float)
+    known = known[np.isfinite(known)]
+    pool = known if not known.empty else value[~failed]
+    if pool.empty:
+        penalty = -math.inf if higher else math.inf
+    else:
+        penalty = float(pool.min() if higher else pool.max())
+    per_run["value"] = value.where(~failed, penalty)
+    per_run["failed"] = failed
+    order = list(dict.fromkeys(per_run["family"]))
+    sizes = per_run.groupby("family").size()
+    common = int(sizes.min())
+    curves, rows = [], []
+    for family in order:
+        g = per_run[per_run["family"] == family]
+        mean, lo, hi = stats.best_of_k_band(g["value"].to_numpy(), None, not higher, level,
+                                            n_boot, seed)
+        curves.append(pd.DataFrame({"family": family, "optimizer": g["optimizer"].iloc[0],
+                                    "k": np.arange(1, len(g) + 1), "expected": mean,
+                                    "lo": lo, "hi": hi, "trials": len(g)}))
+        rows.append({"family": family, "optimizer": g["optimizer"].iloc[0], "trials": len(g),
+                     "diverged": int(g["failed"].sum()), "lrs": int(g["lr"].nunique()),
+                     "mean": float(mean[0]), "k": common, "at_k": float(mean[common - 1]),
+                     "at_k_lo": float(lo[common - 1]), "at_k_hi": float(hi[common - 1]),
+                     "best": float(g["value"].max() if higher else g["value"].min()),
+                     "penalty": penalty})
+    summary = pd.DataFrame(rows)
+    summary["rank"] = summary["at_k"].rank(ascending=not higher, method="min").astype(int)
+    return pd.concat(curves, ignore_index=True)[BUDGET_COLUMNS], summary[empty[1].columns]

@@ -279,3 +279,48 @@ def test_runs_still_going_are_not_yet_censored(db):
     assert [an.ttt_outcome(s, r) for s, r in [("running", math.inf), ("cancelled", math.inf),
                                                ("finished", 3.0)]] == ["not yet", "never",
                                                                        "reached"]
+
+
+def test_tuning_budget_counts_each_run_as_a_trial_and_a_diverged_one_as_untrained(db):
+    runs = {
+        "m1": ("muon[lr=0.01]", "muon", 0, 0.01, "finished"),
+        "m2": ("muon[lr=0.01]", "muon", 1, 0.01, "finished"),
+        "m3": ("muon[lr=0.1]", "muon", 0, 0.1, "finished"),
+        "s1": ("sgd[lr=0.1]", "sgd", 0, 0.1, "finished"),
+        "s2": ("sgd[lr=1]", "sgd", 0, 1.0, "diverged"),
+        "s3": ("sgd[lr=1]", "sgd", 1, 1.0, "running"),  # not ended: not a trial
+    }
+    rows = [(rid, 0, "val_loss", 5.0) for rid in runs] + [
+        ("m1", 10, "val_loss", 3.0), ("m2", 10, "val_loss", 1.0), ("m3", 10, "val_loss", 2.0),
+        ("s1", 10, "val_loss", 2.0), ("s2", 5, "val_loss", math.inf), ("s1", 0, "x", 9.0)]
+    rows[3] = ("s1", 0, "val_loss", 6.0)  # the worst untrained value in the study
+    _insert(db, "tb", runs, rows)
+    a = an.Analytics(db)
+    frame = a.runs(["tb"])
+    firsts = an.first_values(a, ["tb"], "val_loss")
+    assert firsts.set_index("run_id").loc["s1", "first"] == 6.0
+    curves, summary = an.tuning_budget(frame, a.finals(["tb"], "val_loss"), firsts)
+    muon = curves[curves["family"] == "muon"]
+    # Trials {1, 2, 3}: the mean, 14/9 and 36/27 (tests/test_stats.py works them out).
+    assert muon["expected"].tolist() == pytest.approx([2.0, 14 / 9, 36 / 27])
+    assert muon["k"].tolist() == [1, 2, 3]
+    sgd = curves[curves["family"] == "sgd"]
+    # The diverged run counts as the untrained model (6.0): trials {2, 6}; E[min of 2] =
+    # 2·3/4 + 6·1/4 = 3.
+    assert sgd["expected"].tolist() == pytest.approx([4.0, 3.0])
+    s = summary.set_index("family")
+    assert s.loc["sgd", ["trials", "diverged", "lrs", "k", "penalty"]].tolist() == [2, 1, 2, 2, 6]
+    # At the common budget k = 2: Muon 14/9 < SGD 3.
+    assert s.loc["muon", "at_k"] == pytest.approx(14 / 9)
+    assert s.loc[["muon", "sgd"], "rank"].tolist() == [1, 2]
+    assert s.loc["muon", "best"] == 1.0
+    assert (curves["lo"] <= curves["expected"] + 1e-12).all()
+
+
+def test_tuning_budget_of_nothing_ended_is_empty(db):
+    _insert(db, "tq", {"q": ("adamw[lr=0.001]", "adamw", 0, 1e-3, "running")},
+            [("q", 0, "val_loss", 5.0)])
+    a = an.Analytics(db)
+    curves, summary = an.tuning_budget(a.runs(["tq"]), a.finals(["tq"], "val_loss"),
+                                       an.first_values(a, ["tq"], "val_loss"))
+    assert curves.empty and summary.empty

@@ -202,3 +202,45 @@ def test_ema_is_debiased_and_skips_gaps():
 def test_bad_band_name_is_named():
     with pytest.raises(ValueError, match="band must be one of"):
         stats.band_frame(pd.DataFrame({"g": [1], "value": [1.0]}), ["g"], band="iqr")
+
+
+def test_expected_best_of_k_by_hand():
+    # Sorted 1 ≤ 2 ≤ 3, k = 2 draws with replacement: the minimum is 1 unless both draws miss
+    # it (1 − (2/3)² = 5/9), is 3 only if both draws are 3 ((1/3)² = 1/9), else 2 (3/9):
+    # E = 5/9 + 6/9 + 3/9 = 14/9. k = 1 is the mean; k = 3: 1·19/27 + 2·7/27 + 3·1/27 = 36/27.
+    got = stats.expected_best_of_k([3.0, 1.0, 2.0])
+    assert got == pytest.approx([2.0, 14 / 9, 36 / 27])
+    # An accuracy is maximised: E[max of 2] = 1·1/9 + 2·3/9 + 3·5/9 = 22/9.
+    assert stats.expected_best_of_k([3, 1, 2], 2, lower_is_better=False)[1] == \
+        pytest.approx(22 / 9)
+
+
+def test_expected_best_of_k_against_simulation_and_limits():
+    values = np.array([0.9, 1.4, 1.1, 2.5, 1.0, 3.0])
+    rng = np.random.default_rng(1)
+    draws = values[rng.integers(0, values.size, size=(200_000, 4))].min(axis=1)
+    # 200 000 draws: the simulation's standard error is about 0.0006 here.
+    assert stats.expected_best_of_k(values, 4)[3] == pytest.approx(draws.mean(), abs=0.003)
+    far = stats.expected_best_of_k(values, 400)
+    assert far[-1] == pytest.approx(0.9)  # many trials find the best value
+    assert (np.diff(far) <= 1e-12).all()  # more budget never hurts in expectation
+    assert stats.best_of_k_weights(6, 5).sum(axis=0) == pytest.approx(np.ones(5))
+
+
+def test_best_of_k_with_a_failed_trial_and_nan():
+    # A trial worth inf keeps weight (1/n)^k at every k: the expectation is infinite.
+    assert np.isinf(stats.expected_best_of_k([1.0, math.inf], 3)).all()
+    with pytest.raises(ValueError, match="NaN"):
+        stats.expected_best_of_k([1.0, math.nan])
+
+
+def test_best_of_k_band_is_a_bootstrap_around_the_curve():
+    values = [2.0, 1.0, 3.0, 1.5, 2.5]
+    mean, lo, hi = stats.best_of_k_band(values, seed=3)
+    assert mean == pytest.approx(stats.expected_best_of_k(values))
+    assert (lo <= mean + 1e-12).all() and (mean <= hi + 1e-12).all()
+    assert lo[-1] >= 1.0 and hi[0] <= 3.0  # resampled curves stay within the values
+    again = stats.best_of_k_band(values, seed=3)
+    assert all((a == b).all() for a, b in zip((mean, lo, hi), again, strict=True))
+    one = stats.best_of_k_band([4.0], 3)
+    assert [x.tolist() for x in one] == [[4.0] * 3] * 3
