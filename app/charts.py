@@ -125,7 +125,9 @@ def band_chart(grouped: pd.DataFrame, metric: str, x_title: str, log_y: bool = F
         x=x, y="center:Q", color=color, opacity=faded).add_params(picked))
     layers.append(base.mark_point(filled=True, size=18).encode(
         x=x, y="center:Q", color=color,
-        opacity=alt.Opacity("n:Q", legend=None, scale=alt.Scale(range=[0.15, 0.9])),
+        opacity=alt.condition(picked, alt.Opacity("n:Q", legend=None,
+                                                  scale=alt.Scale(range=[0.15, 0.9])),
+                              alt.value(0.05)),
         tooltip=tooltip))
     wide, columns = hover_frame(data, order)
     if not wide.empty:
@@ -271,9 +273,8 @@ def budget_chart(curves: pd.DataFrame, measure_title: str, families: list[str],
     base = alt.Chart(data, title=title)
     y_title = f"expected best {measure_title} after k trials"
     layers = [
-        base.mark_area(opacity=0.15).encode(
-            x=x, y=alt.Y("lo:Q", title=y_title, scale=y_scale), y2="hi:Q", color=color,
-            opacity=alt.condition(picked, alt.value(0.15), alt.value(0.03))),
+        base.mark_errorband(opacity=0.15).encode(
+            x=x, y=alt.Y("lo:Q", title=y_title, scale=y_scale), y2="hi:Q", color=color),
         base.mark_line(strokeWidth=2, point=alt.OverlayMarkDef(size=25, filled=True)).encode(
             x=x, y=alt.Y("expected:Q", title=y_title, scale=y_scale), color=color,
             opacity=alt.condition(picked, alt.value(1.0), alt.value(0.15)),

@@ -15,7 +15,8 @@ from engine.specs import expand, parse_study
 from storage.stream import EventStream, connect
 
 MAIN = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
-TABS = ["Curves", "Compare", "Learning rate", "Time to target", "Diagnostics", "Runs"]
+TABS = ["Curves", "Compare", "Learning rate", "Tuning budget", "Time to target", "Diagnostics",
+        "Runs"]
 
 
 def _spec(seeds: list[int]):

@@ -247,6 +247,31 @@ def _lr_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState,
     out["tables"]["Tuneability"] = tune
 
 
+def _budget_tab(data: _CachedData, runs: pd.DataFrame, v: View, out: dict) -> None:
+    figures = report.budget_figures(data, runs, v)
+    if figures is None:
+        st.caption("The tuning budget appears once runs have ended with "
+                   f"{title(v.metric).lower()}.")
+        return
+    chart, table = figures
+    st.altair_chart(chart, width="stretch", key="chart_budget")
+    out["charts"]["Tuning budget"] = chart
+    st.dataframe(table, hide_index=True, width="stretch", key="budget_table",
+                 placeholder=MISSING,
+                 column_config={c: st.column_config.NumberColumn(format="%.4g")
+                                for c in table.columns if table[c].dtype.kind == "f"})
+    st.caption(
+        f"Which optimizer wins when each gets the same number of tuning trials: the expected "
+        f"best {v.measure} {title(v.metric).lower()} after k runs drawn at random (with "
+        "replacement) from its lr grid × seeds, k = 1 (an average trial) up to as many as it "
+        "has (Dodge et al. 2019's expected validation performance). An optimizer is a config "
+        "without its lr. Each (lr, seed) run is one trial; a diverged or failed run counts as "
+        "the untrained model (the study's worst first value). Band: bootstrap 95 % interval "
+        "over the observed trials. The dashed line is the largest budget every optimizer "
+        "has; ranks are read there (docs/analytics.md).")
+    out["tables"]["Tuning budget"] = table
+
+
 def _ttt_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState,
              out: dict) -> None:
     auto = report.auto_target(data, v.metric)
@@ -275,7 +300,8 @@ def _diagnostics_tab(data: _CachedData, runs: pd.DataFrame, v: View, metrics: li
                    "η* (workloads with a full-data loss).")
         return
     default = [m for m in ("diag_gamma", "diag_phi") if m in diag] or diag[:1]
-    chosen = st.multiselect("Diagnostics", diag, default=default, key="diag_pick")
+    chosen = st.multiselect("Diagnostics", diag, default=default, key="diag_pick",
+                            format_func=labels.metric_title)
     for metric in chosen:
         chart = report.curve_chart(data, runs, v, metric)
         if chart is not None:
@@ -488,7 +514,8 @@ def show(services: Services, who: access.Principal, study: dict) -> None:
         runs = data.runs()
         status = _status_runs(q, study_id, data.version)
         _header(status)
-        names = ["Curves", "Compare", "Learning rate", "Time to target", "Diagnostics", "Runs"]
+        names = ["Curves", "Compare", "Learning rate", "Tuning budget", "Time to target",
+                 "Diagnostics", "Runs"]
         tabs = dict(zip(names, st.tabs(names), strict=True))
         with _tab(tabs["Curves"], "Curves"):
             _curves_tab(data, runs, v, out)
@@ -496,6 +523,8 @@ def show(services: Services, who: access.Principal, study: dict) -> None:
             _compare_tab(data, runs, v, view, groups, out)
         with _tab(tabs["Learning rate"], "Learning rate"):
             _lr_tab(data, runs, v, view, out)
+        with _tab(tabs["Tuning budget"], "Tuning budget"):
+            _budget_tab(data, runs, v, out)
         with _tab(tabs["Time to target"], "Time to target"):
             _ttt_tab(data, runs, v, view, out)
         with _tab(tabs["Diagnostics"], "Diagnostics"):
