@@ -34,7 +34,8 @@ SPEC = parse_study({
     "eval_every": 100,
     "diagnostics_every": 500,
 })
-TABS = ["Curves", "Compare", "Learning rate", "Time to target", "Diagnostics", "Runs"]
+TABS = ["Curves", "Compare", "Learning rate", "Tuning budget", "Time to target", "Diagnostics",
+        "Runs"]
 
 
 def ended(url: str) -> int:
