@@ -6,12 +6,16 @@ so the page reads exactly what a worker would have sent.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from app import lab_charts
+from app.charts import PALETTE
 from app.text import shown
 from engine.approx.bench import run_lab
 from engine.approx.spec import parse_lab
@@ -20,6 +24,8 @@ from storage.stream import EventStream, connect, now
 from tasks.lab import LabPublisher
 
 MAIN = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
+# The seeded job's methods as the page names them, in the job's order.
+NAMES = ["Newton–Schulz (Keller ×5)", "QDWH", "SVD polar"]
 SPEC = parse_lab({
     "name": "seeded lab",
     "methods": [{"map": "newton_schulz", "options": {"schedule": "keller", "steps": 5}},
@@ -147,7 +153,9 @@ def test_power_target_offers_the_power_methods(services):
 def test_charts_export_to_svg_and_png_offline(seeded, services):
     lq = LabQueries(services.db)
     res = lq.results(seeded)
-    chart = lab_charts.pareto_chart(res).properties(width=400)
+    named = res.assign(name=res["method"])
+    chart = lab_charts.pareto_chart(named, list(dict.fromkeys(res["method"]))).properties(
+        width=400)
     assert lab_charts.chart_svg(chart).startswith(b"<svg")
     assert lab_charts.chart_png(chart)[:8] == b"\x89PNG\r\n\x1a\n"
     front = lab_charts.pareto_front(res)
@@ -157,8 +165,6 @@ def test_charts_export_to_svg_and_png_offline(seeded, services):
                      & (res["err_spec"] < p["err_spec"])]
         assert better.empty
     import io
-
-    import pandas as pd
 
     assert pd.read_parquet(io.BytesIO(lab_charts.to_parquet(res))).shape == res.shape
 
@@ -178,8 +184,6 @@ def test_new_study_form_offers_capture_steps_and_validates_them(services):
 
 
 def test_long_transfer_curves_are_thinned_below_altairs_row_limit():
-    import pandas as pd
-
     from app.views.lab import MAX_POINTS, _thin
 
     n_curves, points = 160, 64  # e.g. 8 methods × ~7 iterations × 3 dtypes
@@ -191,3 +195,137 @@ def test_long_transfer_curves_are_thinned_below_altairs_row_limit():
     ends = thin.groupby(["method", "dtype", "iteration"])["idx"].agg(["min", "max"])
     assert len(ends) == n_curves and (ends["min"] == 0).all() and (ends["max"] == 63).all()
     assert _thin(df.head(100)) is not None and len(_thin(df.head(100))) == 100
+
+
+# -- charts and tables a person can read (issue #12) -------------------------------------------
+
+def _encodings(node: Any, channel: str) -> list[dict]:
+    """Every ``channel`` encoding in a Vega-Lite spec, its layers included."""
+    if isinstance(node, list):
+        return [e for item in node for e in _encodings(item, channel)]
+    if not isinstance(node, dict):
+        return []
+    here = node.get("encoding", {})
+    found = [here[channel]] if isinstance(here, dict) and channel in here else []
+    return found + [e for k, v in node.items() if k != "encoding" for e in _encodings(v, channel)]
+
+
+def _title(spec: dict) -> str:
+    title = spec.get("title", "")
+    return title.get("text", "") if isinstance(title, dict) else title
+
+
+def test_every_chart_gives_each_method_one_fixed_colour_at_full_width(seeded):
+    at = page(seeded)
+    specs = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    assert len(specs) == 6
+    legends = 0
+    for spec in specs:
+        colours = [c for c in _encodings(spec, "color") if c.get("field") == "name"]
+        assert colours, _title(spec)
+        for c in colours:
+            # The job's methods in its order, over the colour-blind-safe palette, whatever
+            # the chart happens to show: a method has the same colour on every chart.
+            assert c["scale"] == {"domain": NAMES, "range": PALETTE}, _title(spec)
+            if c.get("legend") is not None:
+                legends += 1
+                assert c["legend"]["orient"] == "top", _title(spec)
+        # One chart a row across the page; the height is the plot's, not legend + plot.
+        assert spec["width"] == "container" and spec["autosize"]["type"] == "fit-x"
+    assert legends >= 5  # every chart but the spectrum strips (labelled on their axis)
+    titles = [_title(s) for s in specs]
+    assert titles == ["Transfer function φ(σ)", "Error vs iteration",
+                      "Error vs floating-point operations (analytic count)",
+                      "Error vs matrix multiplications", "Error vs time per call",
+                      "Output singular values (final iteration)"]
+    for spec in specs[1:5]:
+        assert [e["title"] for e in _encodings(spec, "y")][0] == \
+            "relative error ‖·‖₂ (fp64 SVD reference)"
+    time_axis = [e for e in _encodings(specs[4], "x") if "title" in e][0]
+    assert time_axis["title"] == "time per call (ms, median of repeats)"
+    flops_axis = _encodings(specs[2], "x")[0]["axis"]
+    # 10M, not 10,000,000 (which overlapped its neighbours).
+    assert "~s" in flops_axis.get("format", "") + flops_axis.get("labelExpr", "")
+    assert flops_axis["labelOverlap"] == "greedy"
+
+
+def test_log_axes_label_what_fits():
+    wide = lab_charts.log_axis(pd.Series([1e-3, 1.2]), 700).to_dict()
+    assert wide["labelExpr"].startswith("indexof([1, 2, 5],")  # 90 px or more a decade
+    tall = lab_charts.log_axis(pd.Series([1e-16, 1.0]), 300).to_dict()
+    assert tall["labelExpr"].startswith("indexof([1],")  # powers of ten only
+    narrow = lab_charts.log_axis(pd.Series([0.57, 1.2]), 700).to_dict()
+    assert "labelExpr" not in narrow and narrow["format"] == "~g"  # Vega's 0.6, 0.7, …
+    for axis in (wide, tall, narrow):
+        assert axis["labelOverlap"] == "greedy"
+
+
+def test_a_method_keeps_its_colour_when_others_have_no_rows(seeded, services):
+    res = LabQueries(services.db).results(seeded)
+    names = lab_charts.method_names(LabQueries(services.db).job(seeded)["spec"])
+    only_qdwh = res[res["method"] == "qdwh"].assign(name="QDWH")
+    spec = lab_charts.error_chart(only_qdwh, "iteration", list(names.values())).to_dict()
+    scale = _encodings(spec, "color")[0]["scale"]
+    assert scale["domain"] == NAMES
+    assert scale["range"][scale["domain"].index("QDWH")] == PALETTE[1]
+
+
+def test_method_names_are_written_as_people_write_them():
+    from engine.approx.spec import POLAR_METHODS, POWER_METHODS
+
+    polar = lab_charts.method_names({"c": 0.5, "methods": list(POLAR_METHODS)})
+    assert list(polar.values()) == [
+        "Newton–Schulz (Keller ×5)", "Newton–Schulz (Polar Express ×8)",
+        "Newton–Schulz (CANS ×5)", "Newton–Schulz (classical ×12)", "QDWH (≤ 6 iterations)",
+        "Freon (c = ½)", "Gram eigh (c = ½)", "SVD polar"]
+    power = lab_charts.method_names({"c": 2 / 3, "methods": list(POWER_METHODS)})
+    assert list(power.values()) == ["Freon (c = ⅔)", "Gram eigh (c = ⅔)", "SVD power (c = ⅔)"]
+    # Freon and every Newton–Schulz get different colours of the palette.
+    domain = list(polar.values())
+    freon = PALETTE[domain.index("Freon (c = ½)")]
+    assert all(PALETTE[i] != freon for i, n in enumerate(domain) if n.startswith("Newton"))
+    # The same method written twice stays two entries.
+    twice = lab_charts.method_names({"c": 0.5, "methods": [
+        {"map": "newton_schulz", "options": {}},
+        {"map": "newton_schulz", "options": {"schedule": "keller", "steps": 5}}]})
+    assert len(set(twice.values())) == 2
+    assert lab_charts.method_name("freon", {"max_steps": 8, "delta": 1e-3}, 0.75) == \
+        "Freon (c = ¾, ≤ 8 steps, δ = 0.001)"
+    assert [lab_charts.fraction_text(c) for c in (0.3, 0.2, 5 / 12, 1.0, 0.0)] == [
+        "0.3", "0.2", "5/12", "1", "0"]
+
+
+def test_no_table_cell_shows_none(seeded):
+    at = page(seeded)
+    assert len(at.dataframe) == 3
+    tables = dict(zip(["final", "tol", "all"], at.dataframe, strict=True))
+    for key, t in tables.items():
+        # Streamlit prints "None" in a missing cell unless told otherwise.
+        assert t.proto.placeholder == "–", key
+        for col, values in t.value.items():
+            assert not values.map(lambda v: isinstance(v, str) and v in ("None", "nan", "NaN")
+                                  ).any(), (key, col)
+    # Keller ×5 never reaches 1e-3: its cells are missing, so the dash is what they show.
+    tol = tables["tol"].value
+    assert tol.set_index("name").loc["Newton–Schulz (Keller ×5)", "iterations"].isna().all()
+    final = tables["final"]
+    assert list(final.value["name"]) == NAMES
+    labels = {k: v.get("label") for k, v in json.loads(final.proto.columns).items()}
+    assert labels["name"] == "method" and labels["wall_ms"] == "time per call (ms, median)"
+    assert labels["err_spec"] == "relative error ‖·‖₂"
+
+
+def test_a_failed_method_leaves_missing_cells_not_nan_text(seeded, services):
+    from app.views.lab import _final_rows
+
+    res = LabQueries(services.db).results(seeded)
+    res = res[res["case_id"] == res["case_id"].iloc[0]].assign(name=lambda d: d["method"])
+    failed = res.iloc[[0]].assign(
+        method="qdwh[l0=0.5]", name="QDWH (ℓ₀ = 0.5)", iteration=0, err_spec=None,
+        band_min=None, band_max=None, wall_median_s=None, wall_min_s=None, wall_max_s=None,
+        peak_bytes=None, finite=False)
+    out = _final_rows(pd.concat([res, failed], ignore_index=True))
+    row = out.set_index("name").loc["QDWH (ℓ₀ = 0.5)"]
+    assert pd.isna(row["band"]) and pd.isna(row["spread"]) and pd.isna(row["wall_ms"])
+    ok = out.set_index("name").loc["qdwh"]
+    assert ok["band"].startswith("[") and "–" in ok["spread"]

@@ -30,6 +30,9 @@ from engine.errors import SpecError
 from storage.lab import LabQueries
 
 REFRESH_S = 2.0
+EXPORT_WIDTH = 900  # px of an exported SVG/PNG
+# Shown in a table cell with no value (Streamlit's own default prints "None").
+MISSING = "–"
 SPECTRUM_CHOICES = (
     "loguniform:1e-1", "loguniform:1e-2", "loguniform:1e-3", "loguniform:1e-4",
     "loguniform:1e-6", "loguniform:1e-8", "powerlaw:0.5", "powerlaw:1", "powerlaw:2",
@@ -151,25 +154,27 @@ def _downloads(key: str, df: pd.DataFrame, chart: alt.TopLevelMixin | None = Non
     """CSV, Parquet, SVG and PNG of a chart, each built on demand on the server (the page
     reruns every 2 s while a job runs; nine of these sit on it).
 
-    ``on_click="ignore"``: a download does not rerun the page (nothing on it changes).
+    The buttons sit side by side at their own width: in equal columns a narrow chart's row
+    clipped their labels. ``on_click="ignore"``: a download does not rerun the page (nothing on
+    it changes).
     """
-    cols = st.columns(4 if chart is not None else 2)
+    row = st.container(horizontal=True, gap="small", key=f"dl.{key}")
     csv: Callable[[], bytes] = lambda: charts.to_csv(df)  # noqa: E731
     parquet: Callable[[], bytes] = lambda: charts.to_parquet(df)  # noqa: E731
-    cols[0].download_button("CSV", csv, f"{key}.csv", "text/csv",
-                            key=f"dl.{key}.csv", icon=":material/download:", on_click="ignore")
-    cols[1].download_button("Parquet", parquet, f"{key}.parquet",
-                            "application/vnd.apache.parquet", key=f"dl.{key}.parquet",
-                            icon=":material/download:", on_click="ignore")
+    row.download_button("CSV", csv, f"{key}.csv", "text/csv",
+                        key=f"dl.{key}.csv", icon=":material/download:", on_click="ignore")
+    row.download_button("Parquet", parquet, f"{key}.parquet",
+                        "application/vnd.apache.parquet", key=f"dl.{key}.parquet",
+                        icon=":material/download:", on_click="ignore")
     if chart is not None:
-        # A faceted chart sizes its panels itself; the others get a fixed width for export.
-        fixed = chart if isinstance(chart, alt.FacetChart) else chart.properties(width=720)
+        # "container" means nothing off the page: the export gets a fixed width.
+        fixed = chart.properties(width=EXPORT_WIDTH)
         svg: Callable[[], bytes] = lambda: charts.chart_svg(fixed)  # noqa: E731
         png: Callable[[], bytes] = lambda: charts.chart_png(fixed)  # noqa: E731
-        cols[2].download_button("SVG", svg, f"{key}.svg", "image/svg+xml", key=f"dl.{key}.svg",
-                                icon=":material/image:", on_click="ignore")
-        cols[3].download_button("PNG", png, f"{key}.png", "image/png", key=f"dl.{key}.png",
-                                icon=":material/image:", on_click="ignore")
+        row.download_button("SVG", svg, f"{key}.svg", "image/svg+xml", key=f"dl.{key}.svg",
+                            icon=":material/image:", on_click="ignore")
+        row.download_button("PNG", png, f"{key}.png", "image/png", key=f"dl.{key}.png",
+                            icon=":material/image:", on_click="ignore")
 
 
 MAX_POINTS = 4500  # below Altair's 5 000-row guard
@@ -185,9 +190,10 @@ def _thin(curves: pd.DataFrame) -> pd.DataFrame:
     return curves[(curves["idx"] % k == 0) | (curves["idx"] == last)]
 
 
-def _chart(key: str, chart: alt.TopLevelMixin, data: pd.DataFrame, stretch: bool = True
-           ) -> None:
-    st.altair_chart(chart, width="stretch" if stretch else "content", key=f"lab.chart.{key}")
+def _chart(key: str, chart: alt.TopLevelMixin, data: pd.DataFrame) -> None:
+    # One chart a row at the page's full width: side by side, long legends left each plot
+    # a sliver.
+    st.altair_chart(chart, width="stretch", key=f"lab.chart.{key}")
     _downloads(key, data, chart)
 
 
@@ -197,20 +203,77 @@ def _results(_lq: LabQueries, job_id: str, version: tuple) -> pd.DataFrame:
 
 
 def _final_rows(sel: pd.DataFrame) -> pd.DataFrame:
-    """The last iteration of each method × dtype on the selected case, cost beside accuracy."""
+    """The last iteration of each method × dtype on the selected case, cost beside accuracy.
+
+    Times in ms; a value that does not exist (a failed method's error, a band with no σ) is
+    missing, shown as ``MISSING``, never as "nan" inside a text cell.
+    """
     if sel.empty:
         return sel
-    last = sel[sel["iteration"] == sel.groupby(["method", "dtype"])["iteration"].transform("max")]
+    last = sel[sel["iteration"] == sel.groupby(["name", "dtype"])["iteration"].transform("max")]
     out = last.assign(
-        band=[f"[{a:.4g}, {b:.4g}]" if pd.notna(a) else "" for a, b in
-              zip(last["band_min"], last["band_max"], strict=True)],
-        spread=[f"{a:.4f}–{b:.4f}" for a, b in zip(last["wall_min_s"], last["wall_max_s"],
-                                                   strict=True)],
+        band=[f"[{a:.4g}, {b:.4g}]" if pd.notna(a) and pd.notna(b) else None
+              for a, b in zip(last["band_min"], last["band_max"], strict=True)],
+        wall_ms=last["wall_median_s"] * 1e3,
+        spread=[f"{a * 1e3:.3g}–{b * 1e3:.3g}" if pd.notna(a) and pd.notna(b) else None
+                for a, b in zip(last["wall_min_s"], last["wall_max_s"], strict=True)],
         peak_mib=last["peak_bytes"] / 2**20,
     )
-    return out[["method", "dtype", "iteration", "err_spec", "err_rms", "band", "orth_err",
-                "nuclear_frac", "matmuls", "factorisations", "flops", "wall_median_s", "spread",
-                "gflops", "gemm_frac", "peak_mib", "finite"]]
+    return out[["name", "dtype", "iteration", "err_spec", "err_rms", "band", "orth_err",
+                "nuclear_frac", "matmuls", "factorisations", "flops", "wall_ms", "spread",
+                "gflops", "gemm_frac", "peak_mib", "finite", "method"]]
+
+
+# Column titles of the result tables: words with units; the method's form text comes last.
+COLUMNS = {
+    "name": st.column_config.TextColumn("method"),
+    "case_id": st.column_config.TextColumn("test matrix"),
+    "dtype": st.column_config.TextColumn("dtype"),
+    "iteration": st.column_config.NumberColumn("iteration", format="%d"),
+    "err_spec": st.column_config.NumberColumn(
+        "relative error ‖·‖₂", format="%.2e",
+        help="‖X − T‖₂ / ‖T‖₂ against the fp64 SVD reference T"),
+    "err_rms": st.column_config.NumberColumn("relative error (RMS)", format="%.2e"),
+    "band": st.column_config.TextColumn("output σ band [min, max]"),
+    "orth_err": st.column_config.NumberColumn("orthogonality ‖XXᵀ − I‖_F", format="%.2e"),
+    "nuclear_frac": st.column_config.NumberColumn(
+        "⟨G, X⟩ / ‖G‖_*", format="%.4f", help="share of the nuclear norm the output recovers"),
+    "matmuls": st.column_config.NumberColumn("matrix multiplications", format="%d"),
+    "factorisations": st.column_config.NumberColumn("factorisations (QR, Cholesky, eigh, SVD)",
+                                                    format="%d"),
+    "flops": st.column_config.NumberColumn("flops (analytic)", format="%.3g"),
+    "wall_ms": st.column_config.NumberColumn("time per call (ms, median)", format="%.3g"),
+    "spread": st.column_config.TextColumn("time per call (ms, fastest–slowest)"),
+    "gflops": st.column_config.NumberColumn("throughput (GFLOP/s)", format="%.1f"),
+    "gemm_frac": st.column_config.NumberColumn(
+        "share of GEMM speed", format="%.2f",
+        help="throughput over a plain matrix multiplication's on this worker"),
+    "peak_mib": st.column_config.NumberColumn("peak extra memory (MiB)", format="%.2f"),
+    "finite": st.column_config.CheckboxColumn("finite output"),
+    "method": st.column_config.TextColumn("as in the form"),
+}
+
+
+def _table(df: pd.DataFrame, key: str, **column_config: Any) -> None:
+    order = ["name", *(c for c in df.columns if c != "name")] if "name" in df else None
+    st.dataframe(df, hide_index=True, width="stretch", key=key, placeholder=MISSING,
+                 column_order=order, column_config={**COLUMNS, **column_config})
+
+
+def _named(df: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
+    """``df`` with a ``name`` column: each method's display name (its label if the job's spec
+    does not list it)."""
+    return df.assign(name=[names.get(m, m) for m in df["method"]])
+
+
+def _in_job_order(df: pd.DataFrame, domain: list[str], first: tuple[str, ...] = (),
+                  then: tuple[str, ...] = ("dtype",)) -> pd.DataFrame:
+    """Rows by ``first``, then the methods in the job's order (the legends' order), then
+    ``then``; stored results come sorted by the methods' labels."""
+    rank = {n: i for i, n in enumerate(domain)}
+    keys = [*first, "_rank", *then]
+    return df.assign(_rank=df["name"].map(rank)).sort_values(keys, kind="stable") \
+        .drop(columns="_rank").reset_index(drop=True)
 
 
 def _header(job: dict[str, Any]) -> None:
@@ -237,6 +300,9 @@ def _body(lq: LabQueries, job_id: str) -> None:
     job = lq.job(job_id)
     _header(job)
     res = _results(lq, job_id, lq.data_version(job_id))
+    names = charts.method_names(job["spec"])
+    domain = list(dict.fromkeys([*names.values(), *(names.get(m, m) for m in res["method"])]))
+    res = _in_job_order(_named(res, names), domain, ("case_id",), ("dtype", "iteration"))
     if res.empty:
         st.caption("Results appear here as each test matrix is measured.")
         return
@@ -257,64 +323,46 @@ def _body(lq: LabQueries, job_id: str) -> None:
                    f"(smallest σ of G/‖G‖_F) · σ_max = {row['sigma_max']:.3g} · GEMM "
                    f"{row['gemm_gflops']:.1f} GFLOP/s")
 
-    curves = lq.curves(job_id, "transfer", case)
+    curves = _named(lq.curves(job_id, "transfer", case), names)
     curves = curves[curves["dtype"].isin(dtypes)]
     if final_only and not curves.empty:
         last = curves.groupby(["method", "dtype"])["iteration"].transform("max")
         curves = curves[curves["iteration"] == last]
     if not curves.empty:
-        _chart("transfer", charts.transfer_chart(_thin(curves)), curves)
-    left, right = st.columns(2)
-    with left:
-        _chart("error_vs_iteration", charts.error_chart(sel, "iteration", "iteration"), sel)
-    with right:
-        _chart("error_vs_flops", charts.error_chart(sel, "flops", "flops (analytic)", log_x=True),
-               sel)
-    left, right = st.columns(2)
-    with left:
-        _chart("error_vs_matmuls", charts.error_chart(sel, "matmuls", "matmul count"), sel)
-    with right:
-        _chart("error_vs_wall_time", charts.pareto_chart(sel), sel)
+        _chart("transfer", charts.transfer_chart(_thin(curves), domain), curves)
+    _chart("error_vs_iteration", charts.error_chart(sel, "iteration", domain), sel)
+    _chart("error_vs_flops", charts.error_chart(sel, "flops", domain, log_x=True), sel)
+    _chart("error_vs_matmuls", charts.error_chart(sel, "matmuls", domain), sel)
+    _chart("error_vs_time", charts.pareto_chart(sel, domain), sel)
 
-    spectrum = lq.curves(job_id, "spectrum", case)
+    spectrum = _named(lq.curves(job_id, "spectrum", case), names)
     spectrum = spectrum[spectrum["dtype"].isin(dtypes)]
     if not spectrum.empty:
         last = spectrum.groupby(["method", "dtype"])["iteration"].transform("max")
         spectrum = spectrum[spectrum["iteration"] == last]
-        _chart("output_spectrum", charts.spectrum_chart(spectrum), spectrum, stretch=False)
+        _chart("output_spectrum", charts.spectrum_chart(spectrum, domain), spectrum)
 
-    st.subheader("Cost and accuracy at the final iteration")
-    final = _final_rows(sel)
-    st.dataframe(final, hide_index=True, width="stretch", column_config={
-        "err_spec": st.column_config.NumberColumn("error ‖·‖₂", format="%.2e"),
-        "err_rms": st.column_config.NumberColumn("error RMS", format="%.2e"),
-        "band": st.column_config.TextColumn("σ band"),
-        "orth_err": st.column_config.NumberColumn("‖XXᵀ − I‖_F", format="%.2e"),
-        "nuclear_frac": st.column_config.NumberColumn("⟨G,X⟩/‖G‖_*", format="%.4f"),
-        "flops": st.column_config.NumberColumn("flops", format="%.3g"),
-        "wall_median_s": st.column_config.NumberColumn("wall s (median)", format="%.4f"),
-        "spread": st.column_config.TextColumn("wall s (min–max)"),
-        "gflops": st.column_config.NumberColumn("GFLOP/s", format="%.1f"),
-        "gemm_frac": st.column_config.NumberColumn("of GEMM", format="%.2f"),
-        "peak_mib": st.column_config.NumberColumn("peak extra MiB", format="%.2f"),
-    })
+    st.subheader("Cost and accuracy at the final iteration", anchor=False)
+    final = _in_job_order(_final_rows(sel), domain)
+    _table(final, "lab.table.final")
     _downloads("final_iteration", final)
 
-    st.subheader("Iterations to reach a tolerance")
+    st.subheader("Iterations to reach a tolerance", anchor=False)
     tol = st.selectbox("tolerance on the relative spectral error", TOLERANCES, index=2,
                        format_func=lambda t: f"{t:g}", key="lab.tol")
-    table = lq.iterations_to(job_id, tol)
-    st.dataframe(table, hide_index=True, width="stretch", key="lab.table.tol",
-                 column_config={
-                     "iterations": st.column_config.NumberColumn(
-                         "iterations", help="empty: never reached"),
-                     "wall_s": st.column_config.NumberColumn("wall s", format="%.4f"),
-                     "best_err": st.column_config.NumberColumn("best error", format="%.2e"),
-                 })
+    table = _in_job_order(_named(lq.iterations_to(job_id, tol), names), domain, ("case_id",))
+    table = table.assign(wall_ms=table["wall_s"] * 1e3)
+    _table(table[["case_id", "name", "dtype", "iterations", "matmuls", "wall_ms", "best_err",
+                  "method"]],
+           "lab.table.tol",
+           iterations=st.column_config.NumberColumn(
+               "iterations", format="%d", help=f"{MISSING}: never reached"),
+           wall_ms=st.column_config.NumberColumn("time per call (ms, median)", format="%.3g"),
+           best_err=st.column_config.NumberColumn("best relative error ‖·‖₂", format="%.2e"))
     _downloads("iterations_to_tolerance", table)
 
     with st.expander("All measurements"):
-        st.dataframe(res, hide_index=True, width="stretch", key="lab.table.all")
+        _table(res, "lab.table.all")
         _downloads("lab_results", res)
     with st.expander("Spec"):
         st.code(json.dumps(job["spec"], indent=2), language="json")
