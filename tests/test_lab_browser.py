@@ -14,6 +14,18 @@ from tests.test_browser import ARTIFACTS, launch, stack  # noqa: F401 - the fixt
 
 pytestmark = pytest.mark.browser
 
+# [chart width, height] and [plot width, height] of every chart, in CSS px; the plot is the
+# chart's frame (its background rectangle in Vega's SVG).
+PLOT_SIZES = """() => [...document.querySelectorAll('.vega-embed')].map(e => {
+    const frame = e.querySelector('svg .mark-group.role-frame > g > path.background');
+    const r = e.getBoundingClientRect(), p = frame.getBoundingClientRect();
+    return [[r.width, r.height], [p.width, p.height]];
+})"""
+CLIPPED_BUTTONS = """() => [...document.querySelectorAll('[data-testid="stDownloadButton"] button')]
+    .filter(b => b.scrollWidth > b.clientWidth + 1
+                 || [...b.querySelectorAll('p')].some(t => t.scrollWidth > t.clientWidth + 1))
+    .map(b => b.innerText)"""
+
 
 def test_lab_job_from_the_browser_with_svg_export(stack: str) -> None:  # noqa: F811
     from playwright.sync_api import expect, sync_playwright
@@ -49,6 +61,17 @@ def test_lab_job_from_the_browser_with_svg_export(stack: str) -> None:  # noqa: 
             expect(page.get_by_role("button", name="Cancel job")).to_have_count(0,
                                                                               timeout=30_000)
             page.screenshot(path=str(ARTIFACTS / "lab.png"), full_page=True)
+            # One chart a row at the page's width: each plot (not only its chart) wide and
+            # tall enough to read, and every download button shows its whole label.
+            expect(page.locator(".vega-embed svg.marks")).to_have_count(6, timeout=30_000)
+            sizes = page.evaluate(PLOT_SIZES)
+            for i, (chart, plot) in enumerate(sizes):
+                # The last chart is the output spectrum's strips: a row per method.
+                tall = 250 if i < len(sizes) - 1 else 100
+                assert chart[0] >= 600 and plot[0] >= 600 and plot[1] >= tall, (i, chart, plot)
+            clipped = page.evaluate(CLIPPED_BUTTONS)
+            assert page.locator('[data-testid="stDownloadButton"]').count() >= 30
+            assert clipped == [], clipped
             with page.expect_download(timeout=60_000) as dl:
                 page.get_by_role("button", name="SVG").first.click()
             svg = Path(dl.value.path()).read_bytes()
