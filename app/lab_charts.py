@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import io
 import math
-from fractions import Fraction
 from typing import Any
 
 import altair as alt
 import pandas as pd
 
 from app.charts import palette_scale
+from app.labels import GLYPHS
 from engine.approx.methods import POWER_MAPS
 
 ERROR_TITLE = "relative error ‖·‖₂ (fp64 SVD reference)"
@@ -74,24 +74,15 @@ SCHEDULE_NAMES = {"keller": "Keller", "polar_express": "Polar Express", "cans": 
                   "classical": "classical"}
 _SYMBOLS = {"c": "c", "delta": "δ", "l0": "ℓ₀", "eps": "ε", "tol": "tol", "low": "low",
             "high": "high", "norm_bound": "norm bound"}
-_VULGAR = {Fraction(1, 2): "½", Fraction(1, 3): "⅓", Fraction(2, 3): "⅔", Fraction(1, 4): "¼",
-           Fraction(3, 4): "¾", Fraction(1, 6): "⅙", Fraction(5, 6): "⅚", Fraction(1, 8): "⅛",
-           Fraction(3, 8): "⅜", Fraction(5, 8): "⅝", Fraction(7, 8): "⅞"}
-# Denominators people write as fractions; 0.2 and 0.3 stay decimals.
-_FRACTION_DENOMINATORS = (1, 2, 3, 4, 6, 8, 12)
 
 
 def fraction_text(c: float) -> str:
-    """``c`` as a person writes it: ⅔ for 0.6666…, ½ for 0.5, 5/12, else the shortest
-    decimal (0.3)."""
-    near = Fraction(c).limit_denominator(12)
-    if abs(float(near) - c) < 1e-9 and near.denominator in _FRACTION_DENOMINATORS:
-        if near in _VULGAR:
-            return _VULGAR[near]
-        if near.denominator == 1:
-            return str(near.numerator)
-        return f"{near.numerator}/{near.denominator}"
-    return f"{c:g}"
+    """``c`` as the study page writes it (``app.labels``): ⅔ for 0.6666…, ½, ¼; whole numbers
+    as they are; anything else to four significant digits (0.3, 0.4167)."""
+    for frac, glyph in GLYPHS.items():
+        if abs(c - float(frac)) < 5e-5:  # 0.6667 typed into the form is ⅔, as on that page
+            return glyph
+    return str(round(c)) if float(c).is_integer() else f"{c:.4g}"
 
 
 def _value(key: str, v: Any) -> str:

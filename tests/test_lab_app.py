@@ -174,9 +174,10 @@ def test_new_study_form_offers_capture_steps_and_validates_them(services):
     at.switch_page("screens/new_study.py").run()
     at.number_input(key="steps").set_value(50).run()
     at.text_input(key="capture_steps").input("10, x").run()
-    assert "capture_steps: 'x' is not a valid int" in shown(at.error[0].value)
+    # The form names the field as it labels it (app.labels.FIELD_TITLES).
+    assert "Capture steps: 'x' is not a valid int" in shown(at.error[0].value)
     at.text_input(key="capture_steps").input("10, 80").run()
-    assert ("capture_steps: every step must be in [1, steps = 50] (got [80])"
+    assert ("Capture steps: every step must be in [1, steps = 50] (got [80])"
             in shown(at.error[0].value))
     at.text_input(key="capture_steps").input("10, 40").run()
     assert not at.error
@@ -291,8 +292,8 @@ def test_method_names_are_written_as_people_write_them():
     assert len(set(twice.values())) == 2
     assert lab_charts.method_name("freon", {"max_steps": 8, "delta": 1e-3}, 0.75) == \
         "Freon (c = ¾, ≤ 8 steps, δ = 0.001)"
-    assert [lab_charts.fraction_text(c) for c in (0.3, 0.2, 5 / 12, 1.0, 0.0)] == [
-        "0.3", "0.2", "5/12", "1", "0"]
+    assert [lab_charts.fraction_text(c) for c in (0.3, 0.2, 5 / 12, 1.0, 0.0, 0.25)] == [
+        "0.3", "0.2", "0.4167", "1", "0", "¼"]
 
 
 def test_no_table_cell_shows_none(seeded):
