@@ -8,11 +8,12 @@ import pandas as pd
 
 from app.labels import metric_title
 
-# Okabe & Ito's colour-blind-safe set (Color Universal Design), its yellow darkened so it
-# reads on white. Beyond eight groups no palette stays distinguishable for everyone; tableau20
-# then at least keeps neighbours apart, and the tooltip names the group.
+# Okabe & Ito's colour-blind-safe set (Color Universal Design), its yellow (too pale on white,
+# and a darkened one is orange's twin) replaced by Paul Tol's wine. Beyond eight groups no
+# palette stays distinguishable for everyone; tableau20 then at least keeps neighbours apart,
+# and the tooltip names the group.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#000000",
-           "#B8A000"]
+           "#882255"]
 
 
 def palette_scale(domain: list[str] | None = None, n: int | None = None) -> alt.Scale:
