@@ -287,3 +287,46 @@ def budget_chart(curves: pd.DataFrame, measure_title: str, families: list[str],
             x="k:Q", tooltip=[alt.Tooltip("k:Q", title="budget every optimizer has")]))
     return alt.layer(*layers).properties(height=max(360, 24 * len(families) + 60),
                                          width="container")
+
+
+def series_chart(frame: pd.DataFrame, title: str, y_title: str, groups: list[str],
+                 log_y: bool = False) -> alt.LayerChart:
+    """Lines of ``center`` against ``x`` per ``group`` with a ``lo``–``hi`` band and no point
+    marks: a light figure for a report (an SVG of one path per group, not one shape per point).
+    """
+    data = frame.copy()
+    if log_y:
+        data = data[data["center"] > 0]
+        data["lo"] = data["lo"].where(data["lo"] > 0, data["center"])
+    color = alt.Color("group:N", title=None, legend=alt.Legend(**LINE_LEGEND),
+                      scale=group_colors(groups, len(groups)))
+    x = alt.X("x:Q", title="step")
+    y_scale = _y_scale(log_y)
+    base = alt.Chart(data, title=title)
+    return alt.layer(
+        base.mark_errorband(opacity=0.15).encode(
+            x=x, y=alt.Y("lo:Q", title=y_title, scale=y_scale), y2="hi:Q", color=color),
+        base.mark_line(strokeWidth=1.5).encode(
+            x=x, y=alt.Y("center:Q", title=y_title, scale=y_scale), color=color,
+            tooltip=["group:N", alt.Tooltip("x:Q", title="step"),
+                     alt.Tooltip("center:Q", title=y_title, format=".4g")]),
+    ).properties(height=max(320, 24 * len(groups) + 60), width="container")
+
+
+def scatter_chart(frame: pd.DataFrame, title: str, x_title: str, y_title: str,
+                  groups: list[str], log_x: bool = False) -> alt.LayerChart:
+    """One labelled point per ``group`` at (``x``, ``y``), coloured as the group is
+    everywhere: for "does this predict that" across optimizers."""
+    x = alt.X("x:Q", title=x_title, scale=alt.Scale(type="log") if log_x
+              else alt.Scale(zero=False))
+    y = alt.Y("y:Q", title=y_title, scale=alt.Scale(zero=False))
+    color = alt.Color("group:N", title=None, legend=alt.Legend(**LINE_LEGEND),
+                      scale=group_colors(groups, len(groups)))
+    base = alt.Chart(frame, title=title)
+    return alt.layer(
+        base.mark_point(filled=True, size=90).encode(
+            x=x, y=y, color=color,
+            tooltip=["group:N", alt.Tooltip("x:Q", title=x_title, format=".4g"),
+                     alt.Tooltip("y:Q", title=y_title, format=".4g")]),
+        base.mark_text(align="left", dx=7, fontSize=10).encode(x=x, y=y, text="short:N"),
+    ).properties(height=360, width="container")

@@ -360,20 +360,66 @@ def _wait_for_runs(runs, url: str, worker: subprocess.Popen | None = None,
         time.sleep(poll_s)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _list_presets() -> int:
+    from app.presets import presets
     from engine.errors import SpecError
-    from engine.specs import parse_study_toml
-    from tasks.submit import submit_study
+    from engine.specs import parse_study
 
-    try:
-        text = Path(args.spec).read_text()
-    except OSError as err:
-        print(f"run: cannot read {args.spec}: {err.strerror}", file=sys.stderr)
+    found = presets()
+    if not found:
+        print("run: no presets found (set APPROXIMANT_PRESETS_DIR to examples/presets of a "
+              "checkout)", file=sys.stderr)
+        return 2
+    for name, preset in found.items():
+        try:
+            runs = f"{parse_study(preset.data()).n_runs()} runs"
+        except SpecError:
+            runs = "invalid"
+        print(f"{name} ({runs}): {preset.summary}")
+    return 0
+
+
+def _read_spec(args: argparse.Namespace) -> tuple[str, str] | int:
+    """Where the spec comes from (for messages) and its text, from a file or a preset; an
+    exit code when neither can be read."""
+    from app import presets
+
+    if bool(args.spec) == bool(args.preset):
+        print("run: give a spec file or --preset NAME (one of them; --list-presets lists the "
+              "presets)", file=sys.stderr)
         return 2
     try:
-        spec = parse_study_toml(text)
-    except SpecError as err:
-        print(f"run: {args.spec} is not a valid study:", file=sys.stderr)
+        if args.preset:
+            preset = presets.get(args.preset)
+            return f"preset {preset.name}", preset.text
+        return args.spec, Path(args.spec).read_text()
+    except OSError as err:
+        print(f"run: cannot read {args.spec}: {err.strerror}", file=sys.stderr)
+    except ValueError as err:
+        print(f"run: {err}", file=sys.stderr)
+    return 2
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from app.presets import shorten
+    from engine.errors import SpecError
+    from engine.specs import parse_study, parse_study_toml
+    from tasks.submit import submit_study
+
+    if args.list_presets:
+        return _list_presets()
+    read = _read_spec(args)
+    if isinstance(read, int):
+        return read
+    source, text = read
+    try:
+        spec = parse_study_toml(text)  # the spec as written must be valid, shortened or not
+        if args.max_steps is not None or args.max_values is not None:
+            spec = parse_study(shorten(tomllib.loads(text), args.max_steps, args.max_values))
+    except (SpecError, ValueError) as err:
+        print(f"run: {source} is not a valid study:", file=sys.stderr)
         for line in str(err).splitlines():
             print(f"  {line}", file=sys.stderr)
         return 2
@@ -489,7 +535,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     rn = sub.add_parser("run", help="run a study from a TOML spec file")
     common(rn)
-    rn.add_argument("spec", help="path to a study spec (.toml)")
+    rn.add_argument("spec", nargs="?", help="path to a study spec (.toml)")
+    rn.add_argument("--preset", help="run a preset instead of a file (examples/presets/: "
+                    "digits-quick, step-size-optimality, spectral-families; see "
+                    "--list-presets)")
+    rn.add_argument("--list-presets", action="store_true",
+                    help="list the presets with their size and purpose, and exit")
+    rn.add_argument("--max-steps", type=int, default=None, metavar="N",
+                    help="cut every run to at most N steps (cadences fitted; the study's name "
+                    "says so and it gets its own id): a smoke test of a spec")
+    rn.add_argument("--max-values", type=int, default=None, metavar="N",
+                    help="keep only the first N seeds and the first N values of every grid "
+                    "list (with --max-steps: a preset's smoke test in seconds)")
     rn.add_argument("--workers", type=int, default=1,
                     help="local worker processes when no dashboard is running (default 1)")
     rn.add_argument("--no-wait", action="store_true", help="submit and return")
@@ -504,7 +561,48 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--view", default="", help="view settings as in the study page's URL, "
                     "e.g. 'band=bootstrap&group=optimizer&x=wall'")
     ex.set_defaults(func=cmd_export)
+
+    rp = sub.add_parser("report", help="write a reproduction report (Markdown + SVG) of the "
+                        "paper's claims from one or more studies (while no dashboard holds "
+                        "the data directory)")
+    rp.add_argument("--data-dir", help="data directory (default ./.approximant or "
+                    "$APPROXIMANT_DATA_DIR)")
+    rp.add_argument("study", nargs="+", help="study id, exact name, or the preset it was run "
+                    "from (e.g. spectral-families)")
+    rp.add_argument("--out", default=".", help="output folder: NAME.md and img/repro-*.svg "
+                    "(default: here)")
+    rp.add_argument("--name", default="report", help="the Markdown file's name without .md "
+                    "(default: report)")
+    rp.add_argument("--command", default="", help="the commands that regenerate the studies "
+                    "and this report, quoted in it")
+    rp.add_argument("--notes", default="", help="a Markdown file whose text goes under the "
+                    "studies table (e.g. measured run times)")
+    rp.set_defaults(func=cmd_report)
     return p
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Each claim of the paper against the given studies: verdicts, numbers and figures."""
+    from app import reproduction
+    from storage.db import Database
+    from storage.queries import Queries
+
+    notes = Path(args.notes).read_text() if args.notes else ""
+    db = Database.in_dir(data_dir(args.data_dir))  # refuses clearly if a dashboard owns it
+    try:
+        q = Queries(db)
+        try:
+            ids = [reproduction.resolve(q, s) for s in args.study]
+        except ValueError as err:
+            print(f"report: {err}", file=sys.stderr)
+            return 2
+        path = reproduction.write(db, list(dict.fromkeys(ids)), Path(args.out), args.name,
+                                  args.command, notes)
+    finally:
+        db.close()
+    figures = sorted((path.parent / "img").glob(f"{reproduction.IMG_PREFIX}*.svg"))
+    print(f"wrote {path} and {len(figures)} figures in {path.parent / 'img'}")
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

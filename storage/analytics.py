@@ -355,39 +355,23 @@ def higher_is_better(metric: str) -> bool:
 BUDGET_COLUMNS = ["family", "optimizer", "k", "expected", "lo", "hi", "trials"]
 
 
-def tuning_budget(runs: pd.DataFrame, finals: pd.DataFrame, firsts: pd.DataFrame,
-                  measure: str = "final", higher: bool = False, level: float = 0.95,
-                  n_boot: int = stats.BOOT_SAMPLES,
-                  seed: int = stats.BOOT_SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The equal-budget tuning protocol: per config family (a config without its lr), the
-    expected best ``measure`` after k random trials of its lr grid, k = 1…(its trials), with a
-    bootstrap band (``stats.best_of_k_band``; Dodge et al. 2019's expected validation
-    performance).
+def budget_trials(runs: pd.DataFrame, finals: pd.DataFrame, firsts: pd.DataFrame,
+                  measure: str = "final", higher: bool = False) -> tuple[pd.DataFrame, float]:
+    """The trials of the tuning protocol: one row per run that ended (``run_id, optimizer,
+    family, lr, status, value, failed``), and what a failed trial is worth.
 
-    A trial is one run, one (lr, seed) pair: tuning with a budget of k trains k runs, and
-    seed noise is part of what a tuner sees. Only runs that ended count. A diverged or failed
-    run, or one whose value is not finite, is a trial worth the *untrained* model: the worst
-    of the study's ``firsts`` (each run's first value, ``first_values``), so a grid that
-    diverges at high lr pays for it at small k without making every expectation infinite.
-    Where no first value is known the worst finite trial stands in.
-
-    Returns ``curves`` (``BUDGET_COLUMNS``, one row per family and k) and ``summary``, one row
-    per family in config order: ``family, optimizer, trials, diverged, lrs`` (grid points),
-    ``mean`` (E at k = 1), ``at_k`` and ``at_k_lo``/``at_k_hi`` (E and its band at the common
-    budget ``k`` = the fewest trials any family has, so every family is read inside its own
-    data), ``best`` (the single best trial), ``rank`` (1 = best at the common budget), and
-    ``penalty`` (what a failed trial counted as).
+    A trial is one run, one (lr, seed) pair: tuning with a budget of k trains k runs, and seed
+    noise is part of what a tuner sees. A diverged or failed run, or one whose value is not
+    finite, is worth the *untrained* model: the worst of the study's ``firsts`` (each run's
+    first value, ``first_values``), so a grid that diverges at high lr pays for it at small k
+    without making every expectation infinite. Where no first value is known the worst finite
+    trial stands in.
     """
     _check("measure", measure, MEASURES)
-    empty = (pd.DataFrame(columns=BUDGET_COLUMNS), pd.DataFrame(columns=[
-        "family", "optimizer", "trials", "diverged", "lrs", "mean", "k", "at_k", "at_k_lo",
-        "at_k_hi", "best", "rank", "penalty"]))
     per_run = runs[["run_id", "optimizer", "status"]].assign(
         family=family_key(runs), lr=runs["hparams"].map(lambda h: h.get("lr")))
     per_run = per_run[per_run["status"].isin(DONE + BROKEN)].merge(
         finals[["run_id", measure]], on="run_id", how="left").rename(columns={measure: "value"})
-    if per_run.empty:
-        return empty
     value = per_run["value"].astype(float)
     failed = per_run["status"].isin(BROKEN) | ~np.isfinite(value)
     known = firsts["first"].astype(float) if not firsts.empty else pd.Series(dtype=float)
@@ -397,11 +381,33 @@ def tuning_budget(runs: pd.DataFrame, finals: pd.DataFrame, firsts: pd.DataFrame
         penalty = -math.inf if higher else math.inf
     else:
         penalty = float(pool.min() if higher else pool.max())
-    per_run["value"] = value.where(~failed, penalty)
-    per_run["failed"] = failed
+    return per_run.assign(value=value.where(~failed, penalty), failed=failed), penalty
+
+
+def tuning_budget(runs: pd.DataFrame, finals: pd.DataFrame, firsts: pd.DataFrame,
+                  measure: str = "final", higher: bool = False, level: float = 0.95,
+                  n_boot: int = stats.BOOT_SAMPLES,
+                  seed: int = stats.BOOT_SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The equal-budget tuning protocol: per config family (a config without its lr), the
+    expected best ``measure`` after k random trials of its lr grid, k = 1…(its trials), with a
+    bootstrap band (``stats.best_of_k_band``; Dodge et al. 2019's expected validation
+    performance). Trials and what a failed one is worth: ``budget_trials``.
+
+    Returns ``curves`` (``BUDGET_COLUMNS``, one row per family and k) and ``summary``, one row
+    per family in config order: ``family, optimizer, trials, diverged, lrs`` (grid points),
+    ``mean`` (E at k = 1), ``at_k`` and ``at_k_lo``/``at_k_hi`` (E and its band at the common
+    budget ``k`` = the fewest trials any family has, so every family is read inside its own
+    data), ``best`` (the single best trial), ``rank`` (1 = best at the common budget), and
+    ``penalty`` (what a failed trial counted as).
+    """
+    empty = (pd.DataFrame(columns=BUDGET_COLUMNS), pd.DataFrame(columns=[
+        "family", "optimizer", "trials", "diverged", "lrs", "mean", "k", "at_k", "at_k_lo",
+        "at_k_hi", "best", "rank", "penalty"]))
+    per_run, penalty = budget_trials(runs, finals, firsts, measure, higher)
+    if per_run.empty:
+        return empty
     order = list(dict.fromkeys(per_run["family"]))
-    sizes = per_run.groupby("family").size()
-    common = int(sizes.min())
+    common = int(per_run.groupby("family").size().min())
     curves, rows = [], []
     for family in order:
         g = per_run[per_run["family"] == family]
@@ -419,3 +425,18 @@ def tuning_budget(runs: pd.DataFrame, finals: pd.DataFrame, firsts: pd.DataFrame
     summary = pd.DataFrame(rows)
     summary["rank"] = summary["at_k"].rank(ascending=not higher, method="min").astype(int)
     return pd.concat(curves, ignore_index=True)[BUDGET_COLUMNS], summary[empty[1].columns]
+
+
+def metric_series(a: Analytics, run_ids: list[str], metric: str) -> pd.DataFrame:
+    """Every row of ``metric`` for ``run_ids`` (latest attempts): ``run_id, step, value``, by
+    step. For a handful of runs (a figure of each one's trajectory), not a whole study."""
+    if not run_ids:
+        return pd.DataFrame({"run_id": pd.Series(dtype=str), "step": pd.Series(dtype=int),
+                             "value": pd.Series(dtype=float)})
+    with a.db.read() as cur:
+        return cur.execute(f"""
+            SELECT m.run_id, m.step, m.value
+            FROM metrics m JOIN runs r ON m.run_id = r.run_id AND m.attempt = r.attempt
+            WHERE m.run_id IN ({_in(run_ids)}) AND m.name = ?
+            ORDER BY m.run_id, m.step
+        """, [*run_ids, metric]).df()

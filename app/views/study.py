@@ -454,6 +454,15 @@ def _share(services: Services, who: access.Principal, study: dict, view: ViewSta
         data=lambda: study_parquet(services.db, sid),
         file_name=f"{name}-metrics.parquet", mime="application/vnd.apache.parquet",
     )
+    from app import reproduction
+
+    st.download_button(
+        "Reproduction report (zip: Markdown + SVG figures)", key="repro_report",
+        data=lambda: reproduction.zipped(services.db, sid),
+        file_name=f"{name}-report.zip", mime="application/zip",
+        help="Each claim of 'Muon is Not That Special' this study can test, with its numbers, "
+             "figure and verdict (as `approximant report`).",
+    )
 
 
 def _pick_study(q: Queries) -> str | None:
