@@ -105,6 +105,14 @@ class FreonParams(SpectralParams):
                 f"c: method 'rational' supports {allowed}, to 3 decimals (got {self.c}); "
                 "use method 'svd' for other c"
             )
+        if self.method == "rational" and self.c > 0.5 and self.floor == 0:
+            # Momenta are often rank-deficient (batch smaller than the layer, the first
+            # step); without a floor the iteration has no stable answer there for c > ½
+            # (c = 1 stops with an error, other c return amplified rounding).
+            raise ValueError(
+                f"floor: must be > 0 for c > 1/2 with method 'rational' (got 0 at c = "
+                f"{self.c}); use method 'svd' for the pseudo-inverse convention"
+            )
         return self
 
 

@@ -25,6 +25,8 @@ from engine.spectral.common import (
     null_tolerance,
     pow2,
     pow2_exponent,
+    scale_pow2,
+    scaled_to,
     times_pow2,
     to_wide,
     work_dtype,
@@ -52,7 +54,7 @@ def _svd(name: str, G: Tensor, dtype: torch.dtype | None
         return empty
     e = pow2_exponent(G)
     with map_errors(name, G):
-        U, s, Vh = torch.linalg.svd((G * pow2(-e, G.dtype)).to(d), full_matrices=False)
+        U, s, Vh = torch.linalg.svd(scaled_to(G, e, d), full_matrices=False)
     return U, s, Vh, e[..., 0]
 
 
@@ -63,7 +65,7 @@ def _assemble(U: Tensor, v: Tensor, Vh: Tensor, e_extra: Tensor | int = 0) -> Te
     product in two halves, so nothing overflows or underflows in between unless the answer
     itself does."""
     ev = pow2_exponent(v.unsqueeze(-2))[..., 0]  # (…, 1)
-    vs = (v * pow2(-ev, torch.float64)).to(U.dtype)
+    vs = scale_pow2(v, -ev).to(U.dtype)
     return times_pow2((U * vs.unsqueeze(-2)) @ Vh, (ev + e_extra)[..., None])
 
 
@@ -79,7 +81,7 @@ def svd_map(G: Tensor, *, f: Callable[[Tensor], Tensor], dtype: torch.dtype | No
     if isinstance(parts, Tensor):
         return parts
     U, s, Vh, e = parts
-    s = s * pow2(e, torch.float64).to(s.dtype)
+    s = scale_pow2(s.double(), e).to(s.dtype)
     return _assemble(U, f(s).to(torch.float64), Vh)
 
 
@@ -97,7 +99,7 @@ def _power_values(s: Tensor, e: Tensor, c: float, delta: float, size: int
     E = torch.frexp(top).exponent + e  # σ_max < 2^E
     if delta > 0:
         E = torch.maximum(E, torch.full_like(E, math.frexp(delta)[1]))
-    st = s64 * pow2(e - E, torch.float64)
+    st = scale_pow2(s64, e - E)
     dt = delta * pow2(-E, torch.float64)
     big = torch.maximum(st, dt)
     small = torch.minimum(st, dt)
@@ -155,7 +157,7 @@ def gram_eigh(G: Tensor, *, c: float, delta: float = 0.0,
     if (empty := empty_result(G, d)) is not None:
         return empty
     e = pow2_exponent(G, delta)  # max(max|G|, δ) ∈ [2^(e−1), 2^e)
-    X, transposed = to_wide((G * pow2(-e, G.dtype)).to(d))
+    X, transposed = to_wide(scaled_to(G, e, d))
     A = X @ X.mT  # (..., m, m), the small side
     with map_errors("gram_eigh", G):
         w, Q = torch.linalg.eigh(A)
@@ -173,7 +175,7 @@ def gram_eigh(G: Tensor, *, c: float, delta: float = 0.0,
     k = torch.floor(scale)
     f = f * torch.exp2(scale - k)
     fe = pow2_exponent(f.unsqueeze(-2))[..., 0]
-    Y = (Q * (f * pow2(-fe, torch.float64)).to(d).unsqueeze(-2)) @ (Q.mT @ X)
+    Y = (Q * scale_pow2(f, -fe).to(d).unsqueeze(-2)) @ (Q.mT @ X)
     return from_wide(times_pow2(Y, (fe + k.to(fe.dtype))[..., None]), transposed)
 
 

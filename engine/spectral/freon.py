@@ -41,6 +41,7 @@ from engine.spectral.common import (
     pow2,
     pow2_exponent,
     safe_scale,
+    scaled_to,
     stacked_q,
     times_pow2,
     to_wide,
@@ -183,10 +184,11 @@ def freon_power(
 
 
 def _freon_one(G: Tensor, delta: float, d: torch.dtype) -> tuple[Tensor, FreonInfo]:
-    """c = 1: ``(GGᵀ + δ²I)⁻¹G`` by one least-squares QR, on G and δ divided by a power of
-    two (so the answer, which scales as 1/G, never over- or underflows in between)."""
-    e = pow2_exponent(G, delta)  # (…, 1, 1)
-    X, transposed = to_wide((G * pow2(-e, G.dtype)).to(d))
+    """c = 1: ``(GGᵀ + δ²I)⁻¹G`` by one least-squares QR. Nothing is squared (Householder QR
+    scales its own norms), so G is used as it is; only a cast to a narrower dtype, where G
+    might not fit, goes through a power of two (the answer scales as 1/G)."""
+    e = pow2_exponent(G, delta) if G.dtype != d else torch.zeros((), dtype=torch.int32)
+    X, transposed = to_wide(scaled_to(G, e, d) if G.dtype != d else G)
     m, n = X.shape[-2], X.shape[-1]
     if delta > 0:
         dh = (delta * pow2(-e, torch.float64)).to(d)  # δ/2^e ≤ 1
@@ -205,8 +207,10 @@ def _freon_one(G: Tensor, delta: float, d: torch.dtype) -> tuple[Tensor, FreonIn
                            "(GGᵀ)^(−1)G does not exist for a rank-deficient G (c = 1 with no "
                            "floor); pass delta > 0 for (GGᵀ + δ²I)^(−1)G, or use "
                            "spectral_power, which maps the null space to 0")
-        Y = torch.where(zero[..., None], torch.zeros_like(Y), Y)
-    return from_wide(times_pow2(Y[..., :n], -e), transposed), FreonInfo(1, 0, ())
+        if bool(zero.any()):
+            Y = Y.masked_fill(zero[..., None], 0.0)
+    Y = Y[..., :n] if G.dtype == d else times_pow2(Y[..., :n], -e)
+    return from_wide(Y, transposed), FreonInfo(1, 0, ())
 
 
 def _freon_iterate(
@@ -223,7 +227,7 @@ def _freon_iterate(
         gain: Tensor | float = 1.0
     else:
         e = pow2_exponent(G, delta)  # max(max|G|, δ) ∈ [2^(e−1), 2^e), (…, 1, 1)
-        X, transposed = to_wide((G * pow2(-e, G.dtype)).to(d))
+        X, transposed = to_wide(scaled_to(G, e, d))
         m = X.shape[-2]
         alpha = safe_scale(X)
         dh = (delta * pow2(-e, torch.float64)).to(d)

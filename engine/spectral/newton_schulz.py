@@ -12,8 +12,8 @@ from engine.spectral.common import (
     check_matrix,
     empty_result,
     from_wide,
-    pow2,
     pow2_exponent,
+    scaled_to,
     to_wide,
     work_dtype,
 )
@@ -47,7 +47,7 @@ def odd_quintic_iteration(
     (Kaon's rank-one guard): the Gram it needs is the first step's own, so it costs m² work.
     """
     e = pow2_exponent(G)
-    X = (G * pow2(-e, G.dtype)).to(dtype)
+    X = scaled_to(G, e, dtype)
     X, transposed = to_wide(X)
     dims = None if X.ndim == 2 else (-2, -1)
     norm = X.norm() if dims is None else X.norm(dim=dims, keepdim=True)

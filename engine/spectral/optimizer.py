@@ -19,7 +19,7 @@ from torch import Tensor
 
 from engine.errors import MapError
 from engine.spectral import get_map
-from engine.spectral.common import pow2, pow2_exponent
+from engine.spectral.common import pow2_exponent, scale_pow2
 
 SHAPE_SCALES = ("original", "match_rms_adamw", "none")
 NONFINITE = ("raise", "propagate")
@@ -122,7 +122,7 @@ def spectral_direction(
         # A power of two first (exact: the same bits in the normal range), so that ‖M‖_F
         # neither overflows (a 1e30 fp32 gradient gave a zero update) nor underflows (at 1e-30
         # the "unit" momentum had norm 1e8 and the relative floor vanished).
-        M = M * pow2(-pow2_exponent(M), M.dtype)
+        M = scale_pow2(M, -pow2_exponent(M))
         norm = M.norm(dim=(-2, -1), keepdim=True)
         M = M / norm.clamp_min(torch.finfo(M.dtype).tiny)
     try:

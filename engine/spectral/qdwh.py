@@ -15,9 +15,9 @@ from engine.spectral.common import (
     empty_result,
     from_wide,
     map_errors,
-    pow2,
     pow2_exponent,
     safe_scale,
+    scaled_to,
     stacked_q,
     to_wide,
     work_dtype,
@@ -93,7 +93,7 @@ def qdwh_polar(
         return empty, QDWHInfo()
     # Exact, and before the cast: the norm estimate squares G (it overflowed from ‖G‖₂ ≈ 1e10
     # in fp32 and the iteration then ran unscaled).
-    X, transposed = to_wide((G * pow2(-pow2_exponent(G), G.dtype)).to(d))
+    X, transposed = to_wide(scaled_to(G, pow2_exponent(G), d))
     with map_errors("qdwh", G):
         T, info = _iterate(X.mT, lo, eps, max_iter)
     Y = T.mT

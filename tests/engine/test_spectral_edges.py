@@ -11,10 +11,12 @@ import math
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from engine.errors import MapError, SpecError
-from engine.optimizers import build_optimizer
+from engine.optimizers import FreonParams, build_optimizer
 from engine.spectral import SPECTRAL_MAPS, apply_map
+from engine.spectral.common import pow2_exponent
 from engine.spectral.exact import truncation_count
 from engine.spectral.newton_schulz import KAON_OUT_SCALE, KAON_S4_GUARD
 from engine.spectral.optimizer import SpectralOptimizer, configure_map
@@ -81,6 +83,17 @@ def test_power_of_two_scaling_is_bit_exact(name: str) -> None:
     base = apply_map(name, G)
     for e in (-40, -100, 40, 100):
         assert torch.equal(apply_map(name, G * 2.0**e), base), e
+
+
+def test_pow2_exponent_passes_zero_and_nonfinite_through() -> None:
+    X = torch.ones(4, 3, 3)
+    X[1] = 0
+    X[2, 0, 0] = float("inf")
+    X[3, 1, 1] = float("nan")
+    X[0] *= 2.0**70
+    assert pow2_exponent(X).flatten().tolist() == [71, 0, 0, 0]
+    Y = apply_map("newton_schulz", X)
+    assert torch.equal(Y[1], torch.zeros(3, 3)) and torch.isnan(Y[2:]).all()
 
 
 @pytest.mark.parametrize(("c", "degree"), [(0.25, 0.5), (2 / 3, -1 / 3), (1.0, -1.0)])
@@ -231,8 +244,9 @@ def test_freon_zero_matrix_is_zero(c: float, delta: float) -> None:
 
 
 @pytest.mark.parametrize(("name", "hp"), [
-    ("muon", {}), ("muon", {"schedule": "cans"}), ("freon", {"c": 1.0, "floor": 0.0}),
-    ("freon", {}), ("freon", {"c": 0.25, "floor": 0.0}), ("freon", {"method": "svd"}),
+    ("muon", {}), ("muon", {"schedule": "cans"}), ("freon", {"c": 1.0}),
+    ("freon", {"c": 0.5, "floor": 0.0}), ("freon", {}), ("freon", {"c": 0.25, "floor": 0.0}),
+    ("freon", {"method": "svd", "c": 1.0, "floor": 0.0}),
     ("freon", {"method": "gram_eigh", "c": 1.0, "floor": 0.0}), ("kaon", {}),
     ("kaon", {"form": "iid"}), ("truncated_sgd", {}),
 ])
@@ -294,6 +308,13 @@ def test_truncated_sgd_small_matrix_removes_the_top_direction() -> None:
 
 
 # -------------------------------------------------------------------------------- errors
+
+
+def test_freon_optimizer_refuses_no_floor_above_half() -> None:
+    with pytest.raises(ValidationError, match="floor: must be > 0 for c > 1/2"):
+        FreonParams(c=2 / 3, floor=0.0)
+    assert FreonParams(c=2 / 3, floor=0.0, method="svd").floor == 0.0
+    assert FreonParams(c=0.5, floor=0.0).floor == 0.0
 
 
 def test_rank_deficient_freon_c1_without_floor_is_a_clear_error() -> None:
