@@ -259,8 +259,10 @@ def budget_chart(curves: pd.DataFrame, measure_title: str, families: list[str],
     if log_y:
         data = data[data["expected"] > 0]
         data["lo"] = data["lo"].where(data["lo"] > 0, data["expected"])
+    k_max = int(data["k"].max()) if not data.empty else 1
     x = alt.X("k:Q", title="tuning budget k (random trials of the lr grid)",
-              scale=alt.Scale(type="log", base=2), axis=alt.Axis(tickMinStep=1))
+              scale=alt.Scale(type="log", base=2, domain=[1, max(2, k_max)], nice=False),
+              axis=alt.Axis(tickMinStep=1))
     y_scale = _y_scale(log_y)
     color = alt.Color("family:N", title=None, legend=alt.Legend(**LINE_LEGEND),
                       scale=group_colors(families, len(families)))
@@ -290,10 +292,10 @@ def budget_chart(curves: pd.DataFrame, measure_title: str, families: list[str],
 
 
 def series_chart(frame: pd.DataFrame, title: str, y_title: str, groups: list[str],
-                 log_y: bool = False) -> alt.LayerChart:
-    """Lines of ``center`` against ``x`` per ``group`` with a ``lo``–``hi`` band and no point
-    marks: a light figure for a report (an SVG of one path per group, not one shape per point).
-    """
+                 log_y: bool = False, band: bool = True) -> alt.LayerChart:
+    """Lines of ``center`` against ``x`` per ``group``, with a ``lo``–``hi`` band if ``band``,
+    and no point marks: a light figure for a report (an SVG of one path per group, not one
+    shape per point)."""
     data = frame.copy()
     if log_y:
         data = data[data["center"] > 0]
@@ -303,9 +305,11 @@ def series_chart(frame: pd.DataFrame, title: str, y_title: str, groups: list[str
     x = alt.X("x:Q", title="step")
     y_scale = _y_scale(log_y)
     base = alt.Chart(data, title=title)
+    bands = [base.mark_errorband(opacity=0.15).encode(
+        x=x, y=alt.Y("lo:Q", title=y_title, scale=y_scale), y2="hi:Q", color=color)] \
+        if band else []
     return alt.layer(
-        base.mark_errorband(opacity=0.15).encode(
-            x=x, y=alt.Y("lo:Q", title=y_title, scale=y_scale), y2="hi:Q", color=color),
+        *bands,
         base.mark_line(strokeWidth=1.5).encode(
             x=x, y=alt.Y("center:Q", title=y_title, scale=y_scale), color=color,
             tooltip=["group:N", alt.Tooltip("x:Q", title="step"),

@@ -12,7 +12,9 @@ Markdown and SVG files; the study page offers the same report as a zip.
 from __future__ import annotations
 
 import io
+import json
 import math
+import re
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -303,7 +305,10 @@ def _budget(src: Source) -> Finding | None:
     rows, verdicts = [], []
     for f in others:
         b = stats.best_of_k_difference(f.trials, muon.trials, src.k, level=LEVEL)
-        v = SUPPORTED if b["hi"] < margin else CONTRADICTED if b["lo"] > 0 else UNRESOLVED
+        if min(f.trials.size, muon.trials.size) < stats.MIN_SEEDS:
+            v = UNRESOLVED  # a bootstrap of one or two trials is a point, not an interval
+        else:
+            v = SUPPORTED if b["hi"] < margin else CONTRADICTED if b["lo"] > 0 else UNRESOLVED
         verdicts.append(v)
         rows.append({"optimizer": f.title, "trials": str(f.trials.size),
                      f"E[best of {src.k}]": _fmt(float(stats.expected_best_of_k(
@@ -333,7 +338,8 @@ def _budget(src: Source) -> Finding | None:
         src.curves.assign(family=src.curves["family"].map(
             {f.key: f.title for f in src.families.values()})),
         f"final {labels.metric_title(METRIC).lower()}",
-        [f.title for f in src.families.values()], src.k, log_y=False)
+        [f.title for f in src.families.values()], src.k,
+        log_y=bool((src.curves["expected"] > 0).all()))
     return Finding(src.name, verdict, why, test, pd.DataFrame(rows), ("budget", chart))
 
 
@@ -380,27 +386,40 @@ def _step_size(src: Source) -> Finding | None:
         s = series[series["run_id"].isin(f.run_ids)].assign(value=lambda d, lr=f.lr: d["value"]
                                                             * lr)
         frames.append(s.assign(group=f.title))
-    c = stats.compare(by_run.reindex(muon.run_ids)["oscillation"].dropna(),
-                      by_run.reindex(base.run_ids)["oscillation"].dropna(), LEVEL)
-    if c.n < stats.MIN_SEEDS or c.n_base < stats.MIN_SEEDS or math.isnan(c.diff_hi):
-        verdict = UNRESOLVED
-    else:
-        verdict = SUPPORTED if c.diff_hi < 0 else CONTRADICTED if c.diff_lo > 0 else UNRESOLVED
+    # Two halves of one claim: Muon's η* is nearly constant (its coefficient of variation
+    # over training is the smaller) and GD's oscillates (its step-to-step variation is the
+    # larger). Supported only if both hold; contradicted if either is significantly reversed.
+    parts = {}
+    for column in ("oscillation", "cv"):
+        parts[column] = stats.compare(by_run.reindex(muon.run_ids)[column].dropna(),
+                                      by_run.reindex(base.run_ids)[column].dropna(), LEVEL)
+    sides = [_direction(c) for c in parts.values()]
+    verdict = SUPPORTED if all(d == "lower" for d in sides) else \
+        CONTRADICTED if "higher" in sides else UNRESOLVED
     which = "GD (momentum 0)" if gd else f"{base.title} (no plain GD in this study)"
-    muon_osc = by_run.reindex(muon.run_ids)["oscillation"].mean()
-    base_osc = by_run.reindex(base.run_ids)["oscillation"].mean()
-    why = (f"Step-to-step variation of the optimal step η* (mean |Δη*| / mean |η*| over the "
-           f"last {1 - BURN_IN:.0%} of training): Muon {_fmt(muon_osc, 3)}, {which} "
-           f"{_fmt(base_osc, 3)}; Δ = {_fmt(c.diff, 3)}, Welch 95 % CI [{_fmt(c.diff_lo, 3)}, "
-           f"{_fmt(c.diff_hi, 3)}], p = {_fmt(c.p_value, 2)}.")
-    test = (f"Welch two-sided t-test on the per-seed variation at each optimizer's best lr, "
-            f"{c.n} and {c.n_base} seeds ({src.seeds()}); η* measured at every diagnosed step")
+    words = {"oscillation": "step-to-step variation of η* (mean |Δη*| / mean |η*|)",
+             "cv": "coefficient of variation of η* over training"}
+    mean = {k: (by_run.reindex(muon.run_ids)[k].mean(), by_run.reindex(base.run_ids)[k].mean())
+            for k in parts}
+    why = " ".join(
+        f"{words[k][0].upper()}{words[k][1:]}: Muon {_fmt(mean[k][0], 3)}, {which} "
+        f"{_fmt(mean[k][1], 3)} "
+        f"(Δ {_fmt(c.diff, 3)}, Welch 95 % CI [{_fmt(c.diff_lo, 3)}, {_fmt(c.diff_hi, 3)}], "
+        f"p = {_fmt(c.p_value, 2)})." for k, c in parts.items())
+    why += f" Both over the last {1 - BURN_IN:.0%} of the diagnosed steps."
+    c = parts["oscillation"]
+    test = (f"Welch two-sided t-tests on the per-seed variation and coefficient of variation "
+            f"at each optimizer's best lr, {c.n} and {c.n_base} seeds ({src.seeds()}); η* "
+            "measured at every diagnosed step")
+    # Every diagnosed step, not a thinned series: thinning to every other step would hide a
+    # period-2 zig-zag, the very oscillation in question. No seed band, to keep the SVG light.
     keyed = pd.concat(frames).rename(columns={"step": "cell"})
-    grouped = stats.band_frame(keyed, ["group", "cell"], band="minmax", center="median")
+    grouped = stats.band_frame(keyed, ["group", "cell"], band="none", center="median")
     grouped = grouped.rename(columns={"cell": "x"})
-    chart = charts.series_chart(grouped, "Optimal step η* × lr through training (median and "
-                                "range over seeds, each optimizer at its best lr)",
-                                "optimal lr η* × lr", [f.title for f in fams], log_y=True)
+    chart = charts.series_chart(grouped, "Optimal step η* × lr through training (median over "
+                                "seeds, each optimizer at its best lr)",
+                                "optimal lr η* × lr", [f.title for f in fams], log_y=True,
+                                band=False)
     return Finding(src.name, verdict, why, test, pd.DataFrame(rows), ("step-size", chart))
 
 
@@ -410,6 +429,14 @@ def _short(key: str) -> str:
     name, _, inner = key.partition("[")
     kept = [kv for kv in inner.rstrip("]").split(",") if kv and not kv.startswith("adamw_")]
     return labels.config_title(f"{name}[{','.join(kept)}]" if kept else name)
+
+
+def _direction(c: stats.Comparison) -> str:
+    """"lower" or "higher" when Muon's side differs from the baseline's with a 95 % Welch
+    interval that excludes 0 and each side has the seeds for it, else "unclear"."""
+    if c.n < stats.MIN_SEEDS or c.n_base < stats.MIN_SEEDS or math.isnan(c.diff_hi):
+        return "unclear"
+    return "lower" if c.diff_hi < 0 else "higher" if c.diff_lo > 0 else "unclear"
 
 
 def _first_half_median(series: pd.DataFrame) -> pd.Series:
@@ -530,11 +557,20 @@ def _md_table(frame: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
+_COORD = re.compile(r'( d="[^"]*"| transform="[^"]*")')
+_LONG = re.compile(r"(\d\.\d)\d+")
+
+
 def svg(chart: alt.TopLevelMixin) -> str:
-    """A chart as a standalone SVG (vl-convert bundles Vega: no network)."""
+    """A chart as a standalone SVG (vl-convert bundles Vega: no network), kept small for a
+    repository: no ARIA labels (a tooltip's text per point, most of the file otherwise) and
+    drawing coordinates to a tenth of a pixel; text and numbers shown are untouched."""
     import vl_convert as vlc
 
-    return vlc.vegalite_to_svg(chart.properties(width=SVG_WIDTH).to_json())
+    spec = json.loads(chart.properties(width=SVG_WIDTH).to_json())
+    spec["config"] = {**spec.get("config", {}), "aria": False}
+    text = vlc.vegalite_to_svg(spec)
+    return _COORD.sub(lambda m: _LONG.sub(r"\1", m.group(1)), text)
 
 
 def _study_row(src: Source) -> dict:

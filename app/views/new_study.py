@@ -8,7 +8,7 @@ from typing import Any
 import redis
 import streamlit as st
 
-from app import access, actions, forms
+from app import access, actions, forms, presets
 from app.labels import human_problems
 from app.services import get_services
 from app.text import plain, plain_lines
@@ -185,9 +185,54 @@ def _toml_dict(text: str) -> dict | None:
         return None
 
 
+def _presets_tab() -> None:
+    """Pick a preset, read what it is and what it costs, see its spec, run it (or copy it to
+    the TOML tab to change it first)."""
+    found = presets.presets()
+    if not found:
+        st.caption(f"No presets found in {presets.presets_dir()} (set "
+                   f"{presets.ENV_PRESETS} to the examples/presets folder of a checkout).")
+        return
+    lines = "\n".join(f"* **{name}**: {plain(p.summary)}" for name, p in found.items())
+    st.markdown("Ready-made studies that put the claims of *Muon is Not That Special* to the "
+                "test at CPU scale; `approximant report` (or *Share and export* on the study "
+                f"page) turns a finished one into a reproduction report.\n\n{lines}")
+    name = st.selectbox("Preset", list(found), index=None, key="preset",
+                        placeholder="choose a preset")
+    if name is None:
+        return
+    preset = found[name]
+    st.text(preset.description)
+    try:
+        spec = parse_study(preset.data())
+    except SpecError as err:
+        _show_errors(err, preset.data(), paths=True)
+        return
+    st.info(f"{spec.n_runs()} runs · study id `{spec.study_id}` · "
+            f"`approximant run --preset {name}` runs the same from a terminal")
+    with st.expander("The preset's spec (TOML)"):
+        st.code(preset.text, language="toml")
+    c = st.columns(2)
+    if c[0].button("Run this preset", type="primary", key="run_preset"):
+        _submit(spec)
+    # A callback, which runs before the next script run draws the TOML tab's text area: the
+    # area's value can only be set before it is drawn.
+    c[1].button("Copy to the TOML spec tab to edit", key="edit_preset", on_click=_to_toml,
+                args=(preset,))
+
+
+def _to_toml(preset: presets.Preset) -> None:
+    st.session_state["toml"] = preset.text
+    st.session_state["flash_new"] = (f"The {preset.name} preset is in the TOML spec tab: change "
+                                     "it there and press Validate and run.")
+
+
 def render() -> None:
     st.title("New study")
-    tab_form, tab_toml = st.tabs(["Form", "TOML spec"])
+    if flash := st.session_state.pop("flash_new", None):
+        st.success(plain(flash))
+    st.caption("New here? The **Presets** tab runs the paper's comparisons in one click.")
+    tab_form, tab_toml, tab_presets = st.tabs(["Form", "TOML spec", "Presets"])
     with tab_form:
         spec = None
         data = None
@@ -210,3 +255,5 @@ def render() -> None:
                 _submit(parse_study_toml(text))
             except SpecError as err:
                 _show_errors(err, _toml_dict(text), paths=True)
+    with tab_presets:
+        _presets_tab()
