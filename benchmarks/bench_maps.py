@@ -13,7 +13,9 @@ hold on a loaded machine; times are medians; the device is synchronised before e
 Freon rows use the default lower bound (1e-6 in fp32) unless they say ℓ₀ = 1/(2κ) (a known
 bound), and the default finish (eigh on a CPU, Cholesky steps on a GPU) unless they say
 finish=cholesky (the rational iteration throughout); "δ=1e-3" rows compare with the floored
-target (GGᵀ + δ²I)^(−c)G, δ relative to ‖G‖₂ = 1.
+target (GGᵀ + δ²I)^(−c)G, δ relative to ‖G‖₂ = 1. A map with no answer for the input (Freon
+c = 1 without a floor once fp32 sees G as rank-deficient, σ_min ≤ max(m, n)·eps·σ_max) prints
+its reason instead of a time.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from engine.errors import MapError  # noqa: E402
 from engine.spectral import apply_map  # noqa: E402
 from engine.spectral.common import sync  # noqa: E402
 from engine.spectral.testing import controlled_matrix  # noqa: E402
@@ -134,6 +137,11 @@ def main() -> None:
             print("|---|---|---|---|---|---|")
             for label, c, delta, fn in methods(kappa):
                 if wanted and not any(w in label for w in wanted):
+                    continue
+                try:
+                    fn(G)
+                except MapError as err:  # e.g. c = 1 without a floor at κ ≥ 1e4 in fp32
+                    print(f"| {label} | — | — | — | — | no answer: {err.reason} |", flush=True)
                     continue
                 (gemm, svd_t, eig_t, dt), Y = _time_interleaved(
                     [*base, lambda G=G, fn=fn: fn(G)], device, args.repeats)

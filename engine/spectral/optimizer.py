@@ -122,9 +122,9 @@ def spectral_direction(
         # A power of two first (exact: the same bits in the normal range), so that ‖M‖_F
         # neither overflows (a 1e30 fp32 gradient gave a zero update) nor underflows (at 1e-30
         # the "unit" momentum had norm 1e8 and the relative floor vanished).
-        M = scale_pow2(M, -pow2_exponent(M))
+        M = scale_pow2(M, -pow2_exponent(M))  # a new tensor: divided in place below
         norm = M.norm(dim=(-2, -1), keepdim=True)
-        M = M / norm.clamp_min(torch.finfo(M.dtype).tiny)
+        M = M.div_(norm.clamp_min(torch.finfo(M.dtype).tiny))
     try:
         D = (spectral_map(M, generator) if isinstance(spectral_map, ConfiguredMap)
              else spectral_map(M))
