@@ -4,7 +4,10 @@ Every map has the signature ``fn(G, *, dtype=None, **options) -> Tensor``: ``G``
 or a 3-D batch, the result has ``G``'s shape and is computed in (and returned as) ``dtype``
 (default: ``G``'s dtype, fp32 for half inputs). Maps iterate on the wide orientation. Options
 are keyword-only and validated with a ``ValueError`` naming the option. Random maps also take
-``generator=`` (a CPU ``torch.Generator``) so that seeded runs are reproducible.
+``generator=`` (a CPU ``torch.Generator``) so that seeded runs are reproducible. Every map is
+scale-invariant (or scales exactly) over the dtype's finite range, sends an empty matrix to an
+empty one and a zero matrix to zero, and raises ``engine.errors.MapError`` (map, shape,
+reason) where it has no answer; each entry's ``cases`` say what it returns and how exactly.
 """
 
 from __future__ import annotations

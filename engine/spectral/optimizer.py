@@ -4,7 +4,8 @@ Muon, Freon(c), Kaon and TruncatedSGD differ only in the map they are given (and
 mean-Schatten normalisation); the update rule is :func:`spectral_direction`. The momentum and
 step arithmetic follow ``torch.optim.Muon`` exactly (EMA buffer via ``lerp``, Nesterov as
 ``grad.lerp(buf, μ)``, decay by the unscaled lr), so Muon configured like it matches it bit for
-bit; see tests/engine/test_spectral_optimizer.py.
+bit; see tests/engine/test_spectral_optimizer.py. The one deliberate difference: a momentum
+with ‖M‖_F below Muon's eps = 1e-7 is normalised like any other (torch leaves it, ≈ 0 out).
 """
 
 from __future__ import annotations
