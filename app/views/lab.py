@@ -15,7 +15,7 @@ from app import access, actions
 from app import lab_charts as charts
 from app.services import Services, get_services
 from app.text import plain, plain_lines
-from engine.approx.cases import GPT2_SHAPES, SPECTRA
+from engine.approx.cases import EDGE_SPECTRA, GPT2_SHAPES, SPECTRA
 from engine.approx.spec import (
     DEFAULT_SHAPES,
     DEFAULT_SPECTRA,
@@ -33,11 +33,14 @@ REFRESH_S = 2.0
 EXPORT_WIDTH = 900  # px of an exported SVG/PNG
 # Shown in a table cell with no value (Streamlit's own default prints "None").
 MISSING = "–"
-SPECTRUM_CHOICES = (
+SPECTRUM_CHOICES = tuple(dict.fromkeys((
     "loguniform:1e-1", "loguniform:1e-2", "loguniform:1e-3", "loguniform:1e-4",
     "loguniform:1e-6", "loguniform:1e-8", "powerlaw:0.5", "powerlaw:1", "powerlaw:2",
-    "lowrank:16", "gaussian", "rankdef:0.5", "zero", "orthogonal", "scaled:1e20", "scaled:1e-20",
-)
+    "lowrank:16", "gaussian", "scaled:1e20", "scaled:1e-20",
+    # The edge cases every map is tested on (scale at the dtype's ends, rank one, rank-half,
+    # zero): offered here so the page can show how each map behaves there.
+    *EDGE_SPECTRA,
+)))
 SHAPE_CHOICES = ("256x256", "1024x256", "512x1024", "1024x1024", "97x131", "8x64x96",
                  *GPT2_SHAPES)
 TOLERANCES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-6, 1e-8, 1e-12)
