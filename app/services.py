@@ -99,6 +99,10 @@ class Services:
         if self.recorder is None or (self.recorder.running and not self.broker_state()[0]):
             return  # nothing to apply while the broker is away; the page shows what it has
         try:
+            if self.recorder.running and self.recorder.stream.empty():
+                # Everything was applied (applied entries are deleted): no need to wait for
+                # the loop's blocking read to hand over its lock, up to 0.1 s a page run.
+                return
             # Bounded: with a broker that hangs, the recorder's loop holds the lock for as long
             # as its call does, and the page must still draw (and say the broker is away).
             self.recorder.drain_once(lock_timeout=REFRESH_WAIT_S)

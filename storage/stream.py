@@ -111,6 +111,11 @@ class EventStream:
         pipe.xdel(self.stream, *ids)
         pipe.execute()
 
+    def empty(self) -> bool:
+        """Whether no entry waits: the recorder deletes each entry once applied (``ack``), so
+        an empty stream has nothing left to apply."""
+        return not self.client.xlen(self.stream)
+
     def park(self, entry_id: str, event: dict[str, Any]) -> None:
         """Move an entry that cannot be applied to the dead-letter stream, then ack it."""
         self.client.xadd(self.dead_letter, {"e": json.dumps(event), "from": entry_id})
