@@ -6,6 +6,7 @@ prefetched, so a worker that dies mid-run leaves its run to be delivered again.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -84,6 +85,24 @@ _worker_pid: int | None = None
 def _record_worker_pid(**_: object) -> None:
     global _worker_pid
     _worker_pid = os.getpid()
+
+
+@worker_init.connect
+def _warm_up(**_: object) -> None:
+    """Import, before the pool forks, what a first run would import in its pool process.
+
+    torch imports ``torch._dynamo`` at the first optimizer made, and the digits workloads
+    import scikit-learn: each seconds on a busy machine, which the person who pressed Run
+    would wait for. Done here once, every pool process (restarted ones too) inherits them.
+    Imports and a one-element CPU tensor only: no parallel region runs and no device is
+    touched before the fork.
+    """
+    import torch
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+    # Without scikit-learn the digits workloads fail with their own message.
+    with contextlib.suppress(ImportError):
+        import sklearn.datasets  # noqa: F401
 
 
 @worker_process_init.connect

@@ -2,7 +2,8 @@
 
 The training loop calls ``add(rows)`` every step; rows are sent in batches (every
 ``max_rows`` rows or ``interval_s`` seconds, whichever comes first), each batch followed by a
-progress event, so the per-step cost is a list append.
+progress event, so the per-step cost is a list append. An attempt's first rows go at once: a
+person who just pressed Run is waiting for the first point, not for the first full second.
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ class MetricPublisher:
             self._rows.append([r["step"], r["name"], r["value"], r["wall_s"], r["tokens"]])
         if rows:
             self.last_step = max(self.last_step, int(rows[-1]["step"]))
-        if len(self._rows) >= self.max_rows or (
+        first = bool(self._rows) and not self.published
+        if first or len(self._rows) >= self.max_rows or (
             time.monotonic() - self._last_flush >= self.interval_s
         ):
             self.flush()

@@ -55,6 +55,8 @@ def test_publisher_waits_through_a_broker_restart_and_logs_once(own_broker, capl
     client = connect(own_broker.url)
     pub = MetricPublisher(EventStream(client), "r1", attempt=1, steps=10)
     pub.flush("running")
+    # An attempt's first rows go at once; the next ones wait in the buffer for a flush.
+    pub.add([{"step": 0, "name": "val_loss", "value": 0.9, "wall_s": 0.0, "tokens": 0}])
     kill(own_broker)
     pub.add([{"step": 1, "name": "train_loss", "value": 0.5, "wall_s": 0.1, "tokens": 8}])
     caplog.set_level(logging.WARNING, logger="tasks.publisher")
@@ -68,7 +70,8 @@ def test_publisher_waits_through_a_broker_restart_and_logs_once(own_broker, capl
     assert done.is_set()
     msgs = [r.getMessage() for r in caplog.records]
     assert sum("unreachable" in m for m in msgs) == 1 and sum("back after" in m for m in msgs) == 1
-    assert client.xlen(STREAM) == 3  # a status, then the rows and a status, each once
+    # A status, the first rows and a status, then the rows and a status: each once.
+    assert client.xlen(STREAM) == 5
     assert client.hget(PROGRESS_KEY.format(run_id="r1"), "step") == b"1"
 
 

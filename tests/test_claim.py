@@ -81,8 +81,8 @@ def test_publisher_retries_an_unreachable_broker_then_gives_up(clean_broker, mon
         return real_append(events)
 
     monkeypatch.setattr(stream, "append", flaky)
+    # An attempt's first rows are sent at once.
     pub.add([{"step": 1, "name": "train_loss", "value": 0.5, "wall_s": 0.1, "tokens": 8}])
-    pub.flush("running")
     assert fails == [0] and stream.client.xlen(STREAM) == 2  # the rows and the status, once
     mid = publish_matrix(pub, "r9", 1, 1, "w", "grad", torch.ones(2, 3))
     assert stream.client.exists(CAPTURE_KEY.format(matrix_id=mid))
@@ -91,6 +91,29 @@ def test_publisher_retries_an_unreachable_broker_then_gives_up(clean_broker, mon
     fails[0] = 1
     with pytest.raises(redis.ConnectionError):  # a broker that stays down fails the task
         pub.flush("running")
+
+
+def test_first_rows_go_at_once_then_batches(clean_broker):
+    """The first point of a run reaches the page without waiting for a batch; after it, rows
+    wait for ``max_rows`` or ``interval_s`` as before."""
+    from storage.stream import STREAM, EventStream
+    from tasks.publisher import MetricPublisher
+
+    stream = EventStream(connect(clean_broker))
+    pub = MetricPublisher(stream, "r8", attempt=1, steps=10, max_rows=3, interval_s=3600)
+    pub.add([])  # nothing to send: no event
+    assert stream.client.xlen(STREAM) == 0
+
+    def row(step: int) -> list[dict]:
+        return [{"step": step, "name": "train_loss", "value": 1.0, "wall_s": 0.0, "tokens": 0}]
+
+    pub.add(row(0))
+    assert stream.client.xlen(STREAM) == 2 and pub.published == 1  # rows, then status
+    pub.add(row(1))
+    pub.add(row(2))
+    assert stream.client.xlen(STREAM) == 2  # buffered
+    pub.add(row(3))
+    assert stream.client.xlen(STREAM) == 4 and pub.published == 4  # max_rows reached
 
 
 class _Racing:
