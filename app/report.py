@@ -265,6 +265,8 @@ def build(data: StudyData, queries: Queries, spec: dict,
     tables: dict[str, pd.DataFrame] = {}
     if (table := compare_table(data, runs, v)) is not None:
         tables["Comparison"] = table
+        if (forest := forest_figure(table, v, runs)) is not None:
+            out_charts["Δ against the baseline"] = forest
     for metric in dict.fromkeys((v.metric, v.metric2)):
         if (chart := curve_chart(data, runs, v, metric)) is not None:
             out_charts[title(metric)] = chart

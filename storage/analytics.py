@@ -29,7 +29,8 @@ MEASURES = ("final", "best")
 # result too (a failure). Queued, running and cancelled runs are counted but not used.
 DONE = ("finished",)
 BROKEN = ("diverged", "failed")
-CHART_ROWS = 4000  # under Altair's 5 000-row guard, with room for a second layer's labels
+CHART_ROWS = 2000  # a curve chart draws each row as a band, a line and a point: more costs
+# the browser seconds on a 2-core machine and shows nothing a 1 000-pixel axis can resolve
 
 
 def grid_points(n_groups: int, budget: int = CHART_ROWS) -> int:

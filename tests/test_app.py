@@ -73,6 +73,12 @@ def _frame(at: AppTest, key: str):
     raise AssertionError(f"no {key}; tables have {[list(d.value.columns) for d in at.dataframe]}")
 
 
+def _open_tab(at: AppTest, name: str) -> AppTest:
+    """Open one tab of the study page: only the open tab is drawn."""
+    at.session_state["tab"] = name
+    return at.run()
+
+
 def _study_page(at: AppTest, **params: str) -> AppTest:
     at.query_params["study"] = SPEC.study_id
     for k, v in params.items():
@@ -87,14 +93,16 @@ def test_study_page_shows_progress_charts_and_runs(seeded):
     assert at.title[0].value == "seeded study"
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["runs"] == "2" and metrics["finished"] == "1" and metrics["running"] == "1"
-    # Two curve charts, learning-rate sensitivity, time to target.
-    assert len(at.get("vega_lite_chart")) == 4
-    runs = _frame(at, "runs_table")
+    # The open tab only: the two curve charts; each other tab draws when opened.
+    assert len(at.get("vega_lite_chart")) == 2
+    assert _open_tab(at, "Learning rate").get("vega_lite_chart")
+    assert _open_tab(at, "Time to target").get("vega_lite_chart")
+    runs = _frame(_open_tab(at, "Runs"), "runs_table")
     # Configs as people write them, not as run labels.
     assert list(runs["label"]) == ["SGD-momentum (lr = 0.1)", "AdamW (lr = 0.001)"]
     assert list(runs["status"]) == ["finished", "running"]
     assert runs["train_loss"].iloc[0] == pytest.approx(2.0 / 50)
-    compare = _frame(at, "group_table")
+    compare = _frame(_open_tab(at, "Compare"), "group_table")
     assert set(compare["group"]) == {"SGD-momentum (lr = 0.1)", "AdamW (lr = 0.001)"}
     assert at.button(key="cancel").label == "Cancel study"
 
@@ -176,7 +184,7 @@ def test_a_running_run_that_went_silent_is_flagged(seeded, services):
              "step": 20, "message": None, "worker": "w", "ts": time.time() - 600}
     EventStream(connect(services.broker_url)).append([quiet])
     services.recorder.drain()
-    at = _study_page(app())
+    at = _open_tab(_study_page(app()), "Runs")
     assert list(_frame(at, "runs_table")["status"]) == ["finished", "running? silent 10 min"]
 
 
@@ -189,7 +197,7 @@ def test_a_run_that_goes_silent_while_the_page_is_open_is_flagged(seeded, servic
               "step": 20, "message": None, "worker": "w", "ts": time.time() - 60}
     EventStream(connect(services.broker_url)).append([recent])
     services.recorder.drain()
-    at = _study_page(app())
+    at = _open_tab(_study_page(app()), "Runs")
     assert list(_frame(at, "runs_table")["status"]) == ["finished", "running"]
     later = time.time() + 600
     monkeypatch.setattr(study, "_now", lambda: later)
@@ -206,7 +214,8 @@ def test_view_settings_come_from_the_url_and_go_back_to_it(seeded):
     assert at.selectbox(key="view.x").value == "wall"
     assert at.slider(key="view.smooth").value == 0.5
     assert at.selectbox(key="view.center").value == "mean"  # a bad value falls back
-    assert set(_frame(at, "group_table")["group"]) == {"SGD-momentum", "AdamW"}
+    assert set(_frame(_open_tab(at, "Compare"), "group_table")["group"]) == {"SGD-momentum",
+                                                                             "AdamW"}
     at.selectbox(key="view.band").set_value("sem").run()
     at.toggle(key="view.logy").set_value(True).run()
     assert at.query_params["band"] == "sem" and at.query_params["logy"] == "1"
@@ -218,6 +227,8 @@ def test_share_link_shows_the_study_without_edit_controls(seeded, services):
     from storage.shares import Shares
 
     at = _study_page(app())
+    at.session_state["share_open"] = True  # drawn once opened
+    at.run()
     at.button(key="share_create").click().run()
     tokens = Shares(services.db).of_study(SPEC.study_id)["token"].tolist()
     assert len(tokens) == 1
@@ -228,9 +239,10 @@ def test_share_link_shows_the_study_without_edit_controls(seeded, services):
     shared.run()
     assert not shared.exception
     assert shared.title[0].value == "seeded study"
+    runs = _frame(_open_tab(shared, "Runs"), "runs_table")  # the tab with the run actions
     keys = {b.key for b in shared.button}
     assert not keys & {"cancel", "share_create", "rerun_runs", "cancel_runs", "seed_add"}
-    assert list(_frame(shared, "runs_table")["status"]) == ["finished", "running"]
+    assert list(runs["status"]) == ["finished", "running"]
 
     Shares(services.db).revoke(tokens[0])
     gone = app()
@@ -240,7 +252,7 @@ def test_share_link_shows_the_study_without_edit_controls(seeded, services):
 
 
 def test_add_seeds_refuses_bad_seeds_with_the_field_named(seeded):
-    at = _study_page(app())
+    at = _open_tab(_study_page(app()), "Runs")
     at.text_input(key="seed_new").input("3, x").run()
     at.button(key="seed_add").click().run()
     assert "seeds: 'x' is not a valid int" in shown(at.error[0].value)
@@ -272,16 +284,16 @@ def test_diagnostics_tab_charts_recorded_diagnostics(seeded, services):
     EventStream(connect(services.broker_url)).append([
         {"type": "metrics", "run_id": seeded[0].run_id, "attempt": 1, "rows": rows}])
     services.recorder.drain()
-    at = _study_page(app())
+    at = _open_tab(_study_page(app()), "Diagnostics")
     assert not at.exception
     assert at.multiselect(key="diag_pick").value == ["diag_gamma", "diag_phi"]
-    # Two curves, lr sensitivity, time to target, γ, Φ, and η* against the lr used.
-    assert len(at.get("vega_lite_chart")) == 7
+    # γ, Φ, and η* against the lr used.
+    assert len(at.get("vega_lite_chart")) == 3
     assert "diag_gamma" not in at.selectbox(key="view.metric").options
 
 
 def test_view_settings_survive_leaving_the_page_and_coming_back(seeded):
-    at = _study_page(app(), band="bootstrap", within="5000")
+    at = _open_tab(_study_page(app(), band="bootstrap", within="5000"), "Learning rate")
     assert at.number_input(key="view.within").value == 10.0  # out of range: the default
     at.selectbox(key="view.x").set_value("wall").run()
     at.switch_page("screens/studies.py").run()
@@ -291,7 +303,7 @@ def test_view_settings_survive_leaving_the_page_and_coming_back(seeded):
     assert at.selectbox(key="view.band").value == "bootstrap"
     assert at.selectbox(key="view.x").value == "wall"
     assert at.selectbox(key="view.metric").value == "val_loss"
-    assert at.number_input(key="view.within").value == 10.0
+    assert _open_tab(at, "Learning rate").number_input(key="view.within").value == 10.0
 
 
 def test_a_lost_broker_is_shown_on_every_page_until_it_is_back(tmp_path, monkeypatch):

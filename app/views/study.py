@@ -32,6 +32,9 @@ from storage.stream import TERMINAL
 log = logging.getLogger(__name__)
 
 REFRESH_S = 2.0
+# While a live study has no metric row yet: a person who just pressed Run waits for the first
+# point, and a page with nothing to draw is cheap to refresh.
+FIRST_ROWS_S = 0.5
 SILENT_S = 180  # a running run reports every second; this long without a word means trouble
 RERUNNABLE = ("failed", "cancelled")
 MISSING = "–"  # what an empty table cell shows (Streamlit's own default is the word "None")
@@ -443,10 +446,18 @@ def _share(services: Services, who: access.Principal, study: dict, view: ViewSta
     st.markdown("**Downloads**")
     c = st.columns(2)
     name = "".join(ch if ch.isalnum() else "-" for ch in study["name"]).strip("-") or sid
+    v = View(**{name: view.value(name) for name in View.__dataclass_fields__})
+
+    def snapshot() -> str:
+        # Every chart and table of this view, built when asked: the page draws only the open
+        # tab. No st.* here: Streamlit may call this outside the script run.
+        figures, tables = report.build(report.StudyData(an.Analytics(services.db), sid),
+                                       services.queries, study["spec"], v)
+        return build_snapshot(study["name"], out["meta"], figures, tables, study["spec"])
+
     c[0].download_button(
         "Snapshot (one HTML file, opens offline)", key="snapshot",
-        data=lambda: build_snapshot(study["name"], out["meta"], dict(out["charts"]),
-                                    dict(out["tables"]), study["spec"]),
+        data=snapshot,
         file_name=f"{name}-snapshot.html", mime="text/html",
     )
     c[1].download_button(
@@ -504,9 +515,10 @@ def show(services: Services, who: access.Principal, study: dict) -> None:
         actions.cancel_study(who, services, study_id)
         st.toast("Cancellation requested: runs stop at their next step.")
     live = active and not view.value("pause")
+    waiting = live and not _metric_names(a, study_id, version)
     out: dict = {"charts": {}, "tables": {}, "meta": meta}
 
-    @st.fragment(run_every=REFRESH_S if live else None)
+    @st.fragment(run_every=(FIRST_ROWS_S if waiting else REFRESH_S) if live else None)
     def body() -> None:
         # Decided again on each refresh of this live part, which runs without the page: a
         # revoked link or a changed password takes effect here too.
@@ -523,34 +535,42 @@ def show(services: Services, who: access.Principal, study: dict) -> None:
         runs = data.runs()
         status = _status_runs(q, study_id, data.version)
         _header(status)
-        names = ["Curves", "Compare", "Learning rate", "Tuning budget", "Time to target",
-                 "Diagnostics", "Runs"]
-        tabs = dict(zip(names, st.tabs(names), strict=True))
-        with _tab(tabs["Curves"], "Curves"):
-            _curves_tab(data, runs, v, out)
-        with _tab(tabs["Compare"], "Compare"):
-            _compare_tab(data, runs, v, view, groups, out)
-        with _tab(tabs["Learning rate"], "Learning rate"):
-            _lr_tab(data, runs, v, view, out)
-        with _tab(tabs["Tuning budget"], "Tuning budget"):
-            _budget_tab(data, runs, v, out)
-        with _tab(tabs["Time to target"], "Time to target"):
-            _ttt_tab(data, runs, v, view, out)
-        with _tab(tabs["Diagnostics"], "Diagnostics"):
-            _diagnostics_tab(data, runs, v, data.metric_names(), out)
-        with _tab(tabs["Runs"], "Runs"):
-            varying = a.varying_hparams(runs, report.grid_axes(spec))
-            _runs_tab(services, now_who, study, runs, status, varying, out)
+        parts = {
+            "Curves": lambda: _curves_tab(data, runs, v, out),
+            "Compare": lambda: _compare_tab(data, runs, v, view, groups, out),
+            "Learning rate": lambda: _lr_tab(data, runs, v, view, out),
+            "Tuning budget": lambda: _budget_tab(data, runs, v, out),
+            "Time to target": lambda: _ttt_tab(data, runs, v, view, out),
+            "Diagnostics": lambda: _diagnostics_tab(data, runs, v, data.metric_names(), out),
+            "Runs": lambda: _runs_tab(services, now_who, study, runs, status,
+                                      a.varying_hparams(runs, report.grid_axes(spec)), out),
+        }
+        # Only the open tab is computed and sent: the others would cost the server their
+        # queries and the browser their charts and tables on every load and refresh.
+        # The open tab is in the URL (?tab=…), so a link or a reload opens the same one.
+        tabs = st.tabs(list(parts), key="tab", on_change="rerun", bind="query-params")
+        for (name, draw), tab in zip(parts.items(), tabs, strict=True):
+            if tab.open:
+                with _tab(tab, name):
+                    draw()
         view.save()  # widgets inside this fragment rerun only the fragment
         if live and not q.is_active(study_id):
             st.rerun()  # redraw the whole page once so the fragment stops refreshing
+        if waiting and data.metric_names():
+            st.rerun()  # the first rows are in: back to the usual refresh period
 
     body()
+    # Drawn only once opened, like the tabs: their code blocks and JSON viewer are the
+    # browser's largest scripts after the charts'.
     if not readonly:
-        with st.expander("Share and export"):
-            _share(services, who, study, view, out)
-    with st.expander("Spec"):
-        st.json(spec)
+        share = st.expander("Share and export", key="share_open", on_change="rerun")
+        if share.open:
+            with share:
+                _share(services, who, study, view, out)
+    spec_box = st.expander("Spec", key="spec_open", on_change="rerun")
+    if spec_box.open:
+        with spec_box:
+            st.json(spec)
 
 
 def _missing(services: Services, what: str) -> None:
