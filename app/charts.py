@@ -43,19 +43,26 @@ LINE_LEGEND = {"symbolOpacity": 1.0, "symbolType": "stroke", "symbolStrokeWidth"
 # Streamlit fits a chart's whole height (title and axes included) to the spec's height: a row
 # per group needs this much room so every y label shows, plus the title and x axis.
 ROW_PX, AXIS_PX = 32, 90
-SEED_ROWS = 12_000  # per chart: seed lines beyond this are thinned, the payload stays small
+SEED_ROWS = 4_000  # per chart: seed lines beyond this are thinned, the payload stays small
 
 
 def hover_frame(grouped: pd.DataFrame, groups: list[str]) -> tuple[pd.DataFrame, dict[str, str]]:
-    """One row per grid cell with every group's centre, formatted, in a column of its own
-    (``g0``, ``g1``…, named by position so no group name can break a Vega field path), for a
-    hover rule whose tooltip shows every group at one x; "–" where a group has no value there."""
+    """One row per grid cell with every group's centre, band and seed count as text in a
+    column of its own (``g0``, ``g1``…, named by position so no group name can break a Vega
+    field path), for a hover rule whose tooltip shows every group at one x; "–" where a group
+    has no value there. One tooltip per cell instead of one per point: per-point tooltips
+    were most of the browser's work on a large study."""
     cols = {g: f"g{i}" for i, g in enumerate(groups)}
-    wide = grouped.pivot_table(index="cell", columns="group", values="center",
-                               aggfunc="first", observed=True)
+    text = grouped.assign(text=[
+        "–" if pd.isna(c) else
+        f"{c:.4g}" + ("" if pd.isna(lo) or lo == hi else f"  [{lo:.4g}, {hi:.4g}]") +
+        f"  n={int(n)}"
+        for c, lo, hi, n in zip(grouped["center"], grouped["lo"], grouped["hi"],
+                                grouped["n"].fillna(0), strict=True)])
+    wide = text.pivot_table(index="cell", columns="group", values="text", aggfunc="first",
+                            observed=True)
     present = [g for g in groups if g in wide.columns]
-    wide = wide[present].rename(columns={g: cols[g] for g in present})
-    wide = wide.apply(lambda col: col.map(lambda v: "–" if pd.isna(v) else f"{v:.4g}"))
+    wide = wide[present].rename(columns={g: cols[g] for g in present}).fillna("–")
     wide["x"] = grouped.groupby("cell")["x"].mean()
     return wide.reset_index(), {cols[g]: g for g in present}
 
@@ -74,8 +81,9 @@ def band_chart(grouped: pd.DataFrame, metric: str, x_title: str, log_y: bool = F
                x_domain: tuple[float, float] | None = None,
                groups: list[str] | None = None,
                seeds: pd.DataFrame | None = None) -> alt.LayerChart:
-    """Centre line per group with its seed band; ``n`` (seeds at the point) in the tooltip and
-    as point opacity, so a band resting on fewer seeds than the rest is visibly thinner.
+    """Centre line per group with its seed band; ``n`` (seeds at the point) in the hover
+    tooltip and as point opacity, so a band resting on fewer seeds than the rest is visibly
+    thinner.
     ``groups``: every group of the study, in order, for colours that do not move.
 
     Interaction: drag or wheel zooms and pans x; hovering shows a rule with every group's value
@@ -97,11 +105,6 @@ def band_chart(grouped: pd.DataFrame, metric: str, x_title: str, log_y: bool = F
     hover = alt.selection_point(name="hover", fields=["cell"], nearest=True, on="pointerover",
                                 clear="pointerout", empty=False)
     faded = alt.condition(picked, alt.value(1.0), alt.value(0.15))
-    tooltip = [alt.Tooltip("group:N"), alt.Tooltip("x:Q", title=x_title, format=".4g"),
-               alt.Tooltip("center:Q", title=title, format=".4g"),
-               alt.Tooltip("lo:Q", title=f"band low ({band_label})", format=".4g"),
-               alt.Tooltip("hi:Q", title=f"band high ({band_label})", format=".4g"),
-               alt.Tooltip("n:Q", title="seeds at this point")]
     base = alt.Chart(data, title=title)
     layers = [
         base.mark_area(opacity=0.18).encode(
@@ -124,24 +127,25 @@ def band_chart(grouped: pd.DataFrame, metric: str, x_title: str, log_y: bool = F
         ).transform_filter(alt.ParameterPredicate(param="picked", empty=False)))
     layers.append(base.mark_line(strokeWidth=2).encode(
         x=x, y="center:Q", color=color, opacity=faded).add_params(picked))
-    layers.append(base.mark_point(filled=True, size=18).encode(
+    # One point layer: at the hovered x every group's point stands out; elsewhere a point's
+    # opacity says how many seeds it rests on (faded for groups not picked).
+    layers.append(base.mark_point(filled=True).encode(
         x=x, y="center:Q", color=color,
-        opacity=alt.condition(picked, alt.Opacity("n:Q", legend=None,
-                                                  scale=alt.Scale(range=[0.15, 0.9])),
-                              alt.value(0.05)),
-        tooltip=tooltip))
+        size=alt.when(hover).then(alt.value(70)).otherwise(alt.value(18)),
+        # Value conditions first, the seed count as the field default (Altair's when-chain
+        # cannot mix the two; Vega-Lite can).
+        opacity=alt.Opacity("n:Q", legend=None, scale=alt.Scale(range=[0.15, 0.9]), condition=[
+            {"param": "hover", "empty": False, "value": 1.0},
+            {"test": {"not": {"param": "picked"}}, "value": 0.05}])))
     wide, columns = hover_frame(data, order)
     if not wide.empty:
-        layers.append(alt.Chart(wide).mark_rule(color="#888", strokeWidth=1).encode(
+        layers.append(alt.Chart(wide.assign(key=f"centre [{band_label}] n=seeds")).mark_rule(
+            color="#888", strokeWidth=1).encode(
             x=x, opacity=alt.condition(hover, alt.value(0.6), alt.value(0)),
-            tooltip=[alt.Tooltip("x:Q", title=x_title, format=".4g")] + [
-                alt.Tooltip(f"{col}:N", title=group)
-                for col, group in columns.items()],
+            tooltip=[alt.Tooltip("x:Q", title=x_title, format=".4g"),
+                     alt.Tooltip("key:N", title=title)] + [
+                alt.Tooltip(f"{col}:N", title=group) for col, group in columns.items()],
         ).add_params(hover))
-        layers.append(base.mark_point(filled=True, size=60).encode(
-            x=x, y="center:Q", color=color,
-            opacity=alt.condition(hover, alt.value(1.0), alt.value(0)),
-        ))
     # Tall enough for one legend row per group: a clipped legend hides which line is which.
     return alt.layer(*layers).properties(height=max(380, 24 * n_groups + 60),
                                          width="container").interactive(bind_y=False)
@@ -263,7 +267,7 @@ def budget_chart(curves: pd.DataFrame, measure_title: str, families: list[str],
     x = alt.X("k:Q", title="tuning budget k (random trials of the lr grid)",
               scale=alt.Scale(type="log", base=2, domain=[1, max(2, k_max)], nice=False),
               axis=alt.Axis(tickMinStep=1))
-    y_scale = _y_scale(log_y)
+    y_scale = _tight_y(log_y)
     color = alt.Color("family:N", title=None, legend=alt.Legend(**LINE_LEGEND),
                       scale=group_colors(families, len(families)))
     picked = alt.selection_point(fields=["family"], bind="legend", on="click")
@@ -303,7 +307,7 @@ def series_chart(frame: pd.DataFrame, title: str, y_title: str, groups: list[str
     color = alt.Color("group:N", title=None, legend=alt.Legend(**LINE_LEGEND),
                       scale=group_colors(groups, len(groups)))
     x = alt.X("x:Q", title="step")
-    y_scale = _y_scale(log_y)
+    y_scale = _tight_y(log_y)
     base = alt.Chart(data, title=title)
     bands = [base.mark_errorband(opacity=0.15).encode(
         x=x, y=alt.Y("lo:Q", title=y_title, scale=y_scale), y2="hi:Q", color=color)] \
@@ -318,13 +322,14 @@ def series_chart(frame: pd.DataFrame, title: str, y_title: str, groups: list[str
 
 
 def scatter_chart(frame: pd.DataFrame, title: str, x_title: str, y_title: str,
-                  groups: list[str], log_x: bool = False) -> alt.LayerChart:
-    """One labelled point per ``group`` at (``x``, ``y``), coloured as the group is
-    everywhere: for "does this predict that" across optimizers."""
-    x = alt.X("x:Q", title=x_title, scale=alt.Scale(type="log") if log_x
-              else alt.Scale(zero=False))
-    y = alt.Y("y:Q", title=y_title, scale=alt.Scale(zero=False))
-    color = alt.Color("group:N", title=None, legend=alt.Legend(**LINE_LEGEND),
+                  groups: list[str], log_x: bool = False,
+                  log_y: bool = False) -> alt.LayerChart:
+    """One point per ``group`` at (``x``, ``y``), labelled with ``short`` and coloured as the
+    group is everywhere: for "does this predict that" across optimizers."""
+    x = alt.X("x:Q", title=x_title, scale=_tight_y(log_x))
+    y = alt.Y("y:Q", title=y_title, scale=_tight_y(log_y))
+    legend = alt.Legend(symbolType="circle", symbolOpacity=1.0, labelLimit=260, orient="right")
+    color = alt.Color("group:N", title=None, legend=legend,
                       scale=group_colors(groups, len(groups)))
     base = alt.Chart(frame, title=title)
     return alt.layer(
@@ -334,3 +339,9 @@ def scatter_chart(frame: pd.DataFrame, title: str, x_title: str, y_title: str,
                      alt.Tooltip("y:Q", title=y_title, format=".4g")]),
         base.mark_text(align="left", dx=7, fontSize=10).encode(x=x, y=y, text="short:N"),
     ).properties(height=360, width="container")
+
+
+def _tight_y(log: bool) -> alt.Scale:
+    """A scale that fits the data: a log scale not widened to whole decades (a loss between
+    1.6 and 2.6 would otherwise sit in a sliver of a 1–10 axis), a linear one not forced to 0."""
+    return alt.Scale(type="log", nice=False) if log else alt.Scale(zero=False)

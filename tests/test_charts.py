@@ -17,13 +17,15 @@ def _datasets(chart) -> list[list[dict]]:
 
 def test_hover_frame_has_every_group_at_each_step_and_a_dash_where_none():
     grouped = pd.DataFrame({
-        "group": ["a.b[x]", "a.b[x]", "c", "c"], "cell": [0, 1, 0, 1],
-        "x": [0.0, 10.0, 0.0, 10.0], "center": [1.0, 0.5, 2.0, math.nan]})
+        "group": ["a.b[x]", "a.b[x]", "c"], "cell": [0, 1, 0], "x": [0.0, 10.0, 0.0],
+        "center": [1.0, 0.5, 2.0], "lo": [0.9, 0.5, 1.5], "hi": [1.1, 0.5, 2.5],
+        "n": [3, 1, 2]})
     wide, columns = charts.hover_frame(grouped, ["a.b[x]", "c"])
     # Positional field names: a group name with dots or brackets cannot break a Vega path.
     assert columns == {"g0": "a.b[x]", "g1": "c"}
-    assert wide[["cell", "g0", "g1", "x"]].values.tolist() == [[0, "1", "2", 0.0],
-                                                                [1, "0.5", "–", 10.0]]
+    assert wide[["cell", "g0", "g1", "x"]].values.tolist() == [
+        [0, "1  [0.9, 1.1]  n=3", "2  [1.5, 2.5]  n=2", 0.0],
+        [1, "0.5  n=1", "–", 10.0]]  # one seed: no band; c has no value at this step
 
 
 def test_seed_lines_are_thinned_to_the_budget_per_run():
