@@ -596,11 +596,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         except ValueError as err:
             print(f"report: {err}", file=sys.stderr)
             return 2
-        path = reproduction.write(db, list(dict.fromkeys(ids)), Path(args.out), args.name,
-                                  args.command, notes)
+        path, figures = reproduction.write(db, list(dict.fromkeys(ids)), Path(args.out),
+                                           args.name, args.command, notes)
     finally:
         db.close()
-    figures = sorted((path.parent / "img").glob(f"{reproduction.IMG_PREFIX}*.svg"))
     print(f"wrote {path} and {len(figures)} figures in {path.parent / 'img'}")
     return 0
 

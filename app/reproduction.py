@@ -54,7 +54,7 @@ class Family:
     optimizer: str
     hparams: dict
     trials: np.ndarray  # every (lr, seed) run's value, a failed one at the penalty
-    lrs: int
+    grid: list[float]  # the lrs tried, sorted
     lr: float | None = None
     values: np.ndarray = field(default_factory=lambda: np.empty(0))  # seeds at the best lr
     run_ids: list[str] = field(default_factory=list)
@@ -62,6 +62,15 @@ class Family:
     @property
     def mean(self) -> float:
         return float(self.values.mean()) if self.values.size else math.nan
+
+    @property
+    def lr_text(self) -> str:
+        """The best lr, flagged when it is an end of the grid: the optimum may lie beyond it,
+        and the optimizer is then judged below its best."""
+        if self.lr is None:
+            return "–"
+        edge = len(self.grid) > 1 and self.lr in (self.grid[0], self.grid[-1])
+        return f"{_fmt(self.lr)} (grid edge)" if edge else _fmt(self.lr)
 
 
 @dataclass
@@ -73,6 +82,7 @@ class Source:
     families: dict[str, Family]
     curves: pd.DataFrame
     summary: pd.DataFrame
+    elapsed_s: float = math.nan  # first run's start to last run's end, on the wall clock
 
     @property
     def name(self) -> str:
@@ -100,28 +110,33 @@ class Source:
 def load(db: Database, study_id: str) -> Source:
     """Everything the report reads about one study, from the DuckDB file."""
     a = an.Analytics(db)
-    study = Queries(db).study(study_id)
+    q = Queries(db)
+    study = q.study(study_id)
     if study is None:
         raise ValueError(f"no study {study_id!r}")
+    status = q.runs(study_id)
+    elapsed = (status["finished_at"].max() - status["started_at"].min()).total_seconds() \
+        if not status.empty and status["finished_at"].notna().any() else math.nan
     runs = a.runs([study_id])
     finals = a.finals([study_id], METRIC)
     empty = pd.DataFrame()
     if runs.empty or finals.empty:
-        return Source(study, a, runs, a.metric_names([study_id]), {}, empty, empty)
+        return Source(study, a, runs, a.metric_names([study_id]), {}, empty, empty, elapsed)
     firsts = an.first_values(a, [study_id], METRIC)
     trials, _ = an.budget_trials(runs, finals, firsts, MEASURE)
     curves, summary = an.tuning_budget(runs, finals, firsts, MEASURE)
-    titles = labels.group_titles(list(dict.fromkeys(an.family_key(runs))))
+    titles = _titles(list(dict.fromkeys(an.family_key(runs))))
     families = {}
     keyed = runs.assign(family=an.family_key(runs))
     for key, g in trials.groupby("family", sort=False):
         first = keyed[keyed["family"] == key].iloc[0]
         hp = {k: v for k, v in first["hparams"].items() if k not in ("lr", "seed")}
         fam = Family(key, titles.get(key, key), first["optimizer"], hp,
-                     g["value"].to_numpy(dtype=float), int(g["lr"].nunique()))
+                     g["value"].to_numpy(dtype=float), sorted(g["lr"].dropna().unique()))
         _best_lr(fam, g)
         families[key] = fam
-    return Source(study, a, runs, a.metric_names([study_id]), families, curves, summary)
+    return Source(study, a, runs, a.metric_names([study_id]), families, curves, summary,
+                  elapsed)
 
 
 def _best_lr(fam: Family, trials: pd.DataFrame) -> None:
@@ -179,7 +194,7 @@ def _versus_row(x: Family, base: Family, src: Source) -> dict:
     """One row of "x against base": Welch at the best lrs, and the equal-budget Δ at K."""
     c = _welch(x, base)
     b = stats.best_of_k_difference(x.trials, base.trials, src.k, level=LEVEL) if src.k else {}
-    return {"optimizer": x.title, "best lr": _fmt(x.lr), "seeds": str(x.values.size),
+    return {"optimizer": x.title, "best lr": x.lr_text, "seeds": str(x.values.size),
             "mean at best lr": _fmt(x.mean), f"Δ vs {base.title}": _fmt(c.diff, 3),
             "Welch 95 % CI": f"[{_fmt(c.diff_lo, 3)}, {_fmt(c.diff_hi, 3)}]",
             "Welch p": _fmt(c.p_value, 2),
@@ -218,8 +233,8 @@ def _welch_test(src: Source, muon: Family) -> str:
             "with a bootstrap over trials")
 
 
-def _forest(rows: list[tuple[Family, Family]], stem: str,
-            src: Source) -> tuple[str, alt.TopLevelMixin]:
+def _forest(rows: list[tuple[Family, Family]], stem: str) -> tuple[str, alt.TopLevelMixin]:
+    """Each row's Δ against its base with the Welch 95 % interval."""
     frame = pd.DataFrame([{"group": x.title, **{k: getattr(_welch(x, b), k) for k in (
         "diff", "diff_lo", "diff_hi")}} for x, b in rows])
     base = rows[0][1].title
@@ -242,7 +257,7 @@ def _versus_claim(pick: Callable[[Family], bool], what: str, stem: str) -> Calla
         parts = "; ".join(f"{t}: {v}" for t, v in verdicts.items())
         why = (f"Against Muon ({_fmt(muon.mean)} at lr {_fmt(muon.lr)}), {what} — {parts}.")
         return Finding(src.name, verdict, why, _welch_test(src, muon), table,
-                       _forest([(f, muon) for f in found], stem, src))
+                       _forest([(f, muon) for f in found], stem))
 
     return evaluate
 
@@ -267,7 +282,7 @@ def _freon_c(src: Source) -> Finding | None:
     rows = []
     for f in [*sorted(freons, key=_c), *([muon] if muon else [])]:
         at_k = by_budget.loc[f.key] if f.key in by_budget.index else None
-        rows.append({"optimizer": f.title, "best lr": _fmt(f.lr), "seeds": str(f.values.size),
+        rows.append({"optimizer": f.title, "best lr": f.lr_text, "seeds": str(f.values.size),
                      "mean at best lr": _fmt(f.mean),
                      "sd": _fmt(float(f.values.std(ddof=1)) if f.values.size > 1 else math.nan,
                                 2),
@@ -290,7 +305,7 @@ def _freon_c(src: Source) -> Finding | None:
             f"{min(best_above.values.size, best_below.values.size)} seeds a side "
             f"({src.seeds()}); equal-budget ranks at k = {src.k}")
     return Finding(src.name, verdict, why, test, pd.DataFrame(rows),
-                   _forest([(f, best_below) for f in above], "freon-c", src))
+                   _forest([(f, best_below) for f in above], "freon-c"))
 
 
 def _budget(src: Source) -> Finding | None:
@@ -310,7 +325,7 @@ def _budget(src: Source) -> Finding | None:
         else:
             v = SUPPORTED if b["hi"] < margin else CONTRADICTED if b["lo"] > 0 else UNRESOLVED
         verdicts.append(v)
-        rows.append({"optimizer": f.title, "trials": str(f.trials.size),
+        rows.append({"optimizer": f.title, "trials": str(f.trials.size), "best lr": f.lr_text,
                      f"E[best of {src.k}]": _fmt(float(stats.expected_best_of_k(
                          f.trials, src.k)[-1])),
                      "Δ vs Muon": _fmt(b["diff"], 3),
@@ -380,7 +395,7 @@ def _step_size(src: Source) -> Finding | None:
     rows, frames = [], []
     for f in fams:
         got = by_run.reindex(f.run_ids).dropna()
-        rows.append({"optimizer": f.title, "best lr": _fmt(f.lr), "seeds": str(len(got)),
+        rows.append({"optimizer": f.title, "best lr": f.lr_text, "seeds": str(len(got)),
                      "η* step-to-step variation": _fmt(got["oscillation"].mean(), 3),
                      "η* coefficient of variation": _fmt(got["cv"].mean(), 3)})
         s = series[series["run_id"].isin(f.run_ids)].assign(value=lambda d, lr=f.lr: d["value"]
@@ -421,6 +436,27 @@ def _step_size(src: Source) -> Finding | None:
                                 "optimal lr η* × lr", [f.title for f in fams], log_y=True,
                                 band=False)
     return Finding(src.name, verdict, why, test, pd.DataFrame(rows), ("step-size", chart))
+
+
+def _titles(keys: list[str]) -> dict[str, str]:
+    """Family titles without the AdamW settings of the non-matrix parameters (``_short``),
+    unless leaving them out would give two families one title."""
+    short = {k: _short(k) for k in keys}
+    if len(set(short.values())) == len(short):
+        return short
+    return labels.group_titles(keys)
+
+
+def _adamw_settings(src: Source) -> str:
+    """The AdamW settings the titles leave out, as a sentence; "" when there are none."""
+    found = sorted({f"{k} = {_fmt(float(v))}" for f in src.families.values()
+                    for k, v in f.hparams.items()
+                    if k.startswith("adamw_") and f"{k}=" in f.key})
+    if not found:
+        return ""
+    return (f"In {src.name}, every optimizer that updates its matrices spectrally trains the "
+            f"other parameters (embeddings, head, norms) with AdamW at {', '.join(found)}; "
+            "titles leave that out.")
 
 
 def _short(key: str) -> str:
@@ -484,7 +520,8 @@ def _potential(src: Source) -> Finding | None:
     chart = charts.scatter_chart(frame, "One-step potential against the final loss",
                                  "γ²Φ/(2L), median over the first half of training",
                                  "final validation loss at the best lr", list(frame["group"]),
-                                 log_x=bool((frame["x"] > 0).all()))
+                                 log_x=bool((frame["x"] > 0).all()),
+                                 log_y=bool((frame["y"] > 0).all()))
     return Finding(src.name, verdict, why, test, table, ("potential", chart))
 
 
@@ -581,7 +618,8 @@ def _study_row(src: Source) -> dict:
             "finished": str(int(counts.get("finished", 0))),
             "diverged/failed": str(int(counts.get("diverged", 0) + counts.get("failed", 0))),
             "seeds": str(len(spec.get("seeds", []))), "steps": str(spec.get("steps")),
-            "optimizers": str(len(src.families))}
+            "optimizers": str(len(src.families)),
+            "wall clock (min)": _fmt(src.elapsed_s / 60, 3)}
 
 
 def _headline(findings: list[Finding]) -> str:
@@ -606,12 +644,16 @@ def render(sources: list[Source], command: str = "",
     if command:
         out += ["Regenerate it with:", "", "```", command.strip(), "```", ""]
     out += ["## Studies", "", _md_table(pd.DataFrame([_study_row(s) for s in sources])), ""]
+    out += [line for s in sources if (line := _adamw_settings(s))]
+    out += [""] if out[-1] else []
     if measured:
         out += [measured.strip(), ""]
     out += ["## Protocol", "", PROTOCOL, "## Claims", ""]
     summary_rows = []
+    verdicts: dict[int, list[Finding]] = {}
     for i, claim in enumerate(CLAIMS, 1):
         findings = [f for s in sources if (f := claim.finding(s)) is not None]
+        verdicts[i] = findings
         summary_rows.append({"claim": f"{i}. {claim.sentence}", "verdict": _headline(findings)})
         out += [f"### {i}. {claim.sentence}", "", f"Source: {claim.source.rstrip('.')}.", ""]
         if not findings:
@@ -631,8 +673,25 @@ def render(sources: list[Source], command: str = "",
     out += ["## Not tested here", "", *[f"* {line}" for line in OUT_OF_SCOPE], ""]
     table = _md_table(pd.DataFrame(summary_rows))
     at = out.index("## Protocol")
-    out[at:at] = ["## Verdicts at a glance", "", table, ""]
+    out[at:at] = ["## Verdicts at a glance", "", table, "", _not_reproduced(verdicts), ""]
     return "\n".join(out), images
+
+
+def _not_reproduced(verdicts: dict[int, list[Finding]]) -> str:
+    """One plain paragraph: which claims these studies support, and which they do not."""
+    def said(kind: str) -> list[str]:
+        return [f"{i} ({', '.join(f.study for f in found if f.verdict == kind)})"
+                for i, found in verdicts.items() if any(f.verdict == kind for f in found)]
+
+    untested = [str(i) for i, found in verdicts.items() if not found]
+    parts = []
+    for kind, text in ((SUPPORTED, "Supported"), (CONTRADICTED, "Contradicted"),
+                       (UNRESOLVED, "Not resolved at this scale")):
+        if items := said(kind):
+            parts.append(f"{text}: claim {'; claim '.join(items)}.")
+    if untested:
+        parts.append(f"Not tested by these studies: claim {', '.join(untested)}.")
+    return " ".join(parts)
 
 
 def resolve(q: Queries, what: str) -> str:
@@ -654,15 +713,17 @@ def resolve(q: Queries, what: str) -> str:
 
 
 def write(db: Database, study_ids: list[str], out: Path, name: str = "report",
-          command: str = "", measured: str = "") -> Path:
-    """``out/<name>.md`` and ``out/img/repro-*.svg``; returns the Markdown's path."""
+          command: str = "", measured: str = "") -> tuple[Path, list[Path]]:
+    """``out/<name>.md`` and its figures ``out/img/repro-*.svg``; returns their paths."""
     text, images = render([load(db, sid) for sid in study_ids], command, measured)
     (out / "img").mkdir(parents=True, exist_ok=True)
+    figures = []
     for file, content in images.items():
-        (out / "img" / file).write_text(content)
+        figures.append(out / "img" / file)
+        figures[-1].write_text(content)
     path = out / f"{name}.md"
     path.write_text(text)
-    return path
+    return path, figures
 
 
 def zipped(db: Database, study_id: str) -> bytes:

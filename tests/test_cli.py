@@ -84,7 +84,7 @@ def test_run_owns_a_stack_when_no_dashboard_runs(tmp_path, capsys):
     assert "study 'nope' matches no study; studies: st-" in capsys.readouterr().err
     assert main(["export", "cli study", "--data-dir", str(data), "--out", str(out_dir),
                  "--view", "band=sem&x=wall"]) == 0
-    assert "4 charts" in capsys.readouterr().out
+    assert "5 charts" in capsys.readouterr().out  # curves ×2, lr, tuning budget, time to target
     page = (out_dir / "cli-study-snapshot.html").read_text()
     assert "vegaEmbed('#chart3'" in page and "± standard error" in page
     assert "training time (s)" in page

@@ -124,7 +124,7 @@ def test_one_seed_decides_nothing(db):
     one = [rep.load(db, _insert(db, {**spec, "seeds": [0], "name": f"one seed {i}"}))
            for i, spec in enumerate((SPEC, GPT))]
     found = _by_key(one)
-    for key in ("freon-c", "inverted", "random", "step-size"):
+    for key in ("freon-c", "inverted", "random", "budget", "step-size"):
         assert [f.verdict for f in found[key]] in ([rep.UNRESOLVED], [rep.UNRESOLVED] * 2), key
 
 
@@ -139,8 +139,8 @@ def test_a_study_without_muon_or_diagnostics_tests_nothing_it_cannot(db):
 
 def test_written_report_names_every_claim_and_its_figures(db, tmp_path):
     sid = _insert(db, GPT)
-    path = rep.write(db, [sid, _insert(db, SPEC)], tmp_path, "reproduction",
-                     command="approximant report x")
+    path, written = rep.write(db, [sid, _insert(db, SPEC)], tmp_path, "reproduction",
+                              command="approximant report x")
     text = path.read_text()
     for claim in rep.CLAIMS:
         assert claim.sentence in text
@@ -149,7 +149,7 @@ def test_written_report_names_every_claim_and_its_figures(db, tmp_path):
     assert {f.name.split("-report")[0] for f in figures} == {
         "repro-freon-c", "repro-inverted", "repro-random", "repro-budget", "repro-step-size",
         "repro-potential"}
-    assert len(figures) == 10  # two studies, each with what it can test
+    assert len(figures) == 10 and sorted(written) == figures  # two studies, what each can test
     for f in figures:
         assert f.read_text().startswith("<svg") and f"](img/{f.name})" in text
     assert "| 5. In a random-feature" in text and "| supported |" in text
