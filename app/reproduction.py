@@ -338,7 +338,7 @@ def _budget(src: Source) -> Finding | None:
     else:
         verdict = UNRESOLVED
     ranks = src.summary.sort_values("rank")
-    order = ", ".join(f"{labels.config_title(r.family)} {_fmt(r.at_k)}"
+    order = ", ".join(f"{src.families[r.family].title} {_fmt(r.at_k)}"
                       for r in ranks.head(3).itertuples())
     muon_row = src.summary.set_index("family").loc[muon.key]
     good = sum(v == SUPPORTED for v in verdicts)
@@ -421,10 +421,11 @@ def _step_size(src: Source) -> Finding | None:
         f"{_fmt(mean[k][1], 3)} "
         f"(Δ {_fmt(c.diff, 3)}, Welch 95 % CI [{_fmt(c.diff_lo, 3)}, {_fmt(c.diff_hi, 3)}], "
         f"p = {_fmt(c.p_value, 2)})." for k, c in parts.items())
-    why += f" Both over the last {1 - BURN_IN:.0%} of the diagnosed steps."
+    why += f" Both over the last {(1 - BURN_IN) * 100:g} % of the diagnosed steps."
     c = parts["oscillation"]
     test = (f"Welch two-sided t-tests on the per-seed variation and coefficient of variation "
-            f"at each optimizer's best lr, {c.n} and {c.n_base} seeds ({src.seeds()}); η* "
+            f"at each optimizer's best lr, {min(c.n, c.n_base)} seeds a side "
+            f"({src.seeds()}); η* "
             "measured at every diagnosed step")
     # Every diagnosed step, not a thinned series: thinning to every other step would hide a
     # period-2 zig-zag, the very oscillation in question. No seed band, to keep the SVG light.
@@ -528,8 +529,8 @@ def _potential(src: Source) -> Finding | None:
 CLAIMS = [
     Claim("freon-c", "The best Freon exponent lies above ½: inverting the singular-value order "
           "(c ≈ ⅔) trains a GPT better than Muon's c = ½.",
-          "SCIENCE.md / DESIGN.md: \"The paper reports the best c for GPT-2 lies above ½ "
-          "(≈ 2/3).\"", _freon_c, ("tiny_gpt",)),
+          "the paper as the team's design notes summarise it: the best c for GPT-2 lies "
+          "above ½, at about ⅔", _freon_c, ("tiny_gpt",)),
     Claim("inverted", "Inverted spectra work just as well: Freon in the quasi-norm regime "
           "(c > ½), where the largest singular value gets the smallest step, is as good as "
           "Muon.", "the paper's title (\"Random or Inverted Spectra Work Just as Well\")",
@@ -537,7 +538,8 @@ CLAIMS = [
                         "Freon with an inverted spectrum", "inverted")),
     Claim("random", "Random spectra work just as well: Kaon, whose singular values are noise "
           "(a chaotic map, or i.i.d. draws from [a, b]), is as good as Muon.",
-          "the paper's title; Kaon's two forms in SCIENCE.md",
+          "the paper's title; Kaon's two forms (the chaotic map costs what Muon's "
+          "Newton–Schulz does; the i.i.d. form is the one its convergence result covers)",
           _versus_claim(lambda f: f.optimizer == "kaon", "Kaon", "random")),
     Claim("budget", "Muon is not special: at an equal tuning budget, some other member of the "
           "spectral family is as good as Muon.",
@@ -545,11 +547,13 @@ CLAIMS = [
           "comparison", _budget),
     Claim("step-size", "In a random-feature teacher–student model, Muon's optimal step size "
           "stays nearly constant through training while GD's oscillates.",
-          "DESIGN.md, \"step-size optimality\"", _step_size, ("random_features",)),
+          "the paper's \"step-size optimality\" result on a random-feature (teacher–student "
+          "least-squares) model", _step_size, ("random_features",)),
     Claim("potential", "Alignment γ and descent potential Φ explain performance: an optimizer "
           "whose updates could remove more of the loss in one step (γ²Φ/2) ends lower.",
-          "DESIGN.md, \"Alignment and descent potential explain performance instead of "
-          "geometry\"", _potential),
+          "the paper's account of why the family works: alignment γ = ⟨G, D⟩/⟨G̃, D⟩ and "
+          "descent potential Φ = ⟨G̃, D⟩²/⟨D, HD⟩ explain performance instead of geometry",
+          _potential),
 ]
 
 OUT_OF_SCOPE = [
@@ -655,7 +659,7 @@ def render(sources: list[Source], command: str = "",
         findings = [f for s in sources if (f := claim.finding(s)) is not None]
         verdicts[i] = findings
         summary_rows.append({"claim": f"{i}. {claim.sentence}", "verdict": _headline(findings)})
-        out += [f"### {i}. {claim.sentence}", "", f"Source: {claim.source.rstrip('.')}.", ""]
+        out += [f"### {i}. {claim.sentence}", "", f"Source: {claim.source}.", ""]
         if not findings:
             where = f" on {' or '.join(claim.workloads)}" if claim.workloads else ""
             out += [f"*Not tested by these studies*: none{where} has the optimizers (and, "
