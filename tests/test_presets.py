@@ -100,7 +100,8 @@ def test_new_study_page_shows_copies_and_runs_a_preset(services):
     at.selectbox(key="preset").set_value("digits-quick").run()
     assert not at.exception
     assert any("45 runs" in i.value for i in at.info)
-    assert any("Digits, quickly" in t.value for t in at.text)
+    assert any("Digits, quickly" in m.value and "45 runs: measured under a minute" in m.value
+               for m in at.markdown)
     assert any("[[optimizers]]" in c.value for c in at.code)
     at.button(key="edit_preset").click().run()
     assert at.text_area(key="toml").value == presets.get("digits-quick").text

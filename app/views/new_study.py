@@ -202,7 +202,8 @@ def _presets_tab() -> None:
     if name is None:
         return
     preset = found[name]
-    st.text(preset.description)
+    # The header's paragraphs, reflowed: the file wraps at 100 columns, the page should not.
+    st.markdown("\n\n".join(" ".join(par.split()) for par in preset.description.split("\n\n")))
     try:
         spec = parse_study(preset.data())
     except SpecError as err:
