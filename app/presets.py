@@ -10,18 +10,23 @@ seconds.
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# The checkout's presets; an installed copy without the examples folder can point here.
+# The checkout's presets, else the copy `pip install .` puts under the environment's prefix
+# (pyproject's data-files); the variable overrides both.
 ENV_PRESETS = "APPROXIMANT_PRESETS_DIR"
-_DEFAULT_DIR = Path(__file__).resolve().parent.parent / "examples" / "presets"
+_CHECKOUT_DIR = Path(__file__).resolve().parent.parent / "examples" / "presets"
+_INSTALLED_DIR = Path(sys.prefix) / "share" / "approximant" / "presets"
 
 
 def presets_dir() -> Path:
-    return Path(os.environ.get(ENV_PRESETS) or _DEFAULT_DIR)
+    if os.environ.get(ENV_PRESETS):
+        return Path(os.environ[ENV_PRESETS])
+    return _CHECKOUT_DIR if _CHECKOUT_DIR.is_dir() else _INSTALLED_DIR
 
 
 @dataclass(frozen=True)
