@@ -80,7 +80,7 @@ def band_chart(grouped: pd.DataFrame, metric: str, x_title: str, log_y: bool = F
                band_label: str = "± std", show_raw: bool = False,
                x_domain: tuple[float, float] | None = None,
                groups: list[str] | None = None,
-               seeds: pd.DataFrame | None = None) -> alt.LayerChart:
+               seeds: pd.DataFrame | None = None, hover_rule: bool = True) -> alt.LayerChart:
     """Centre line per group with its seed band; ``n`` (seeds at the point) in the hover
     tooltip and as point opacity, so a band resting on fewer seeds than the rest is visibly
     thinner.
@@ -88,7 +88,9 @@ def band_chart(grouped: pd.DataFrame, metric: str, x_title: str, log_y: bool = F
 
     Interaction: drag or wheel zooms and pans x; hovering shows a rule with every group's value
     at that x; clicking a group (its line or legend entry) fades the others and draws its seeds
-    (``seeds``: one row per run and cell with ``run_id, group, seed, x, value``)."""
+    (``seeds``: one row per run and cell with ``run_id, group, seed, x, value``).
+    ``hover_rule=False`` where the groups' cells are not the same steps (curves of different
+    metrics on grids of their own)."""
     title = metric_title(metric)
     data = grouped.copy()
     if log_y:  # a log axis cannot show a band reaching zero or below
@@ -101,7 +103,8 @@ def band_chart(grouped: pd.DataFrame, metric: str, x_title: str, log_y: bool = F
     n_groups = len(order)
     color = alt.Color("group:N", title=None, legend=alt.Legend(**LINE_LEGEND),
                       scale=group_colors(order, n_groups))
-    picked = alt.selection_point(name="picked", fields=["group"], bind="legend", on="click")
+    picked = alt.selection_point(name="picked", fields=["group"], bind="legend", on="click",
+                                 clear="dblclick")
     hover = alt.selection_point(name="hover", fields=["cell"], nearest=True, on="pointerover",
                                 clear="pointerout", empty=False)
     faded = alt.condition(picked, alt.value(1.0), alt.value(0.15))
@@ -127,25 +130,36 @@ def band_chart(grouped: pd.DataFrame, metric: str, x_title: str, log_y: bool = F
         ).transform_filter(alt.ParameterPredicate(param="picked", empty=False)))
     layers.append(base.mark_line(strokeWidth=2).encode(
         x=x, y="center:Q", color=color, opacity=faded).add_params(picked))
-    # One point layer: at the hovered x every group's point stands out; elsewhere a point's
-    # opacity says how many seeds it rests on (faded for groups not picked).
-    layers.append(base.mark_point(filled=True).encode(
-        x=x, y="center:Q", color=color,
-        size=alt.when(hover).then(alt.value(70)).otherwise(alt.value(18)),
-        # Value conditions first, the seed count as the field default (Altair's when-chain
-        # cannot mix the two; Vega-Lite can).
-        opacity=alt.Opacity("n:Q", legend=None, scale=alt.Scale(range=[0.15, 0.9]), condition=[
-            {"param": "hover", "empty": False, "value": 1.0},
-            {"test": {"not": {"param": "picked"}}, "value": 0.05}])))
-    wide, columns = hover_frame(data, order)
-    if not wide.empty:
-        layers.append(alt.Chart(wide.assign(key=f"centre [{band_label}] n=seeds")).mark_rule(
-            color="#888", strokeWidth=1).encode(
-            x=x, opacity=alt.condition(hover, alt.value(0.6), alt.value(0)),
+    wide, columns = hover_frame(data, order) if hover_rule else (pd.DataFrame(), {})
+    if wide.empty:  # nothing to hover (log y left no positive value, or no rule wanted)
+        layers.append(base.mark_point(filled=True, size=18).encode(
+            x=x, y="center:Q", color=color,
+            opacity=alt.Opacity("n:Q", legend=None, scale=alt.Scale(range=[0.15, 0.9]),
+                                condition=[{"test": {"not": {"param": "picked"}},
+                                            "value": 0.05}])))
+    else:
+        key = f"centre [{band_label}] n=seeds"
+        # The hover selection lives on the points (nearest, by step): the pointer is always
+        # over some point's Voronoi cell, whose datum carries its group, so a click there
+        # picks that group; the step's every-group text comes in by lookup on the cell.
+        layers.append(base.mark_point(filled=True).encode(
+            x=x, y="center:Q", color=color,
+            size=alt.when(hover).then(alt.value(70)).otherwise(alt.value(18)),
+            # Value conditions first, the seed count as the field default (Altair's
+            # when-chain cannot mix the two; Vega-Lite can).
+            opacity=alt.Opacity("n:Q", legend=None, scale=alt.Scale(range=[0.15, 0.9]),
+                                condition=[{"param": "hover", "empty": False, "value": 1.0},
+                                           {"test": {"not": {"param": "picked"}},
+                                            "value": 0.05}]),
             tooltip=[alt.Tooltip("x:Q", title=x_title, format=".4g"),
                      alt.Tooltip("key:N", title=title)] + [
                 alt.Tooltip(f"{col}:N", title=group) for col, group in columns.items()],
+        ).transform_lookup(
+            lookup="cell",
+            from_=alt.LookupData(wide.assign(key=key), key="cell", fields=[*columns, "key"]),
         ).add_params(hover))
+        layers.append(alt.Chart(wide).mark_rule(color="#888", strokeWidth=1).encode(
+            x=x, opacity=alt.condition(hover, alt.value(0.6), alt.value(0))))
     # Tall enough for one legend row per group: a clipped legend hides which line is which.
     return alt.layer(*layers).properties(height=max(380, 24 * n_groups + 60),
                                          width="container").interactive(bind_y=False)
@@ -224,7 +238,7 @@ def profile_chart(profile: pd.DataFrame) -> alt.Chart:
 
 
 def forest_chart(table: pd.DataFrame, baseline: str, measure_title: str,
-                 groups: list[str]) -> alt.LayerChart:
+                 groups: list[str], higher_is_better: bool = False) -> alt.LayerChart:
     """Δ against the baseline per group with its 95 % interval (``group, diff, diff_lo,
     diff_hi``), a rule at zero: a bar that crosses zero is no evidence either way. ``groups``:
     every group of the study in order, for rows and colours as everywhere else."""
@@ -236,7 +250,7 @@ def forest_chart(table: pd.DataFrame, baseline: str, measure_title: str,
                alt.Tooltip("diff_hi:Q", title="95 % CI high", format=".4g")]
     title = alt.Title(f"Δ {measure_title} vs {baseline} (95 % CI)",
                       subtitle="hollow: too few seeds for an interval")
-    x_title = f"Δ {measure_title} (lower is better)"
+    x_title = f"Δ {measure_title} ({'higher' if higher_is_better else 'lower'} is better)"
     x = alt.X("diff:Q", title=x_title)
     sure = data["diff_lo"].notna()
     return alt.layer(

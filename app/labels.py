@@ -35,6 +35,9 @@ METRIC_TITLES = {
     "diag_stable_rank": "Update stable rank",
 }
 
+# Metrics where more is better; every other metric is read as a loss (lower is better).
+HIGHER_IS_BETTER = {"val_accuracy", "train_accuracy"}
+
 # Titles of the optimizers' hyper-parameters where the key is not already what people write.
 PARAM_TITLES = {"weight_decay": "wd", "beta1": "β₁", "beta2": "β₂", "eps": "ε",
                 "adamw_lr": "AdamW lr", "adamw_weight_decay": "AdamW wd", "ns_steps": "NS steps",

@@ -149,6 +149,9 @@ def compare_table(data: StudyData, runs: pd.DataFrame, v: View) -> pd.DataFrame 
     if finals.empty:
         return None
     table = an.group_table(runs, finals, v.group, v.measure, v.baseline or None, band="t")
+    if v.metric in labels.HIGHER_IS_BETTER and "p_improve" in table:
+        # The Welch model gives P(group mean < baseline mean); for accuracy better is above.
+        table["p_improve"] = 1 - table["p_improve"]
     names = group_names(runs, v)
     # Config order, as in every legend, so a row is found where its colour is expected.
     table = table.set_index("group").reindex(list(names)).reset_index()
@@ -173,8 +176,11 @@ def forest_figure(table: pd.DataFrame, v: View, runs: pd.DataFrame) -> alt.TopLe
         return None
     if table.loc[table["group"] != baseline, "Δ vs baseline"].isna().all():
         return None  # nothing compared yet: a lone baseline at zero says nothing
-    return charts.forest_chart(table.rename(columns=cols), baseline,
-                               f"{v.measure} {title(v.metric).lower()}", list(names.values()))
+    # The baseline is the dashed line at zero, not a row of its own.
+    others = table[table["group"] != baseline].rename(columns=cols)
+    return charts.forest_chart(others, baseline, f"{v.measure} {title(v.metric).lower()}",
+                               [g for g in names.values() if g != baseline],
+                               higher_is_better=v.metric in labels.HIGHER_IS_BETTER)
 
 
 def lr_figures(data: StudyData, runs: pd.DataFrame,
@@ -230,8 +236,10 @@ def eta_chart(data: StudyData, runs: pd.DataFrame, v: View) -> alt.TopLevelMixin
             return None
         g = an.group_curves(curves, runs, v.group, "median", "none")
         frames.append(g.assign(group=g["group"].map(group_names(runs, v)) + " · " + name))
+    # The two metrics sit on grids of their own (cell k is not the same step in both): no
+    # hover rule pairing them by cell.
     return charts.band_chart(pd.concat(frames), "η* against the learning rate used",
-                             an.X_TITLES[v.x], log_y=True, band_label="none")
+                             an.X_TITLES[v.x], log_y=True, band_label="none", hover_rule=False)
 
 
 def runs_table(status: pd.DataFrame, runs: pd.DataFrame, varying: list[str]) -> pd.DataFrame:

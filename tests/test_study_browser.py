@@ -66,19 +66,25 @@ def test_hover_shows_every_group_and_a_click_shows_seeds(tmp_path: Path) -> None
             tip = page.locator("#vg-tooltip-element")
             tip.wait_for(state="visible", timeout=10_000)
             text = tip.inner_text()
-            assert "step" in text
+            assert "step" in text and "undefined" not in text
             for title in TITLES:
                 assert title in text, text
 
             page.mouse.move(box["x"] + 5, box["y"] + 5)  # away: the rule goes
             dashed = chart.locator("path[stroke-dasharray]")
             assert dashed.count() == 0  # no seeds drawn until a group is picked
+            seeds_drawn = """() => document.querySelector('.vega-embed')
+                             .querySelectorAll('path[stroke-dasharray]').length >= 3"""
+            # A click in the plot picks the group of the nearest point: its seeds appear.
+            page.mouse.click(box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.5)
+            page.wait_for_function(seeds_drawn, timeout=10_000)
+            page.mouse.dblclick(box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.5)
+            page.wait_for_function("""() => document.querySelector('.vega-embed')
+                                   .querySelectorAll('path[stroke-dasharray]').length == 0""",
+                                   timeout=10_000)
             # Pick Freon by its legend entry: its three seeds appear, dashed, in its colour.
             chart.locator("svg text", has_text=TITLES[2]).click()
-            page.wait_for_function(
-                """() => document.querySelector('.vega-embed')
-                         .querySelectorAll('path[stroke-dasharray]').length >= 3""",
-                timeout=10_000)
+            page.wait_for_function(seeds_drawn, timeout=10_000)
             strokes = {dashed.nth(i).get_attribute("stroke") for i in range(dashed.count())}
             assert strokes == {"#009E73"}, strokes  # third colour of the palette: Freon's
             browser.close()

@@ -201,7 +201,8 @@ def _compare_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState
     c = st.columns([2, 3])
     c[0].radio("Measure", list(an.MEASURES), key=view.key("measure"), horizontal=True,
                format_func=lambda m: {"final": "final value", "best": "best value"}[m])
-    c[1].selectbox("Baseline", groups, key=view.key("baseline"), format_func=labels.config_title)
+    names = labels.group_titles(groups)
+    c[1].selectbox("Baseline", groups, key=view.key("baseline"), format_func=names.get)
     table = report.compare_table(data, runs, v)
     if table is None:
         st.caption(f"The comparison appears once runs report {title(v.metric).lower()}.")
@@ -217,13 +218,15 @@ def _compare_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState
         st.altair_chart(forest, width="stretch", key="chart_forest")
         out["charts"]["Δ against the baseline"] = forest
     st.caption(
-        "Lower is better. Statistics use finished runs only; finished seeds: n per group. CI: "
+        ("Higher" if v.metric in labels.HIGHER_IS_BETTER else "Lower") +
+        " is better. Statistics use finished runs only; finished seeds: n per group. CI: "
         "Student-t 95 % interval of the mean; for a metric whose values are all positive (a "
         "loss) it is laid off on the log scale, c·e^(∓h/c), so it stays positive. Δ: group mean "
         f"− baseline ({plain(labels.config_title(v.baseline))}) mean, with its Welch 95 % "
         "interval (the bars beside the table). Welch p: two-sided Welch t-test of equal means. "
         "P(better): probability, under the same Welch model, that the group's true mean is "
-        "below the baseline's (1 − one-sided Welch p), so p = 2·min(P(better), 1 − P(better)). "
+        f"{'above' if v.metric in labels.HIGHER_IS_BETTER else 'below'} the baseline's (1 − "
+        "one-sided Welch p), so p = 2·min(P(better), 1 − P(better)). "
         f"Intervals and tests need {stats.MIN_SEEDS} finished seeds a side; below that the "
         "note says \"too few seeds\". Diverged/failed and unfinished runs are counted, not "
         "averaged (docs/analytics.md)."
@@ -452,7 +455,7 @@ def _share(services: Services, who: access.Principal, study: dict, view: ViewSta
         # Every chart and table of this view, built when asked: the page draws only the open
         # tab. No st.* here: Streamlit may call this outside the script run.
         figures, tables = report.build(report.StudyData(an.Analytics(services.db), sid),
-                                       services.queries, study["spec"], v)
+                                       services.queries, study["spec"], out.get("view", v))
         return build_snapshot(study["name"], out["meta"], figures, tables, study["spec"])
 
     c[0].download_button(
@@ -506,7 +509,9 @@ def show(services: Services, who: access.Principal, study: dict) -> None:
     st.caption(plain(meta) + (" · read\\-only view" if readonly else ""))
     version = q.data_version(study_id)
     runs = _runs(a, study_id, version)
-    groups = sorted(set(an.group_key(runs, view.value("group")))) if not runs.empty else []
+    # Config order, as the table and every legend: the default baseline is the first config.
+    groups = list(dict.fromkeys(an.group_key(runs, view.value("group")))) if not runs.empty \
+        else []
     _controls(view, _metric_names(a, study_id, version), groups)
     view.save()
     active = q.is_active(study_id)
@@ -520,6 +525,10 @@ def show(services: Services, who: access.Principal, study: dict) -> None:
 
     @st.fragment(run_every=(FIRST_ROWS_S if waiting else REFRESH_S) if live else None)
     def body() -> None:
+        # A tab's widgets exist only while it is open, and Streamlit drops the state of a
+        # widget it did not draw: put back what was dropped (from the URL or this view's
+        # memory) so a baseline or a target survives a look at another tab.
+        view.load()
         # Decided again on each refresh of this live part, which runs without the page: a
         # revoked link or a changed password takes effect here too.
         now_who = access.current()
@@ -532,6 +541,7 @@ def show(services: Services, who: access.Principal, study: dict) -> None:
         out["tables"].clear()
         data = _CachedData(a, study_id, q.data_version(study_id))
         v = View(**{name: view.value(name) for name in View.__dataclass_fields__})
+        out["view"] = v  # the settings the snapshot download builds with
         runs = data.runs()
         status = _status_runs(q, study_id, data.version)
         _header(status)
