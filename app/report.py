@@ -178,8 +178,9 @@ def forest_figure(table: pd.DataFrame, v: View, runs: pd.DataFrame) -> alt.TopLe
         return None  # nothing compared yet: a lone baseline at zero says nothing
     # The baseline is the dashed line at zero, not a row of its own.
     others = table[table["group"] != baseline].rename(columns=cols)
+    # Every group in the colour domain, the baseline too, so each keeps its page-wide colour.
     return charts.forest_chart(others, baseline, f"{v.measure} {title(v.metric).lower()}",
-                               [g for g in names.values() if g != baseline],
+                               list(names.values()),
                                higher_is_better=v.metric in labels.HIGHER_IS_BETTER)
 
 

@@ -51,3 +51,22 @@ def test_forest_draws_uncertain_differences_hollow():
     # Rows and colours follow the study's order and palette, not the table's sorting.
     assert points[0]["encoding"]["color"]["scale"]["domain"] == ["base", "sure", "unsure", "none"]
     assert points[0]["encoding"]["color"]["scale"]["range"] == charts.PALETTE
+
+
+def test_forest_keeps_page_colours_without_the_baseline_row():
+    from app import report
+    from app.report import View
+
+    runs = pd.DataFrame({"run_id": ["a", "b"], "label": ["sgd[lr=0.1]", "adamw[lr=0.001]"],
+                         "optimizer": ["sgd", "adamw"]})
+    table = pd.DataFrame({"group": ["SGD-momentum (lr = 0.1)", "AdamW (lr = 0.001)"],
+                          "Δ vs baseline": [0.0, -0.2], "Δ CI low": [math.nan, -0.3],
+                          "Δ CI high": [math.nan, -0.1]})
+    chart = report.forest_figure(table, View(baseline="sgd[lr=0.1]"), runs)
+    spec = chart.to_dict()
+    rows = {r["group"] for d in spec["datasets"].values() for r in d if "group" in r}
+    assert rows == {"AdamW (lr = 0.001)"}  # the baseline is the line at zero, not a row
+    scales = [layer["encoding"]["color"]["scale"] for layer in spec["layer"]
+              if "color" in layer.get("encoding", {})]
+    # AdamW keeps the second colour it has on every other chart of the page.
+    assert all(s["domain"] == ["SGD-momentum (lr = 0.1)", "AdamW (lr = 0.001)"] for s in scales)
