@@ -251,7 +251,8 @@ def runs_table(status: pd.DataFrame, runs: pd.DataFrame, varying: list[str]) -> 
                           label=status["label"].map(labels.config_title))
     ended = table["finished_at"].fillna(table["updated_at"])
     wall = (ended - table["started_at"]).dt.total_seconds()
-    table["wall_s"] = wall.where(wall >= 0)
+    # A queued run (a re-run waiting) still holds its last attempt's clock: nothing to show.
+    table["wall_s"] = wall.where((wall >= 0) & (table["status"] != "queued"))
     table["ms_per_step"] = (1e3 * table["wall_s"] / table["last_step"].where(
         table["last_step"] > 0)).astype(float)
     if varying:

@@ -70,3 +70,24 @@ def test_forest_keeps_page_colours_without_the_baseline_row():
               if "color" in layer.get("encoding", {})]
     # AdamW keeps the second colour it has on every other chart of the page.
     assert all(s["domain"] == ["SGD-momentum (lr = 0.1)", "AdamW (lr = 0.001)"] for s in scales)
+
+
+def test_runs_table_costs_each_run_and_not_a_waiting_rerun():
+    from app import report
+
+    t0 = pd.Timestamp("2026-12-03 10:00:00", tz="UTC")
+    status = pd.DataFrame({
+        "run_id": ["a", "b", "c"], "label": ["sgd[lr=0.1]"] * 3, "seed": [0, 1, 2],
+        "status": ["finished", "running", "queued"], "progress": [1.0, 0.5, 0.0],
+        "last_step": [100, 50, 100], "train_loss": [0.1, 0.2, math.nan],
+        "val_loss": [0.1, 0.2, math.nan], "val_accuracy": [0.9, 0.8, math.nan],
+        "attempt": [1, 1, 1], "message": [None, None, None], "worker": ["w", "w", "w"],
+        "started_at": [t0, t0, t0],
+        "finished_at": [t0 + pd.Timedelta(seconds=20), pd.NaT, t0 + pd.Timedelta(seconds=9)],
+        "updated_at": [t0 + pd.Timedelta(seconds=20), t0 + pd.Timedelta(seconds=5),
+                       t0 + pd.Timedelta(seconds=9)]})
+    table = report.runs_table(status, status.assign(hparams=[{}] * 3), [])
+    assert table["label"].tolist() == ["SGD-momentum (lr = 0.1)"] * 3
+    # Finished: start to end; running: to its last report; queued again: nothing yet.
+    assert table["wall_s"].tolist()[:2] == [20.0, 5.0] and math.isnan(table["wall_s"].iloc[2])
+    assert table["ms_per_step"].tolist()[:2] == [200.0, 100.0]
