@@ -176,14 +176,13 @@ def _controls(view: ViewState, metrics: list[str], groups: list[str]) -> None:
         st.session_state[view.key("baseline")] = groups[0]
 
 
-def _curves_tab(data: _CachedData, runs: pd.DataFrame, v: View, out: dict) -> None:
+def _curves_tab(data: _CachedData, runs: pd.DataFrame, v: View) -> None:
     for metric in dict.fromkeys((v.metric, v.metric2)):
         chart = report.curve_chart(data, runs, v, metric)
         if chart is None:
             st.caption(f"{title(metric)} appears here once runs report it.")
         else:
             st.altair_chart(chart, width="stretch", key=f"chart_{metric}")
-            out["charts"][title(metric)] = chart
     n_seeds = runs.groupby(an.group_key(runs, v.group)).size()
     st.caption(
         f"Lines: {v.center} over seeds; band: {BAND_LABELS[v.band]}; point opacity: seeds at "
@@ -197,7 +196,7 @@ def _curves_tab(data: _CachedData, runs: pd.DataFrame, v: View, out: dict) -> No
 
 
 def _compare_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState,
-                 groups: list[str], out: dict) -> None:
+                 groups: list[str]) -> None:
     c = st.columns([2, 3])
     c[0].radio("Measure", list(an.MEASURES), key=view.key("measure"), horizontal=True,
                format_func=lambda m: {"final": "final value", "best": "best value"}[m])
@@ -216,7 +215,6 @@ def _compare_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState
     forest = report.forest_figure(table, v, runs)
     if forest is not None:
         st.altair_chart(forest, width="stretch", key="chart_forest")
-        out["charts"]["Δ against the baseline"] = forest
     st.caption(
         ("Higher" if v.metric in labels.HIGHER_IS_BETTER else "Lower") +
         " is better. Statistics use finished runs only; finished seeds: n per group. CI: "
@@ -231,11 +229,9 @@ def _compare_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState
         "note says \"too few seeds\". Diverged/failed and unfinished runs are counted, not "
         "averaged (docs/analytics.md)."
     )
-    out["tables"]["Comparison"] = table
 
 
-def _lr_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState,
-            out: dict) -> None:
+def _lr_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState) -> None:
     figures = report.lr_figures(data, runs, v)
     if figures is None:
         st.caption("Learning-rate sensitivity appears once runs report "
@@ -243,17 +239,15 @@ def _lr_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState,
         return
     chart, tune = figures
     st.altair_chart(chart, width="stretch", key="chart_lr")
-    out["charts"]["Learning-rate sensitivity"] = chart
     st.number_input("Tuneability: within % of the best", min_value=0.1, max_value=1000.0,
                     step=1.0, key=view.key("within"))
     st.dataframe(tune, hide_index=True, key="tune_table", placeholder=MISSING)
     st.caption("Crosses: learning rates at which every seed diverged or failed. Tuneability is "
                "the width of the contiguous lr range around the best whose value stays within "
                f"{v.within:g} % of the best (other grid axes at their best).")
-    out["tables"]["Tuneability"] = tune
 
 
-def _budget_tab(data: _CachedData, runs: pd.DataFrame, v: View, out: dict) -> None:
+def _budget_tab(data: _CachedData, runs: pd.DataFrame, v: View) -> None:
     figures = report.budget_figures(data, runs, v)
     if figures is None:
         st.caption("The tuning budget appears once runs have ended with "
@@ -261,7 +255,6 @@ def _budget_tab(data: _CachedData, runs: pd.DataFrame, v: View, out: dict) -> No
         return
     chart, table = figures
     st.altair_chart(chart, width="stretch", key="chart_budget")
-    out["charts"]["Tuning budget"] = chart
     st.dataframe(table, hide_index=True, width="stretch", key="budget_table",
                  placeholder=MISSING,
                  column_config={c: st.column_config.NumberColumn(format="%.4g")
@@ -275,11 +268,9 @@ def _budget_tab(data: _CachedData, runs: pd.DataFrame, v: View, out: dict) -> No
         "the untrained model (the study's worst first value). Band: bootstrap 95 % interval "
         "over the observed trials. The dashed line is the largest budget every optimizer "
         "has; ranks are read there (docs/analytics.md).")
-    out["tables"]["Tuning budget"] = table
 
 
-def _ttt_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState,
-             out: dict) -> None:
+def _ttt_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState) -> None:
     auto = report.auto_target(data, v.metric)
     if auto is None:
         st.caption(f"Time to target appears once runs report {title(v.metric).lower()}.")
@@ -289,16 +280,13 @@ def _ttt_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState,
     target = v.target if v.target is not None else auto
     chart, summary = report.ttt_figures(data, runs, v, target)
     st.altair_chart(chart, width="stretch", key="chart_ttt")
-    out["charts"][f"Time to {title(v.metric).lower()} ≤ {target:.4g}"] = chart
     st.dataframe(summary, hide_index=True, key="ttt_table", placeholder=MISSING)
     st.caption("Runs that have not reached the target are kept, not dropped: censored (∞) if "
                "they ended, \"not yet\" while they run. A group's median is ∞ when half or "
                "more of its runs are not there.")
-    out["tables"]["Time to target"] = summary
 
 
-def _diagnostics_tab(data: _CachedData, runs: pd.DataFrame, v: View, metrics: list[str],
-                     out: dict) -> None:
+def _diagnostics_tab(data: _CachedData, runs: pd.DataFrame, v: View, metrics: list[str]) -> None:
     diag = report.diagnostic_names(metrics)
     if not diag:
         st.caption("No diagnostics recorded. Set *diagnostics every* in the study's training "
@@ -312,16 +300,14 @@ def _diagnostics_tab(data: _CachedData, runs: pd.DataFrame, v: View, metrics: li
         chart = report.curve_chart(data, runs, v, metric)
         if chart is not None:
             st.altair_chart(chart, width="stretch", key=f"chart_{metric}")
-            out["charts"][metric] = chart
     if "diag_eta_opt" in diag and "lr" in metrics:
         chart = report.eta_chart(data, runs, v)
         if chart is not None:
             st.altair_chart(chart, width="stretch", key="chart_eta")
-            out["charts"]["η* vs lr"] = chart
 
 
 def _runs_tab(services: Services, who: access.Principal, study: dict, runs: pd.DataFrame,
-              status: pd.DataFrame, varying: list[str], out: dict) -> None:
+              status: pd.DataFrame, varying: list[str]) -> None:
     table = report.runs_table(status.assign(status=[
         _status_text(s, q)
         for s, q in zip(status["status"], _silent_s(status["updated_at"]), strict=True)
@@ -340,7 +326,6 @@ def _runs_tab(services: Services, who: access.Principal, study: dict, runs: pd.D
         "ms_per_step": st.column_config.NumberColumn(
             "ms / step", format="%.1f", help="Wall time over steps done: what a step costs."),
     }
-    out["tables"]["Runs"] = table.drop(columns=["progress"])
     if not who.is_editor or not services.broker_url:
         st.dataframe(table, hide_index=True, width="stretch", key="runs_table",
                      column_config=config, placeholder=MISSING)
@@ -521,7 +506,8 @@ def show(services: Services, who: access.Principal, study: dict) -> None:
         st.toast("Cancellation requested: runs stop at their next step.")
     live = active and not view.value("pause")
     waiting = live and not _metric_names(a, study_id, version)
-    out: dict = {"charts": {}, "tables": {}, "meta": meta}
+    # What the snapshot download needs from the live part: the header and the settings in force.
+    out: dict = {"meta": meta}
 
     @st.fragment(run_every=(FIRST_ROWS_S if waiting else REFRESH_S) if live else None)
     def body() -> None:
@@ -537,8 +523,6 @@ def show(services: Services, who: access.Principal, study: dict) -> None:
         broker_banner(services)
         if live:
             services.refresh()
-        out["charts"].clear()  # what this run draws, not what an earlier run did
-        out["tables"].clear()
         data = _CachedData(a, study_id, q.data_version(study_id))
         v = View(**{name: view.value(name) for name in View.__dataclass_fields__})
         out["view"] = v  # the settings the snapshot download builds with
@@ -546,14 +530,14 @@ def show(services: Services, who: access.Principal, study: dict) -> None:
         status = _status_runs(q, study_id, data.version)
         _header(status)
         parts = {
-            "Curves": lambda: _curves_tab(data, runs, v, out),
-            "Compare": lambda: _compare_tab(data, runs, v, view, groups, out),
-            "Learning rate": lambda: _lr_tab(data, runs, v, view, out),
-            "Tuning budget": lambda: _budget_tab(data, runs, v, out),
-            "Time to target": lambda: _ttt_tab(data, runs, v, view, out),
-            "Diagnostics": lambda: _diagnostics_tab(data, runs, v, data.metric_names(), out),
+            "Curves": lambda: _curves_tab(data, runs, v),
+            "Compare": lambda: _compare_tab(data, runs, v, view, groups),
+            "Learning rate": lambda: _lr_tab(data, runs, v, view),
+            "Tuning budget": lambda: _budget_tab(data, runs, v),
+            "Time to target": lambda: _ttt_tab(data, runs, v, view),
+            "Diagnostics": lambda: _diagnostics_tab(data, runs, v, data.metric_names()),
             "Runs": lambda: _runs_tab(services, now_who, study, runs, status,
-                                      a.varying_hparams(runs, report.grid_axes(spec)), out),
+                                      a.varying_hparams(runs, report.grid_axes(spec))),
         }
         # Only the open tab is computed and sent: the others would cost the server their
         # queries and the browser their charts and tables on every load and refresh.
