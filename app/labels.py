@@ -47,6 +47,7 @@ PARAM_TITLES = {"weight_decay": "wd", "beta1": "β₁", "beta2": "β₂", "eps":
 def param_title(key: str) -> str:
     return PARAM_TITLES.get(key, key.replace("_", " "))
 
+
 # Exponents people write as fractions (Freon's c); a value that is the fraction to the digits
 # printed is shown as its glyph ("c = ⅔"). Other parameters print as they are: "lr = ½" is no
 # one's notation.
@@ -69,7 +70,7 @@ def metric_title(name: str) -> str:
 
 def optimizer_title(name: str) -> str:
     d = OPTIMIZERS.get(name)
-    return d.title.removesuffix("(c)") if d is not None else name
+    return d.title if d is not None else name
 
 
 def _value(key: str, text: str) -> str:

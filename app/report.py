@@ -126,12 +126,7 @@ def seed_curves(curves: pd.DataFrame, runs: pd.DataFrame, v: View,
     seed, for the lines a click on a group shows."""
     keyed = curves.merge(runs[["run_id", "seed"]].assign(group=an.group_key(runs, v.group)
                                                           .map(names)), on="run_id")
-    if v.smooth and not keyed.empty:
-        keyed = keyed.sort_values(["run_id", "cell"])
-        keyed["value"] = np.concatenate([
-            stats.ema(g.to_numpy(dtype=float), v.smooth)
-            for _, g in keyed.groupby("run_id", sort=False)["value"]])
-    return keyed[["run_id", "group", "seed", "x", "value"]]
+    return an.smooth_runs(keyed, v.smooth)[["run_id", "group", "seed", "x", "value"]]
 
 
 def study_groups(runs: pd.DataFrame, v: View) -> list[str]:

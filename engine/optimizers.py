@@ -305,7 +305,7 @@ OPTIMIZERS: dict[str, OptimizerDef] = {
                      "identical to torch.optim.Muon by default), AdamW on the rest."),
         OptimizerDef("torch_muon", "torch.optim.Muon", TorchMuonParams, _torch_muon,
                      "PyTorch's own Muon as a peer baseline, AdamW on the rest."),
-        OptimizerDef("freon", "Freon(c)", FreonParams, _freon,
+        OptimizerDef("freon", "Freon", FreonParams, _freon,
                      "Momentum direction (MMᵀ + δ²I)^(−c)M with mean-Schatten normalisation; "
                      "c = ½ is Muon, c > ½ inverts the spectrum. AdamW on the rest."),
         OptimizerDef("kaon", "Kaon", KaonParams, _kaon,

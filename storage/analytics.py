@@ -158,6 +158,17 @@ def group_key(runs: pd.DataFrame, group_by: str) -> pd.Series:
     return runs["label"] if group_by == "config" else runs["optimizer"]
 
 
+def smooth_runs(curves: pd.DataFrame, smoothing: float, into: str = "value") -> pd.DataFrame:
+    """``curves`` (``run_id, cell, value``…) with each run's values smoothed by the debiased
+    EMA in column ``into``, in run and cell order; unsmoothed values when ``smoothing`` is 0."""
+    if not smoothing or curves.empty:
+        return curves.assign(**{into: curves["value"]})
+    out = curves.sort_values(["run_id", "cell"])
+    return out.assign(**{into: np.concatenate([
+        stats.ema(g.to_numpy(dtype=float), smoothing)
+        for _, g in out.groupby("run_id", sort=False)["value"]])})
+
+
 def group_curves(curves: pd.DataFrame, runs: pd.DataFrame, group_by: str = "config",
                  center: str = "mean", band: str = "std", smoothing: float = 0.0) -> pd.DataFrame:
     """Seeds of a group aggregated per grid cell: ``group, cell, x, center, lo, hi, n`` and
@@ -169,14 +180,7 @@ def group_curves(curves: pd.DataFrame, runs: pd.DataFrame, group_by: str = "conf
     if curves.empty:
         return pd.DataFrame(columns=cols)
     keyed = curves.merge(runs[["run_id"]].assign(group=group_key(runs, group_by)), on="run_id")
-    if smoothing:
-        keyed = keyed.sort_values(["run_id", "cell"])
-        keyed["smooth"] = np.concatenate([
-            stats.ema(g.to_numpy(dtype=float), smoothing)
-            for _, g in keyed.groupby("run_id", sort=False)["value"]
-        ])
-    else:
-        keyed["smooth"] = keyed["value"]
+    keyed = smooth_runs(keyed, smoothing, into="smooth")
     out = stats.band_frame(keyed, ["group", "cell"], value="smooth", center=center, band=band)
     if smoothing:
         raw = stats.band_frame(keyed, ["group", "cell"], value="value", center=center,
