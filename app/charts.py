@@ -6,7 +6,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from app.labels import metric_title
+from app.labels import MISSING, metric_title
 
 # Okabe & Ito's colour-blind-safe set (Color Universal Design), its yellow (too pale on white,
 # and a darkened one is orange's twin) replaced by Paul Tol's wine. Beyond eight groups no
@@ -54,7 +54,7 @@ def hover_frame(grouped: pd.DataFrame, groups: list[str]) -> tuple[pd.DataFrame,
     were most of the browser's work on a large study."""
     cols = {g: f"g{i}" for i, g in enumerate(groups)}
     text = grouped.assign(text=[
-        "–" if pd.isna(c) else
+        MISSING if pd.isna(c) else
         f"{c:.4g}" + ("" if pd.isna(lo) or lo == hi else f"  [{lo:.4g}, {hi:.4g}]") +
         f"  n={int(n)}"
         for c, lo, hi, n in zip(grouped["center"], grouped["lo"], grouped["hi"],
@@ -62,7 +62,7 @@ def hover_frame(grouped: pd.DataFrame, groups: list[str]) -> tuple[pd.DataFrame,
     wide = text.pivot_table(index="cell", columns="group", values="text", aggfunc="first",
                             observed=True)
     present = [g for g in groups if g in wide.columns]
-    wide = wide[present].rename(columns={g: cols[g] for g in present}).fillna("–")
+    wide = wide[present].rename(columns={g: cols[g] for g in present}).fillna(MISSING)
     wide["x"] = grouped.groupby("cell")["x"].mean()
     return wide.reset_index(), {cols[g]: g for g in present}
 

@@ -7,6 +7,7 @@ these titles are for what a person reads: legends, table cells, axis titles, err
 
 from __future__ import annotations
 
+import math
 import re
 from fractions import Fraction
 
@@ -34,6 +35,20 @@ METRIC_TITLES = {
     "diag_sv_min": "Update σ_min",
     "diag_stable_rank": "Update stable rank",
 }
+
+# What a table cell or tooltip shows for a missing number (Streamlit's default is "None").
+MISSING = "–"
+
+
+def fmt(v: float | None, digits: int = 4) -> str:
+    """A number as a person reads it: ``digits`` significant digits, ∞ for an infinity and
+    ``MISSING`` for a missing value."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return MISSING
+    if isinstance(v, float) and math.isinf(v):
+        return "∞" if v > 0 else "−∞"
+    return f"{v:.{digits}g}"
+
 
 # Metrics where more is better; every other metric is read as a loss (lower is better).
 HIGHER_IS_BETTER = {"val_accuracy", "train_accuracy"}

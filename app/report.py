@@ -7,7 +7,6 @@ from the browser cannot drift apart.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 
 import altair as alt
@@ -71,12 +70,6 @@ class View:
 
 def title(metric: str) -> str:
     return labels.metric_title(metric)
-
-
-def fmt(v: float | None) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    return "∞" if v == math.inf else f"{v:.4g}"
 
 
 class StudyData:
@@ -212,7 +205,7 @@ def ttt_figures(data: StudyData, runs: pd.DataFrame, v: View,
     summary = an.ttt_summary(runs, reached, v.group)
     summary = summary.set_index("group").reindex(list(names)).reset_index()
     summary["group"] = summary["group"].map(names)
-    summary["median"] = summary["median"].map(fmt)
+    summary["median"] = summary["median"].map(labels.fmt)
     return chart, summary.rename(columns={
         "median": f"median {an.X_TITLES[v.x]} (∞: not reached)", "not_yet": "still going"})
 

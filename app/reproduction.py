@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from app import charts, labels
+from app.labels import MISSING, fmt
 from storage import analytics as an
 from storage import stats
 from storage.db import Database
@@ -68,9 +69,9 @@ class Family:
         """The best lr, flagged when it is an end of the grid: the optimum may lie beyond it,
         and the optimizer is then judged below its best."""
         if self.lr is None:
-            return "–"
+            return MISSING
         edge = len(self.grid) > 1 and self.lr in (self.grid[0], self.grid[-1])
-        return f"{_fmt(self.lr)} (grid edge)" if edge else _fmt(self.lr)
+        return f"{fmt(self.lr)} (grid edge)" if edge else fmt(self.lr)
 
 
 @dataclass
@@ -178,14 +179,6 @@ class Claim:
         return self.evaluate(src)
 
 
-def _fmt(v: float, digits: int = 4) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    if isinstance(v, float) and math.isinf(v):
-        return "∞" if v > 0 else "−∞"
-    return f"{v:.{digits}g}"
-
-
 def _welch(x: Family, base: Family) -> stats.Comparison:
     return stats.compare(x.values, base.values, LEVEL)
 
@@ -195,11 +188,11 @@ def _versus_row(x: Family, base: Family, src: Source) -> dict:
     c = _welch(x, base)
     b = stats.best_of_k_difference(x.trials, base.trials, src.k, level=LEVEL) if src.k else {}
     return {"optimizer": x.title, "best lr": x.lr_text, "seeds": str(x.values.size),
-            "mean at best lr": _fmt(x.mean), f"Δ vs {base.title}": _fmt(c.diff, 3),
-            "Welch 95 % CI": f"[{_fmt(c.diff_lo, 3)}, {_fmt(c.diff_hi, 3)}]",
-            "Welch p": _fmt(c.p_value, 2),
+            "mean at best lr": fmt(x.mean), f"Δ vs {base.title}": fmt(c.diff, 3),
+            "Welch 95 % CI": f"[{fmt(c.diff_lo, 3)}, {fmt(c.diff_hi, 3)}]",
+            "Welch p": fmt(c.p_value, 2),
             f"E[best of {src.k}] Δ (bootstrap 95 %)":
-                f"{_fmt(b.get('diff'), 3)} [{_fmt(b.get('lo'), 3)}, {_fmt(b.get('hi'), 3)}]"}
+                f"{fmt(b.get('diff'), 3)} [{fmt(b.get('lo'), 3)}, {fmt(b.get('hi'), 3)}]"}
 
 
 def _non_inferior(x: Family, muon: Family) -> str:
@@ -255,7 +248,7 @@ def _versus_claim(pick: Callable[[Family], bool], what: str, stem: str) -> Calla
         table = pd.DataFrame([{**_versus_row(f, muon, src), "verdict": verdicts[f.title]}
                               for f in found])
         parts = "; ".join(f"{t}: {v}" for t, v in verdicts.items())
-        why = (f"Against Muon ({_fmt(muon.mean)} at lr {_fmt(muon.lr)}), {what} — {parts}.")
+        why = (f"Against Muon ({fmt(muon.mean)} at lr {fmt(muon.lr)}), {what} — {parts}.")
         return Finding(src.name, verdict, why, _welch_test(src, muon), table,
                        _forest([(f, muon) for f in found], stem))
 
@@ -283,11 +276,11 @@ def _freon_c(src: Source) -> Finding | None:
     for f in [*sorted(freons, key=_c), *([muon] if muon else [])]:
         at_k = by_budget.loc[f.key] if f.key in by_budget.index else None
         rows.append({"optimizer": f.title, "best lr": f.lr_text, "seeds": str(f.values.size),
-                     "mean at best lr": _fmt(f.mean),
-                     "sd": _fmt(float(f.values.std(ddof=1)) if f.values.size > 1 else math.nan,
+                     "mean at best lr": fmt(f.mean),
+                     "sd": fmt(float(f.values.std(ddof=1)) if f.values.size > 1 else math.nan,
                                 2),
-                     f"E[best of {src.k}]": _fmt(at_k["at_k"]) if at_k is not None else "–",
-                     f"rank at k = {src.k}": str(at_k["rank"]) if at_k is not None else "–"})
+                     f"E[best of {src.k}]": fmt(at_k["at_k"]) if at_k is not None else MISSING,
+                     f"rank at k = {src.k}": str(at_k["rank"]) if at_k is not None else MISSING})
     enough = min(best_above.values.size, best_below.values.size) >= stats.MIN_SEEDS
     if enough and c.diff_hi < 0:
         verdict = SUPPORTED
@@ -296,11 +289,11 @@ def _freon_c(src: Source) -> Finding | None:
     else:
         verdict = UNRESOLVED
     lead = best_above if best_above.mean < best_below.mean else best_below
-    why = (f"The lowest loss at its best lr is {lead.title}'s ({_fmt(lead.mean)}). Best with "
-           f"c > ½: {best_above.title} ({_fmt(best_above.mean)}); best with c ≤ ½ (Muon "
-           f"included): {best_below.title} ({_fmt(best_below.mean)}); Δ = {_fmt(c.diff, 3)}, "
-           f"Welch 95 % CI [{_fmt(c.diff_lo, 3)}, {_fmt(c.diff_hi, 3)}], p = "
-           f"{_fmt(c.p_value, 2)}.")
+    why = (f"The lowest loss at its best lr is {lead.title}'s ({fmt(lead.mean)}). Best with "
+           f"c > ½: {best_above.title} ({fmt(best_above.mean)}); best with c ≤ ½ (Muon "
+           f"included): {best_below.title} ({fmt(best_below.mean)}); Δ = {fmt(c.diff, 3)}, "
+           f"Welch 95 % CI [{fmt(c.diff_lo, 3)}, {fmt(c.diff_hi, 3)}], p = "
+           f"{fmt(c.p_value, 2)}.")
     test = (f"Welch two-sided t-test, best c > ½ against best c ≤ ½ at their best lrs, "
             f"{min(best_above.values.size, best_below.values.size)} seeds a side "
             f"({src.seeds()}); equal-budget ranks at k = {src.k}")
@@ -326,11 +319,11 @@ def _budget(src: Source) -> Finding | None:
             v = SUPPORTED if b["hi"] < margin else CONTRADICTED if b["lo"] > 0 else UNRESOLVED
         verdicts.append(v)
         rows.append({"optimizer": f.title, "trials": str(f.trials.size), "best lr": f.lr_text,
-                     f"E[best of {src.k}]": _fmt(float(stats.expected_best_of_k(
+                     f"E[best of {src.k}]": fmt(float(stats.expected_best_of_k(
                          f.trials, src.k)[-1])),
-                     "Δ vs Muon": _fmt(b["diff"], 3),
-                     "bootstrap 95 %": f"[{_fmt(b['lo'], 3)}, {_fmt(b['hi'], 3)}]",
-                     "P(better than Muon)": _fmt(b["p_better"], 2), "as good as Muon": v})
+                     "Δ vs Muon": fmt(b["diff"], 3),
+                     "bootstrap 95 %": f"[{fmt(b['lo'], 3)}, {fmt(b['hi'], 3)}]",
+                     "P(better than Muon)": fmt(b["p_better"], 2), "as good as Muon": v})
     if SUPPORTED in verdicts:
         verdict = SUPPORTED
     elif all(v == CONTRADICTED for v in verdicts):
@@ -338,12 +331,12 @@ def _budget(src: Source) -> Finding | None:
     else:
         verdict = UNRESOLVED
     ranks = src.summary.sort_values("rank")
-    order = ", ".join(f"{src.families[r.family].title} {_fmt(r.at_k)}"
+    order = ", ".join(f"{src.families[r.family].title} {fmt(r.at_k)}"
                       for r in ranks.head(3).itertuples())
     muon_row = src.summary.set_index("family").loc[muon.key]
     good = sum(v == SUPPORTED for v in verdicts)
     why = (f"At an equal budget of k = {src.k} trials the best three are {order}; Muon ranks "
-           f"{muon_row['rank']} of {len(src.summary)} ({_fmt(muon_row['at_k'])}). "
+           f"{muon_row['rank']} of {len(src.summary)} ({fmt(muon_row['at_k'])}). "
            f"{good} of {len(others)} other spectral optimizers are as good as Muon within "
            f"{MARGIN_TEXT} at that budget.")
     test = (f"expected best of k = {src.k} random (lr, seed) trials (Dodge et al. 2019), "
@@ -396,8 +389,8 @@ def _step_size(src: Source) -> Finding | None:
     for f in fams:
         got = by_run.reindex(f.run_ids).dropna()
         rows.append({"optimizer": f.title, "best lr": f.lr_text, "seeds": str(len(got)),
-                     "η* step-to-step variation": _fmt(got["oscillation"].mean(), 3),
-                     "η* coefficient of variation": _fmt(got["cv"].mean(), 3)})
+                     "η* step-to-step variation": fmt(got["oscillation"].mean(), 3),
+                     "η* coefficient of variation": fmt(got["cv"].mean(), 3)})
         s = series[series["run_id"].isin(f.run_ids)].assign(value=lambda d, lr=f.lr: d["value"]
                                                             * lr)
         frames.append(s.assign(group=f.title))
@@ -417,10 +410,10 @@ def _step_size(src: Source) -> Finding | None:
     mean = {k: (by_run.reindex(muon.run_ids)[k].mean(), by_run.reindex(base.run_ids)[k].mean())
             for k in parts}
     why = " ".join(
-        f"{words[k][0].upper()}{words[k][1:]}: Muon {_fmt(mean[k][0], 3)}, {which} "
-        f"{_fmt(mean[k][1], 3)} "
-        f"(Δ {_fmt(c.diff, 3)}, Welch 95 % CI [{_fmt(c.diff_lo, 3)}, {_fmt(c.diff_hi, 3)}], "
-        f"p = {_fmt(c.p_value, 2)})." for k, c in parts.items())
+        f"{words[k][0].upper()}{words[k][1:]}: Muon {fmt(mean[k][0], 3)}, {which} "
+        f"{fmt(mean[k][1], 3)} "
+        f"(Δ {fmt(c.diff, 3)}, Welch 95 % CI [{fmt(c.diff_lo, 3)}, {fmt(c.diff_hi, 3)}], "
+        f"p = {fmt(c.p_value, 2)})." for k, c in parts.items())
     why += f" Both over the last {(1 - BURN_IN) * 100:g} % of the diagnosed steps."
     c = parts["oscillation"]
     test = (f"Welch two-sided t-tests on the per-seed variation and coefficient of variation "
@@ -450,7 +443,7 @@ def _titles(keys: list[str]) -> dict[str, str]:
 
 def _adamw_settings(src: Source) -> str:
     """The AdamW settings the titles leave out, as a sentence; "" when there are none."""
-    found = sorted({f"{k} = {_fmt(float(v))}" for f in src.families.values()
+    found = sorted({f"{k} = {fmt(float(v))}" for f in src.families.values()
                     for k, v in f.hparams.items()
                     if k.startswith("adamw_") and f"{k}=" in f.key})
     if not found:
@@ -510,13 +503,13 @@ def _potential(src: Source) -> Finding | None:
             CONTRADICTED if rho > 0 and p < 1 - LEVEL else UNRESOLVED
     why = (f"Across {len(frame)} optimizers at their best lr, Spearman ρ between the one-step "
            f"potential γ²Φ/(2L) (median over the first half of training) and the final loss is "
-           f"{_fmt(rho, 2)} (p = {_fmt(p, 2)}); for alignment γ alone, ρ = {_fmt(rho_g, 2)} "
-           f"(p = {_fmt(p_g, 2)}). A negative ρ means more potential, lower loss.")
+           f"{fmt(rho, 2)} (p = {fmt(p, 2)}); for alignment γ alone, ρ = {fmt(rho_g, 2)} "
+           f"(p = {fmt(p_g, 2)}). A negative ρ means more potential, lower loss.")
     test = (f"Spearman rank correlation across optimizers (n = {len(frame)}), each the mean "
             f"over {src.seeds()} at its best lr")
     table = frame.rename(columns={"group": "optimizer", "x": "γ²Φ/(2L)", "gamma": "γ",
                                   "y": "final loss"}).drop(columns=["short"])
-    table = table.assign(**{c: table[c].map(lambda v: _fmt(v, 3))
+    table = table.assign(**{c: table[c].map(lambda v: fmt(v, 3))
                             for c in ("γ²Φ/(2L)", "γ", "final loss")})
     chart = charts.scatter_chart(frame, "One-step potential against the final loss",
                                  "γ²Φ/(2L), median over the first half of training",
@@ -589,7 +582,7 @@ PROTOCOL = f"""\
 
 def _md_table(frame: pd.DataFrame) -> str:
     def cell(v: object) -> str:
-        text = _fmt(v) if isinstance(v, float) else str(v)
+        text = fmt(v) if isinstance(v, float) else str(v)
         return text.replace("|", "\\|").replace("\n", " ")
 
     head = "| " + " | ".join(map(cell, frame.columns)) + " |"
@@ -623,7 +616,7 @@ def _study_row(src: Source) -> dict:
             "diverged/failed": str(int(counts.get("diverged", 0) + counts.get("failed", 0))),
             "seeds": str(len(spec.get("seeds", []))), "steps": str(spec.get("steps")),
             "optimizers": str(len(src.families)),
-            "wall clock (min)": _fmt(src.elapsed_s / 60, 3)}
+            "wall clock (min)": fmt(src.elapsed_s / 60, 3)}
 
 
 def _headline(findings: list[Finding]) -> str:

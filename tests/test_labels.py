@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from app.labels import config_title, field_title, group_titles, human_problems, metric_title
+from app.labels import (
+    MISSING,
+    config_title,
+    field_title,
+    fmt,
+    group_titles,
+    human_problems,
+    metric_title,
+)
 from engine.errors import SpecError
 from engine.specs import parse_study
 
@@ -70,3 +78,8 @@ def test_field_titles_survive_a_malformed_spec():
     assert field_title("seeds") == "Seeds"
     assert field_title("something.else.entirely") is None
     assert human_problems("not a path problem") == "not a path problem"
+
+
+def test_numbers_read_with_a_dash_for_missing_and_signed_infinities():
+    assert [fmt(0.123456), fmt(None), fmt(float("nan")), fmt(float("inf")),
+            fmt(-float("inf")), fmt(2 / 3, 2)] == ["0.1235", MISSING, MISSING, "∞", "−∞", "0.67"]

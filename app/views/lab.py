@@ -13,6 +13,7 @@ import streamlit as st
 
 from app import access, actions
 from app import lab_charts as charts
+from app.labels import MISSING
 from app.services import Services, get_services
 from app.text import plain, plain_lines
 from engine.approx.cases import EDGE_SPECTRA, GPT2_SHAPES, SPECTRA
@@ -32,7 +33,6 @@ from storage.lab import LabQueries
 REFRESH_S = 2.0
 EXPORT_WIDTH = 900  # px of an exported SVG/PNG
 # Shown in a table cell with no value (Streamlit's own default prints "None").
-MISSING = "–"
 SPECTRUM_CHOICES = tuple(dict.fromkeys((
     "loguniform:1e-1", "loguniform:1e-2", "loguniform:1e-3", "loguniform:1e-4",
     "loguniform:1e-6", "loguniform:1e-8", "powerlaw:0.5", "powerlaw:1", "powerlaw:2",

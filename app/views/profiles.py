@@ -78,5 +78,5 @@ def render() -> None:
                "config's median over seeds; a diverged run costs ∞ and is never within τ.")
     wide = table.pivot(index="task", columns="solver", values="cost")
     wide.index = [f"{names.at[t, 'name']} · {names.at[t, 'workload']} ({t})" for t in wide.index]
-    # A task an optimizer was not run on shows "–", not the word None.
-    st.dataframe(wide, key="prof_table", width="stretch", placeholder="–")
+    # A task an optimizer was not run on shows a dash, not the word None.
+    st.dataframe(wide, key="prof_table", width="stretch", placeholder=labels.MISSING)

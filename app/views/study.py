@@ -18,6 +18,7 @@ from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, Stop
 
 from app import access, actions, labels, report
 from app.banner import broker_banner
+from app.labels import MISSING
 from app.report import BAND_LABELS, SETTINGS, View, title
 from app.services import Services, get_services
 from app.snapshot import build_snapshot
@@ -37,7 +38,6 @@ REFRESH_S = 2.0
 FIRST_ROWS_S = 0.5
 SILENT_S = 180  # a running run reports every second; this long without a word means trouble
 RERUNNABLE = ("failed", "cancelled")
-MISSING = "–"  # what an empty table cell shows (Streamlit's own default is the word "None")
 
 
 # --- cached data: keyed by the study's data version, which changes with every new row -------
