@@ -3,6 +3,7 @@ what a first run would otherwise import inside its pool process."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ def _imported_after(code: str, modules: list[str]) -> list[bool]:
     probe = f"{code}\nimport sys\nprint([m in sys.modules for m in {modules!r}])"
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
                          text=True, timeout=300, check=True)
-    return eval(out.stdout.strip().splitlines()[-1])  # a list of booleans printed above
+    return ast.literal_eval(out.stdout.strip().splitlines()[-1])
 
 
 def test_dashboard_warm_up_imports_every_page():
