@@ -33,7 +33,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,6 +160,30 @@ class Stack:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(10)
+
+
+@contextmanager
+def shooting(doc: str, env: dict[str, str] | None = None) -> Iterator[tuple[Path, Stack, str]]:
+    """For a screenshot script: its ``--out`` folder (made), ``approximant up`` on a temporary
+    data directory with ``env``, and the stack's URL; the stack is stopped on the way out.
+    Needs Debian's Chromium (``chromium`` below)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--out", default="docs/img")
+    out = Path(ap.parse_args().out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = Stack(Path(tmp) / "data", env=env or {})
+        stack.start()
+        try:
+            yield out, stack, f"http://127.0.0.1:{stack.port}"
+        finally:
+            print(f"stack stopped with {stack.stop()}")
+
+
+def chromium(playwright):
+    """Debian's headless Chromium (never a downloaded one)."""
+    return playwright.chromium.launch(executable_path="/usr/bin/chromium",
+                                      args=["--no-sandbox", "--headless", "--disable-gpu"])
 
 
 def progress(url: str, run_id: str) -> dict[str, str]:

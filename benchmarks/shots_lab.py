@@ -12,14 +12,12 @@ Needs Debian's Chromium at /usr/bin/chromium.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_faults import Stack, wait_for  # noqa: E402
+from bench_faults import chromium, shooting, wait_for  # noqa: E402
 
 from engine.approx.spec import (  # noqa: E402
     DEFAULT_SHAPES,
@@ -66,62 +64,48 @@ def main() -> None:
 
     from tasks.lab import submit_lab
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="docs/img")
-    args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        stack = Stack(Path(tmp) / "data")
-        stack.start()
-        url = f"http://127.0.0.1:{stack.port}"
-        try:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(
-                    executable_path="/usr/bin/chromium",
-                    args=["--no-sandbox", "--headless", "--disable-gpu"])
-                page = browser.new_page(viewport=SIZE)
-                submit_lab(SPEC, stack.broker_url)
-                page.goto(f"{url}/lab?job={SPEC.job_id}")
-                expect(page.get_by_role("heading", name=SPEC.name)).to_be_visible(
-                    timeout=60_000)
+    with shooting(__doc__) as (out, stack, url), sync_playwright() as p:
+        browser = chromium(p)
+        page = browser.new_page(viewport=SIZE)
+        submit_lab(SPEC, stack.broker_url)
+        page.goto(f"{url}/lab?job={SPEC.job_id}")
+        expect(page.get_by_role("heading", name=SPEC.name)).to_be_visible(
+            timeout=60_000)
 
-                def shoot(state: str) -> None:
-                    # While a rerun swaps elements in, the previous copy of the page can still
-                    # be there for a moment (twice the charts, twice the height): shoot again
-                    # until the page measured before and after the shot is the same one.
-                    for _ in range(10):
-                        expect(page.locator(".vega-embed canvas, .vega-embed svg.marks")
-                               ).to_have_count(6, timeout=120_000)
-                        page.wait_for_timeout(1500)  # fonts and the last refresh settle
-                        sizes = page.evaluate(PLOT_SIZES)
-                        height = page.evaluate(CONTENT_HEIGHT)
-                        page.set_viewport_size({**SIZE, "height": height})
-                        page.wait_for_timeout(1500)
-                        page.screenshot(path=str(out / f"lab-{state}.png"))
-                        page.set_viewport_size(SIZE)
-                        if len(sizes) == 6 and page.evaluate(CONTENT_HEIGHT) == height \
-                                and len(page.evaluate(PLOT_SIZES)) == 6:
-                            break
-                    print(f"{state}: {progress(page)}; {height} px tall; charts (w×h, plot "
-                          "w×h): " + ", ".join(f"{a}×{b} ({c}×{d})" for a, b, c, d in sizes),
-                          flush=True)
+        def shoot(state: str) -> None:
+            # While a rerun swaps elements in, the previous copy of the page can still
+            # be there for a moment (twice the charts, twice the height): shoot again
+            # until the page measured before and after the shot is the same one.
+            for _ in range(10):
+                expect(page.locator(".vega-embed canvas, .vega-embed svg.marks")
+                       ).to_have_count(6, timeout=120_000)
+                page.wait_for_timeout(1500)  # fonts and the last refresh settle
+                sizes = page.evaluate(PLOT_SIZES)
+                height = page.evaluate(CONTENT_HEIGHT)
+                page.set_viewport_size({**SIZE, "height": height})
+                page.wait_for_timeout(1500)
+                page.screenshot(path=str(out / f"lab-{state}.png"))
+                page.set_viewport_size(SIZE)
+                if len(sizes) == 6 and page.evaluate(CONTENT_HEIGHT) == height \
+                        and len(page.evaluate(PLOT_SIZES)) == 6:
+                    break
+            print(f"{state}: {progress(page)}; {height} px tall; charts (w×h, plot "
+                  "w×h): " + ", ".join(f"{a}×{b} ({c}×{d})" for a, b, c, d in sizes),
+                  flush=True)
 
-                wait_for("a first test matrix", lambda: (progress(page) or ("", 0, 1))[1] >= 1,
-                         600, poll_s=1)
-                shoot("running")
-                wait_for("half the test matrices",
-                         lambda: (lambda s: s and s[1] >= s[2] // 2)(progress(page)), 1200,
-                         poll_s=1)
-                shoot("half")
-                wait_for("the job to finish",
-                         lambda: (progress(page) or ("",))[0] == "finished", 1800, poll_s=1)
-                expect(page.get_by_role("button", name="Cancel job")).to_have_count(
-                    0, timeout=60_000)
-                shoot("finished")
-                browser.close()
-        finally:
-            print(f"stack stopped with {stack.stop()}")
+        wait_for("a first test matrix", lambda: (progress(page) or ("", 0, 1))[1] >= 1,
+                 600, poll_s=1)
+        shoot("running")
+        wait_for("half the test matrices",
+                 lambda: (lambda s: s and s[1] >= s[2] // 2)(progress(page)), 1200,
+                 poll_s=1)
+        shoot("half")
+        wait_for("the job to finish",
+                 lambda: (progress(page) or ("",))[0] == "finished", 1800, poll_s=1)
+        expect(page.get_by_role("button", name="Cancel job")).to_have_count(
+            0, timeout=60_000)
+        shoot("finished")
+        browser.close()
 
 
 if __name__ == "__main__":

@@ -11,13 +11,11 @@ Debian's Chromium at /usr/bin/chromium.
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_faults import Stack, progress, wait_for  # noqa: E402
+from bench_faults import chromium, progress, shooting, wait_for  # noqa: E402
 
 from engine.specs import expand, parse_study  # noqa: E402
 from storage.stream import TERMINAL  # noqa: E402
@@ -49,64 +47,50 @@ def main() -> None:
 
     from tasks.submit import submit_study
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="docs/img")
-    args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     n = len(expand(SPEC))
-    with tempfile.TemporaryDirectory() as tmp:
-        stack = Stack(Path(tmp) / "data")
-        stack.start()
-        url = f"http://127.0.0.1:{stack.port}"
-        try:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(
-                    executable_path="/usr/bin/chromium",
-                    args=["--no-sandbox", "--headless", "--disable-gpu"])
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                submit_study(SPEC, stack.broker_url)
-                page.goto(f"{url}/study?study={SPEC.study_id}")
+    with shooting(__doc__) as (out, stack, url), sync_playwright() as p:
+        browser = chromium(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        submit_study(SPEC, stack.broker_url)
+        page.goto(f"{url}/study?study={SPEC.study_id}")
 
-                def shoot(state: str) -> None:
-                    for tab in TABS:
-                        page.get_by_role("tab", name=tab).last.click()
-                        page.wait_for_timeout(2500)  # a live refresh: the tab is drawn
-                        name = tab.lower().replace(" ", "-")
-                        page.screenshot(path=str(out / f"study-{state}-{name}.png"))
-                    print(f"{state}: {ended(stack.broker_url)} of {n} runs ended", flush=True)
+        def shoot(state: str) -> None:
+            for tab in TABS:
+                page.get_by_role("tab", name=tab).last.click()
+                page.wait_for_timeout(2500)  # a live refresh: the tab is drawn
+                name = tab.lower().replace(" ", "-")
+                page.screenshot(path=str(out / f"study-{state}-{name}.png"))
+            print(f"{state}: {ended(stack.broker_url)} of {n} runs ended", flush=True)
 
-                wait_for("a run to report", lambda: any(
-                    progress(stack.broker_url, r.run_id).get("train_loss")
-                    for r in expand(SPEC)), 120)
-                page.wait_for_timeout(3000)
-                shoot("running")
-                # The four slow runs come first; after three of them the rest is still to come.
-                wait_for("three runs", lambda: ended(stack.broker_url) >= 3, 900)
-                shoot("half")
-                wait_for("every run", lambda: ended(stack.broker_url) == n, 1800)
-                page.get_by_text(f"{n} of {n} runs done").wait_for(timeout=60_000)
-                # The page redraws itself once the study ends; a fresh load shoots the result.
-                page.goto(f"{url}/study?study={SPEC.study_id}")
-                page.get_by_text(f"{n} of {n} runs done").wait_for(timeout=60_000)
-                shoot("finished")
+        wait_for("a run to report", lambda: any(
+            progress(stack.broker_url, r.run_id).get("train_loss")
+            for r in expand(SPEC)), 120)
+        page.wait_for_timeout(3000)
+        shoot("running")
+        # The four slow runs come first; after three of them the rest is still to come.
+        wait_for("three runs", lambda: ended(stack.broker_url) >= 3, 900)
+        shoot("half")
+        wait_for("every run", lambda: ended(stack.broker_url) == n, 1800)
+        page.get_by_text(f"{n} of {n} runs done").wait_for(timeout=60_000)
+        # The page redraws itself once the study ends; a fresh load shoots the result.
+        page.goto(f"{url}/study?study={SPEC.study_id}")
+        page.get_by_text(f"{n} of {n} runs done").wait_for(timeout=60_000)
+        shoot("finished")
 
-                page.get_by_role("tab", name="Curves").click()
-                chart = page.locator(".vega-embed").first
-                page.wait_for_timeout(1500)
-                box = chart.bounding_box()
-                page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.45)
-                page.wait_for_timeout(800)
-                page.screenshot(path=str(out / "study-hover.png"))
-                page.mouse.move(box["x"] + 5, box["y"] + 5)
-                legend = chart.locator("svg text", has_text="Freon")
-                if legend.count():
-                    legend.first.click()
-                    page.wait_for_timeout(800)
-                    page.screenshot(path=str(out / "study-picked.png"))
-                browser.close()
-        finally:
-            print(f"stack stopped with {stack.stop()}")
+        page.get_by_role("tab", name="Curves").click()
+        chart = page.locator(".vega-embed").first
+        page.wait_for_timeout(1500)
+        box = chart.bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.45)
+        page.wait_for_timeout(800)
+        page.screenshot(path=str(out / "study-hover.png"))
+        page.mouse.move(box["x"] + 5, box["y"] + 5)
+        legend = chart.locator("svg text", has_text="Freon")
+        if legend.count():
+            legend.first.click()
+            page.wait_for_timeout(800)
+            page.screenshot(path=str(out / "study-picked.png"))
+        browser.close()
 
 
 if __name__ == "__main__":

@@ -11,16 +11,14 @@ Needs Debian's Chromium at /usr/bin/chromium.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_faults import Stack, progress, wait_for  # noqa: E402
+from bench_faults import chromium, progress, shooting, wait_for  # noqa: E402
 
 from app.access import ENV_PASSWORD  # noqa: E402
 from engine.specs import expand, parse_study  # noqa: E402
@@ -48,72 +46,59 @@ def main() -> None:
 
     from tasks.submit import submit_study
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="docs/img")
-    args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        stack = Stack(Path(tmp) / "data", env={ENV_PASSWORD: PASSWORD})
-        stack.start()
-        url = f"http://127.0.0.1:{stack.port}"
+    env = {ENV_PASSWORD: PASSWORD}
+    with shooting(__doc__, env) as (out, stack, url), sync_playwright() as p:
+        browser = chromium(p)
+        size = {"width": 1400, "height": 1000}
+        editor = browser.new_page(viewport=size)
+        editor.goto(f"{url}/")
+        editor.get_by_label("Editor password").fill(PASSWORD)
+        editor.get_by_role("button", name="Sign in").click()
+        expect(editor.get_by_role("heading", name="Studies")).to_be_visible(
+            timeout=30_000)
+        submit_study(SPEC, stack.broker_url)
+        editor.goto(f"{url}/study?study={SPEC.study_id}")
+        expect(editor.get_by_text("Share and export")).to_be_visible(timeout=30_000)
+        editor.get_by_text("Share and export").click()
+        editor.get_by_role("button", name="Create a read-only link").click()
+        code = editor.locator("code", has_text="/shared?token=").first
+        expect(code).to_be_visible(timeout=30_000)
+        viewer = browser.new_context(viewport=size).new_page()
+        viewer.goto(code.inner_text().strip())
+        editor.goto(f"{url}/study?study={SPEC.study_id}")
+
+        def shoot(state: str) -> None:
+            for who, page in (("editor", editor), ("viewer", viewer)):
+                page.wait_for_timeout(4000)  # a live refresh or two: charts are drawn
+                page.screenshot(path=str(out / f"team-{who}-{state}.png"))
+            print(f"{state}: {ended(stack.broker_url)} of 6 runs ended", flush=True)
+
+        wait_for("a run to report", lambda: any(
+            progress(stack.broker_url, r.run_id).get("train_loss")
+            for r in expand(SPEC)), 120)
+        shoot("running")
+        wait_for("half the runs", lambda: ended(stack.broker_url) >= 3, 600)
+        shoot("half")
+
+        broker = stack.pids()["broker"]
+        os.kill(broker, signal.SIGSTOP)
+        t0 = time.monotonic()
         try:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(
-                    executable_path="/usr/bin/chromium",
-                    args=["--no-sandbox", "--headless", "--disable-gpu"])
-                size = {"width": 1400, "height": 1000}
-                editor = browser.new_page(viewport=size)
-                editor.goto(f"{url}/")
-                editor.get_by_label("Editor password").fill(PASSWORD)
-                editor.get_by_role("button", name="Sign in").click()
-                expect(editor.get_by_role("heading", name="Studies")).to_be_visible(
-                    timeout=30_000)
-                submit_study(SPEC, stack.broker_url)
-                editor.goto(f"{url}/study?study={SPEC.study_id}")
-                expect(editor.get_by_text("Share and export")).to_be_visible(timeout=30_000)
-                editor.get_by_text("Share and export").click()
-                editor.get_by_role("button", name="Create a read-only link").click()
-                code = editor.locator("code", has_text="/shared?token=").first
-                expect(code).to_be_visible(timeout=30_000)
-                viewer = browser.new_context(viewport=size).new_page()
-                viewer.goto(code.inner_text().strip())
-                editor.goto(f"{url}/study?study={SPEC.study_id}")
-
-                def shoot(state: str) -> None:
-                    for who, page in (("editor", editor), ("viewer", viewer)):
-                        page.wait_for_timeout(4000)  # a live refresh or two: charts are drawn
-                        page.screenshot(path=str(out / f"team-{who}-{state}.png"))
-                    print(f"{state}: {ended(stack.broker_url)} of 6 runs ended", flush=True)
-
-                wait_for("a run to report", lambda: any(
-                    progress(stack.broker_url, r.run_id).get("train_loss")
-                    for r in expand(SPEC)), 120)
-                shoot("running")
-                wait_for("half the runs", lambda: ended(stack.broker_url) >= 3, 600)
-                shoot("half")
-
-                broker = stack.pids()["broker"]
-                os.kill(broker, signal.SIGSTOP)
-                t0 = time.monotonic()
-                try:
-                    banner = editor.get_by_text("Broker unreachable since", exact=False)
-                    expect(banner).to_be_visible(timeout=120_000)
-                    print(f"banner after {time.monotonic() - t0:.1f} s", flush=True)
-                    editor.screenshot(path=str(out / "team-broker-unreachable.png"))
-                finally:
-                    os.kill(broker, signal.SIGCONT)
-                t1 = time.monotonic()
-                expect(banner).to_have_count(0, timeout=120_000)
-                print(f"banner gone {time.monotonic() - t1:.1f} s after the broker thawed",
-                      flush=True)
-
-                wait_for("every run", lambda: ended(stack.broker_url) == 6, 900)
-                expect(editor.get_by_text("6 of 6 runs done")).to_be_visible(timeout=60_000)
-                shoot("finished")
-                browser.close()
+            banner = editor.get_by_text("Broker unreachable since", exact=False)
+            expect(banner).to_be_visible(timeout=120_000)
+            print(f"banner after {time.monotonic() - t0:.1f} s", flush=True)
+            editor.screenshot(path=str(out / "team-broker-unreachable.png"))
         finally:
-            print(f"stack stopped with {stack.stop()}")
+            os.kill(broker, signal.SIGCONT)
+        t1 = time.monotonic()
+        expect(banner).to_have_count(0, timeout=120_000)
+        print(f"banner gone {time.monotonic() - t1:.1f} s after the broker thawed",
+              flush=True)
+
+        wait_for("every run", lambda: ended(stack.broker_url) == 6, 900)
+        expect(editor.get_by_text("6 of 6 runs done")).to_be_visible(timeout=60_000)
+        shoot("finished")
+        browser.close()
 
 
 if __name__ == "__main__":
