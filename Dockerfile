@@ -10,6 +10,7 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /srv/approximant
 COPY pyproject.toml README.md ./
+COPY approximant ./approximant
 COPY app ./app
 COPY engine ./engine
 COPY storage ./storage

@@ -225,7 +225,7 @@ def current() -> Principal:
     """
     import streamlit as st
 
-    from app.services import get_services
+    from approximant.app.services import get_services
 
     current_mode = mode()
     data_dir = get_services().data_dir
@@ -251,8 +251,8 @@ def current() -> Principal:
 
 
 def _token_study(token: str) -> str | None:
-    from app.services import get_services
-    from storage.shares import Shares
+    from approximant.app.services import get_services
+    from approximant.storage.shares import Shares
 
     if len(token) > 100:  # ours are 24 characters; a longer one is not worth a query
         return None

@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from app.access import Principal, require_editor
+from approximant.app.access import Principal, require_editor
 
 if TYPE_CHECKING:
-    from app.services import Services
-    from engine.approx.spec import LabSpec
-    from engine.specs import RunSpec, StudySpec
-    from tasks.lab import LabSubmission
-    from tasks.submit import Submission
+    from approximant.app.services import Services
+    from approximant.engine.approx.spec import LabSpec
+    from approximant.engine.specs import RunSpec, StudySpec
+    from approximant.tasks.lab import LabSubmission
+    from approximant.tasks.submit import Submission
 
 
 def _broker(services: Services, action: str) -> str:
@@ -27,21 +27,21 @@ def _broker(services: Services, action: str) -> str:
 
 def submit_study(who: Principal, services: Services, spec: StudySpec) -> Submission:
     require_editor(who, f"launch study {spec.study_id}")
-    from tasks.submit import submit_study as submit
+    from approximant.tasks.submit import submit_study as submit
 
     return submit(spec, _broker(services, "launch"))
 
 
 def cancel_study(who: Principal, services: Services, study_id: str) -> None:
     require_editor(who, f"cancel study {study_id}")
-    from tasks.submit import cancel_study as cancel
+    from approximant.tasks.submit import cancel_study as cancel
 
     cancel(study_id, _broker(services, "cancel"))
 
 
 def cancel_runs(who: Principal, services: Services, run_ids: Sequence[str]) -> None:
     require_editor(who, f"cancel {len(run_ids)} run(s)")
-    from tasks.submit import cancel_run
+    from approximant.tasks.submit import cancel_run
 
     url = _broker(services, "cancel")
     for rid in run_ids:
@@ -51,7 +51,7 @@ def cancel_runs(who: Principal, services: Services, run_ids: Sequence[str]) -> N
 def rerun_runs(who: Principal, services: Services, runs: list[RunSpec],
                keep_cancelled: Sequence[str]) -> int:
     require_editor(who, f"re-run {len(runs)} run(s)")
-    from tasks.submit import rerun
+    from approximant.tasks.submit import rerun
 
     return rerun(runs, _broker(services, "re-run"), keep_cancelled=keep_cancelled)
 
@@ -59,7 +59,7 @@ def rerun_runs(who: Principal, services: Services, runs: list[RunSpec],
 def add_seeds(who: Principal, services: Services, spec: StudySpec, existing: list[RunSpec],
               label: str, seeds: list[int], keep_cancelled: Sequence[str]) -> Submission:
     require_editor(who, f"add seeds to {spec.study_id}")
-    from tasks.submit import add_seeds as add
+    from approximant.tasks.submit import add_seeds as add
 
     return add(spec, existing, label, seeds, _broker(services, "add seeds"),
                keep_cancelled=keep_cancelled)
@@ -67,14 +67,14 @@ def add_seeds(who: Principal, services: Services, spec: StudySpec, existing: lis
 
 def create_share(who: Principal, services: Services, study_id: str) -> str:
     require_editor(who, f"share study {study_id}")
-    from storage.shares import Shares
+    from approximant.storage.shares import Shares
 
     return Shares(services.db).create(study_id)
 
 
 def revoke_share(who: Principal, services: Services, token: str) -> None:
     require_editor(who, "revoke a share link")
-    from storage.shares import Shares
+    from approximant.storage.shares import Shares
 
     Shares(services.db).revoke(token)
 
@@ -82,13 +82,13 @@ def revoke_share(who: Principal, services: Services, token: str) -> None:
 def submit_lab(who: Principal, services: Services, spec: LabSpec,
                matrices: dict) -> LabSubmission:
     require_editor(who, f"run lab job {spec.job_id}")
-    from tasks.lab import submit_lab as submit
+    from approximant.tasks.lab import submit_lab as submit
 
     return submit(spec, _broker(services, "lab job"), matrices)
 
 
 def cancel_lab(who: Principal, services: Services, job_id: str) -> None:
     require_editor(who, f"cancel lab job {job_id}")
-    from tasks.lab import cancel_lab as cancel
+    from approximant.tasks.lab import cancel_lab as cancel
 
     cancel(job_id, _broker(services, "cancel"))

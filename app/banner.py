@@ -12,7 +12,7 @@ import time
 
 import streamlit as st
 
-from app.services import Services
+from approximant.app.services import Services
 
 # url paths whose page calls ``broker_banner`` inside its live fragment
 LIVE_PAGES = ("study",)

@@ -6,7 +6,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from app.labels import MISSING, metric_title
+from approximant.app.labels import MISSING, metric_title
 
 # Okabe & Ito's colour-blind-safe set (Color Universal Design), its yellow (too pale on white,
 # and a darkened one is orange's twin) replaced by Paul Tol's wine. Beyond eight groups no

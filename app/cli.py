@@ -22,16 +22,22 @@ from typing import Protocol
 
 import redis
 
-from app.config import Stack, data_dir, read_stack, remove_stack, write_stack
-from storage.stream import TERMINAL
-from tasks.broker import ENV_BROKER, EmbeddedBroker, check_broker, explicit_broker, masked
+from approximant.app.config import Stack, data_dir, read_stack, remove_stack, write_stack
+from approximant.storage.stream import TERMINAL
+from approximant.tasks.broker import (
+    ENV_BROKER,
+    EmbeddedBroker,
+    check_broker,
+    explicit_broker,
+    masked,
+)
 
 log = logging.getLogger("approximant")
 
 
 def _child(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     # A session of its own: Ctrl-C reaches only us, and we stop the children in order.
-    return subprocess.Popen([sys.executable, "-m", "app.cli", *args],
+    return subprocess.Popen([sys.executable, "-m", "approximant.app.cli", *args],
                             env={**os.environ, **(env or {})}, start_new_session=True)
 
 
@@ -232,7 +238,7 @@ def _make_private_dir(directory: Path) -> None:
 # -- up ----------------------------------------------------------------------------------------
 def _refuse_open_bind(command: str, host: str) -> bool:
     """Print why ``host`` may not be served as configured (access control); True if refused."""
-    from app.access import bind_refusal
+    from approximant.app.access import bind_refusal
 
     reason = bind_refusal(host)
     if reason:
@@ -293,7 +299,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     if _refuse_open_bind("dashboard", args.host):
         return 2
-    from app.server import serve
+    from approximant.app.server import serve
 
     return serve(data_dir(args.data_dir), explicit_broker(args.broker), args.host, args.port)
 
@@ -310,7 +316,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             return 2
         url = stack.broker_url
     check_broker(url)
-    from tasks.celery_app import app, configure
+    from approximant.tasks.celery_app import app, configure
 
     configure(url)
     os.environ["APPROXIMANT_WORKER_CONCURRENCY"] = str(args.concurrency)
@@ -345,7 +351,7 @@ def _print_progress(runs, states: dict[str, dict[str, str]], last: dict[str, str
 
 def _wait_for_runs(runs, url: str, worker: subprocess.Popen | None = None,
                    poll_s: float = 1.0) -> dict[str, dict[str, str]]:
-    from tasks.submit import progress
+    from approximant.tasks.submit import progress
 
     last: dict[str, str] = {}
     while True:
@@ -361,9 +367,9 @@ def _wait_for_runs(runs, url: str, worker: subprocess.Popen | None = None,
 
 
 def _list_presets() -> int:
-    from app.presets import presets
-    from engine.errors import SpecError
-    from engine.specs import parse_study
+    from approximant.app.presets import presets
+    from approximant.engine.errors import SpecError
+    from approximant.engine.specs import parse_study
 
     found = presets()
     if not found:
@@ -382,7 +388,7 @@ def _list_presets() -> int:
 def _read_spec(args: argparse.Namespace) -> tuple[str, str] | int:
     """Where the spec comes from (for messages) and its text, from a file or a preset; an
     exit code when neither can be read."""
-    from app import presets
+    from approximant.app import presets
 
     if bool(args.spec) == bool(args.preset):
         print("run: give a spec file or --preset NAME (one of them; --list-presets lists the "
@@ -403,10 +409,10 @@ def _read_spec(args: argparse.Namespace) -> tuple[str, str] | int:
 def cmd_run(args: argparse.Namespace) -> int:
     import tomllib
 
-    from app.presets import shorten
-    from engine.errors import SpecError
-    from engine.specs import parse_study, parse_study_toml
-    from tasks.submit import submit_study
+    from approximant.app.presets import shorten
+    from approximant.engine.errors import SpecError
+    from approximant.engine.specs import parse_study, parse_study_toml
+    from approximant.tasks.submit import submit_study
 
     if args.list_presets:
         return _list_presets()
@@ -481,9 +487,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _own_stack(directory: Path, args: argparse.Namespace) -> dict:
     """Broker, worker and recorder for the length of one headless ``run``."""
-    from storage.db import Database
-    from storage.recorder import Recorder
-    from storage.stream import EventStream, connect
+    from approximant.storage.db import Database
+    from approximant.storage.recorder import Recorder
+    from approximant.storage.stream import EventStream, connect
 
     _make_private_dir(directory)
     db = Database.in_dir(directory)
@@ -583,9 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Each claim of the paper against the given studies: verdicts, numbers and figures."""
-    from app import reproduction
-    from storage.db import Database
-    from storage.queries import Queries
+    from approximant.app import reproduction
+    from approximant.storage.db import Database
+    from approximant.storage.queries import Queries
 
     notes = Path(args.notes).read_text() if args.notes else ""
     db = Database.in_dir(data_dir(args.data_dir))  # refuses clearly if a dashboard owns it
@@ -608,12 +614,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Write a study's snapshot (HTML) and raw data (Parquet), as the study page's downloads."""
     from urllib.parse import parse_qsl
 
-    from app.report import StudyData, View, build
-    from app.snapshot import build_snapshot
-    from storage.analytics import Analytics
-    from storage.db import Database
-    from storage.export import study_parquet
-    from storage.queries import Queries
+    from approximant.app.report import StudyData, View, build
+    from approximant.app.snapshot import build_snapshot
+    from approximant.storage.analytics import Analytics
+    from approximant.storage.db import Database
+    from approximant.storage.export import study_parquet
+    from approximant.storage.queries import Queries
 
     db = Database.in_dir(data_dir(args.data_dir))  # refuses clearly if a dashboard owns it
     try:
@@ -661,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         old_umask = os.umask(PRIVATE_UMASK)
     try:
         if args.command in ("up", "worker", "run"):
-            from tasks.celery_app import checkpoint_every_s
+            from approximant.tasks.celery_app import checkpoint_every_s
 
             checkpoint_every_s()  # a bad setting fails here, not later inside every run
         return int(args.func(args) or 0)

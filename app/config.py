@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.broker import write_private
+from approximant.tasks.broker import write_private
 
 ENV_DATA_DIR = "APPROXIMANT_DATA_DIR"
 DEFAULT_DATA_DIR = ".approximant"

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic.fields import FieldInfo
 
-from engine.errors import SpecError
+from approximant.engine.errors import SpecError
 
 _SPLIT = re.compile(r"[,\s;]+")
 

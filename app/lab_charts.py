@@ -18,9 +18,9 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
-from app.charts import palette_scale
-from app.labels import GLYPHS
-from engine.approx.methods import POWER_MAPS
+from approximant.app.charts import palette_scale
+from approximant.app.labels import GLYPHS
+from approximant.engine.approx.methods import POWER_MAPS
 
 ERROR_TITLE = "relative error ‖·‖₂ (fp64 SVD reference)"
 ERROR_SUBTITLE = ("‖X − T‖₂ / ‖T‖₂: spectral-norm distance of the output X from the target T "
@@ -127,7 +127,7 @@ def method_name(map_name: str, options: dict[str, Any], c: float | None = None) 
 
 
 def _schedule_steps(schedule: str) -> int | None:
-    from engine.spectral.newton_schulz import newton_schulz_rows
+    from approximant.engine.spectral.newton_schulz import newton_schulz_rows
 
     try:
         return len(newton_schulz_rows(schedule, None))
@@ -140,7 +140,7 @@ def method_names(spec: dict[str, Any]) -> dict[str, str]:
 
     ``spec`` is the job's spec as stored (``LabSpec.model_dump(mode="json")``).
     """
-    from engine.approx.spec import LabMethod
+    from approximant.engine.approx.spec import LabMethod
 
     c = spec.get("c")
     out: dict[str, str] = {}

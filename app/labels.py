@@ -11,7 +11,7 @@ import math
 import re
 from fractions import Fraction
 
-from engine.optimizers import OPTIMIZERS
+from approximant.engine.optimizers import OPTIMIZERS
 
 METRIC_TITLES = {
     "train_loss": "Training loss",
@@ -148,7 +148,7 @@ _PROBLEM = re.compile(r"^(?P<path>[A-Za-z_][\w.]*): (?P<rest>.*)$", re.S)
 def field_title(path: str, spec: dict | None = None) -> str | None:
     """``optimizers.1.grid.lr`` → ``AdamW lr`` (the optimizer named by the spec at index 1),
     ``workload.settings.hidden`` → ``Digits MLP hidden``; None for a path of another shape."""
-    from engine.workloads import WORKLOADS
+    from approximant.engine.workloads import WORKLOADS
 
     parts = path.split(".")
     spec = spec if isinstance(spec, dict) else {}

@@ -7,23 +7,16 @@ are the only pages registered for it, so a page it may not open cannot run at al
 from __future__ import annotations
 
 import logging
-import sys
-from pathlib import Path
 
-# Streamlit runs this file as a script; make the project's packages importable from a checkout.
-_root = str(Path(__file__).resolve().parent.parent)
-if _root not in sys.path:
-    sys.path.insert(0, _root)
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from app import access  # noqa: E402
-from app.banner import LIVE_PAGES, broker_banner  # noqa: E402
-from app.navigation import all_pages, every_path  # noqa: E402
-from app.services import get_services  # noqa: E402
-from app.text import plain  # noqa: E402
-from app.views.signin import render_signed_in, render_signin  # noqa: E402
-from app.views.study import render_shared  # noqa: E402
+from approximant.app import access
+from approximant.app.banner import LIVE_PAGES, broker_banner
+from approximant.app.navigation import all_pages, every_path
+from approximant.app.services import get_services
+from approximant.app.text import plain
+from approximant.app.views.signin import render_signed_in, render_signin
+from approximant.app.views.study import render_shared
 
 st.set_page_config(page_title="Approximant", page_icon=":material/science:", layout="wide")
 services = get_services()

@@ -13,11 +13,11 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from app import charts, labels
-from app.view_state import Setting, flag, metric_name, optional_float, unit_interval
-from storage import analytics as an
-from storage import stats
-from storage.queries import Queries
+from approximant.app import charts, labels
+from approximant.app.view_state import Setting, flag, metric_name, optional_float, unit_interval
+from approximant.storage import analytics as an
+from approximant.storage import stats
+from approximant.storage.queries import Queries
 
 BAND_LABELS = {"std": "± std", "sem": "± standard error", "t": "95 % CI (Student t)",
                "minmax": "min–max", "bootstrap": "bootstrap 95 % CI", "none": "no band"}

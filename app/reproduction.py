@@ -25,12 +25,12 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from app import charts, labels
-from app.labels import MISSING, fmt
-from storage import analytics as an
-from storage import stats
-from storage.db import Database
-from storage.queries import Queries
+from approximant.app import charts, labels
+from approximant.app.labels import MISSING, fmt
+from approximant.storage import analytics as an
+from approximant.storage import stats
+from approximant.storage.db import Database
+from approximant.storage.queries import Queries
 
 METRIC = "val_loss"
 MEASURE = "final"
@@ -693,8 +693,8 @@ def _not_reproduced(verdicts: dict[int, list[Finding]]) -> str:
 
 def resolve(q: Queries, what: str) -> str:
     """A study id from its id, its exact name, or the name of a preset it was run from."""
-    from app import presets
-    from engine.specs import parse_study
+    from approximant.app import presets
+    from approximant.engine.specs import parse_study
 
     studies = q.studies()
     match = studies[(studies["study_id"] == what) | (studies["name"] == what)]

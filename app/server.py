@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from app.config import ENV_DATA_DIR
-from app.services import get_services
-from tasks.broker import ENV_BROKER
+from approximant.app.config import ENV_DATA_DIR
+from approximant.app.services import get_services
+from approximant.tasks.broker import ENV_BROKER
 
 MAIN_SCRIPT = str(Path(__file__).resolve().parent / "main.py")
 log = logging.getLogger(__name__)
@@ -34,10 +34,10 @@ def warm_up() -> None:
     import altair as alt
     import pandas as pd
 
-    import app.views
+    from approximant.app import views
 
-    for module in pkgutil.iter_modules(app.views.__path__):
-        importlib.import_module(f"app.views.{module.name}")
+    for module in pkgutil.iter_modules(views.__path__):
+        importlib.import_module(f"approximant.app.views.{module.name}")
     # Altair builds its JSON-schema validator on the first chart it validates.
     alt.Chart(pd.DataFrame({"x": [0.0, 1.0]})).mark_line().encode(x="x:Q", y="x:Q").to_dict()
     log.info("pages warmed up in %.1f s", time.perf_counter() - t0)

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import redis
 
-from app.config import data_dir
-from storage.db import Database
-from storage.queries import Queries
-from storage.recorder import Recorder, RecorderBusy
-from storage.stream import BROKER_ERRORS, EventStream, connect
-from tasks.broker import ENV_BROKER, masked
+from approximant.app.config import data_dir
+from approximant.storage.db import Database
+from approximant.storage.queries import Queries
+from approximant.storage.recorder import Recorder, RecorderBusy
+from approximant.storage.stream import BROKER_ERRORS, EventStream, connect
+from approximant.tasks.broker import ENV_BROKER, masked
 
 log = logging.getLogger(__name__)
 

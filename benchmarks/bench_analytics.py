@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from storage import analytics as an  # noqa: E402
-from storage.db import Database  # noqa: E402
-from storage.synthetic import OPTIMIZERS, synthetic_study  # noqa: E402
+from approximant.storage import analytics as an
+from approximant.storage.db import Database
+from approximant.storage.synthetic import OPTIMIZERS, synthetic_study
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -44,7 +41,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
 
-    from app import charts
+    from approximant.app import charts
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-analytics-"))
     db = Database.in_dir(tmp)
@@ -84,7 +81,7 @@ def main() -> None:
 
     from streamlit.testing.v1 import AppTest
 
-    from app.services import open_services, set_services
+    from approximant.app.services import open_services, set_services
 
     services = open_services(tmp, None)
     set_services(services)

@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 # Installed before any page script: timestamps (ms since navigation start, the page's clock) of
 # every websocket message, of long tasks, and of the first chart marks drawn. A chart with few
@@ -93,9 +92,28 @@ PROBE_JS = """
 
 
 def _launch(p):
-    from tests.test_browser import launch  # the test suite's Chromium, with the same flags
+    from bench_faults import chromium
 
-    return launch(p)
+    return chromium(p)
+
+
+def _importable(tree: Path, tmp: Path) -> tuple[str, Path]:
+    """The CLI module of checkout ``tree`` and the folder to put on PYTHONPATH so that the
+    stack imports that checkout's code, not the installed copy's.
+
+    The layer folders install as ``approximant.<layer>`` (pyproject's package-dir), which a
+    bare checkout on PYTHONPATH does not give: a folder of links stands in for the install.
+    Checkouts from before that namespace import their folders as top-level packages."""
+    if not (tree / "approximant").is_dir():
+        return "app.cli", tree
+    pkg = tmp / f"importable-{tree.name}" / "approximant"
+    if not pkg.exists():
+        pkg.mkdir(parents=True)
+        for item in (tree / "approximant").iterdir():
+            (pkg / item.name).symlink_to(item)
+        for layer in ("app", "engine", "storage", "tasks"):
+            (pkg / layer).symlink_to(tree / layer, target_is_directory=True)
+    return "approximant.app.cli", pkg.parent
 
 
 def _dashboard_pid(port: int) -> int | None:
@@ -108,7 +126,7 @@ def _dashboard_pid(port: int) -> int | None:
             args = (proc / "cmdline").read_bytes().decode().split("\0")
         except OSError:
             continue
-        if "app.cli" in args and all(w in args for w in want):
+        if "approximant.app.cli" in args and all(w in args for w in want):
             return int(proc.name)
     return None
 
@@ -146,7 +164,7 @@ def _main_thread_cpu_ms(trace: bytes) -> float:
 
 
 def _free_port() -> int:
-    from tasks.broker import free_port
+    from approximant.tasks.broker import free_port
 
     return free_port()
 
@@ -166,11 +184,12 @@ def stack(tree: Path, data: Path, workers: int, log: Path,
     health check answers."""
     port = _free_port()
     out = open(log, "a")  # noqa: SIM115 - closed below
+    module, path = _importable(tree, log.parent)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "up", "--data-dir", str(data), "--port", str(port),
+        [sys.executable, "-m", module, "up", "--data-dir", str(data), "--port", str(port),
          "--workers", str(workers)],
         stdout=out, stderr=subprocess.STDOUT, cwd=tree,
-        env={**os.environ, "APPROXIMANT_BROKER_URL": "", "PYTHONPATH": str(tree),
+        env={**os.environ, "APPROXIMANT_BROKER_URL": "", "PYTHONPATH": str(path),
              **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
@@ -312,8 +331,8 @@ def _report(name: str, loads: list[Load]) -> None:
 # -- part 1: the study page ------------------------------------------------------------------------
 
 def build_study(data: Path, optimizers: int, lrs: int, seeds: int, steps: int) -> str:
-    from storage.db import Database
-    from storage.synthetic import OPTIMIZERS, synthetic_study
+    from approximant.storage.db import Database
+    from approximant.storage.synthetic import OPTIMIZERS, synthetic_study
 
     db = Database.in_dir(data)
     try:
@@ -411,7 +430,7 @@ class BrokerWatch:
         self.times.setdefault(name, t if t is not None else time.time())
 
     def _loop(self) -> None:
-        from tasks.publisher import PROGRESS_KEY
+        from approximant.tasks.publisher import PROGRESS_KEY
 
         seen_metrics: set[bytes] = set()
         while not self.stop.is_set():
@@ -462,7 +481,7 @@ def run_once(browser, url: str, client, name: str, steps: int) -> dict[str, floa
 
     from playwright.sync_api import expect
 
-    from tasks.publisher import PROGRESS_KEY
+    from approximant.tasks.publisher import PROGRESS_KEY
 
     ctx, page, payloads = _probed_page(browser)
     try:
@@ -516,7 +535,7 @@ def part_run(args: argparse.Namespace, tmp: Path) -> None:
     import redis
     from playwright.sync_api import sync_playwright
 
-    from app.config import read_stack
+    from approximant.app.config import read_stack
 
     trees = _trees(args)
     results: dict[str, list[dict[str, float]]] = {n: [] for n in trees}

@@ -38,12 +38,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from approximant.engine.specs import RunSpec, StudySpec, parse_study
+from approximant.tasks.broker import free_port
 
-from engine.specs import RunSpec, StudySpec, parse_study  # noqa: E402
-from tasks.broker import free_port  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 FAULTS = ("worker", "broker", "dashboard")
 PER_STEP = ("train_loss", "lr", "step_time", "grad_norm")
@@ -94,8 +92,8 @@ def children(pid: int) -> dict[str, int]:
             cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except (OSError, IndexError, ValueError):
             continue
-        for role, marker in (("broker", "valkey-server"), ("worker", "app.cli worker"),
-                             ("dashboard", "app.cli dashboard")):
+        for role, marker in (("broker", "valkey-server"), ("worker", "approximant.app.cli worker"),
+                             ("dashboard", "approximant.app.cli dashboard")):
             if marker in cmd:
                 out[role] = int(stat.parent.name)
     return out
@@ -120,7 +118,7 @@ class Stack:
         env = {**os.environ, "APPROXIMANT_TORCH_THREADS": "1", **self.env}
         env.pop("APPROXIMANT_BROKER_URL", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "up", "--data-dir", str(self.data_dir),
+            [sys.executable, "-m", "approximant.app.cli", "up", "--data-dir", str(self.data_dir),
              "--port", str(self.port), "--workers", "1"],
             stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         wait_for("the stack to start", lambda: self.healthy() and self.worker_ready(), timeout)
@@ -182,19 +180,22 @@ def shooting(doc: str, env: dict[str, str] | None = None) -> Iterator[tuple[Path
 
 def chromium(playwright):
     """Debian's headless Chromium (never a downloaded one)."""
-    return playwright.chromium.launch(executable_path="/usr/bin/chromium",
-                                      args=["--no-sandbox", "--headless", "--disable-gpu"])
+    return playwright.chromium.launch(
+        executable_path="/usr/bin/chromium",
+        args=["--no-sandbox", "--headless", "--disable-gpu", "--disable-dev-shm-usage",
+              "--disable-background-networking", "--disable-component-update", "--no-first-run"],
+    )
 
 
 def progress(url: str, run_id: str) -> dict[str, str]:
-    from tasks.submit import progress as read
+    from approximant.tasks.submit import progress as read
 
     return read([run_id], url)[run_id]
 
 
 def audit(data_dir: Path, runs: list[RunSpec]) -> dict:
     """Rows of each run's latest attempt against the expected ones; run statuses."""
-    from storage.db import Database
+    from approximant.storage.db import Database
 
     db = Database.in_dir(data_dir)
     try:
@@ -223,8 +224,8 @@ def audit(data_dir: Path, runs: list[RunSpec]) -> dict:
 def scenario(fault: str, workdir: Path, steps: int, lease_s: int,
              timeout: float = 240) -> dict:
     """One fault on a fresh stack; the figures of the report's row for it."""
-    from tasks.run import CHECKPOINT_KEY
-    from tasks.submit import submit_study
+    from approximant.tasks.run import CHECKPOINT_KEY
+    from approximant.tasks.submit import submit_study
 
     stack = Stack(workdir / f"data-{fault}", {"APPROXIMANT_LEASE_S": str(lease_s),
                                               "APPROXIMANT_CHECKPOINT_S": "1"})
@@ -234,7 +235,7 @@ def scenario(fault: str, workdir: Path, steps: int, lease_s: int,
         spec = study(steps, f"faults: {fault}")
         runs = submit_study(spec, url).runs
         first = runs[0].run_id
-        from storage.stream import connect
+        from approximant.storage.stream import connect
 
         client = connect(url)
         wait_for("the first checkpoint", lambda: client.exists(
@@ -282,7 +283,7 @@ def stack_password(stack: Stack) -> str:
 
 
 def progress_message(stack: Stack, run_id: str) -> str | None:
-    from storage.db import Database
+    from approximant.storage.db import Database
 
     db = Database.in_dir(stack.data_dir)
     try:

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from engine.optimizers import build_optimizer
-from engine.specs import expand, parse_study
-from engine.training import train
-from engine.workloads import get_workload
+from approximant.engine.optimizers import build_optimizer
+from approximant.engine.specs import expand, parse_study
+from approximant.engine.training import train
+from approximant.engine.workloads import get_workload
 
 
 def make_run(steps: int, eval_every: int):
@@ -67,15 +67,15 @@ def _forget(url: str, run_id: str) -> None:
     """Clear the run's progress and lease so the next repeat trains it again."""
     import redis
 
-    from tasks.publisher import LEASE_KEY, PROGRESS_KEY
-    from tasks.submit import SUBMITTED_KEY
+    from approximant.tasks.publisher import LEASE_KEY, PROGRESS_KEY
+    from approximant.tasks.submit import SUBMITTED_KEY
 
     redis.Redis.from_url(url).delete(*(k.format(run_id=run_id)
                                        for k in (PROGRESS_KEY, LEASE_KEY, SUBMITTED_KEY)))
 
 
 def published(run, url: str) -> float:
-    from tasks.run import execute_run
+    from approximant.tasks.run import execute_run
 
     _forget(url, run.run_id)
     t0 = time.perf_counter()
@@ -86,8 +86,8 @@ def published(run, url: str) -> float:
 def full(spec, url: str) -> float:
     import redis
 
-    from tasks.publisher import PROGRESS_KEY
-    from tasks.submit import submit_study
+    from approximant.tasks.publisher import PROGRESS_KEY
+    from approximant.tasks.submit import submit_study
 
     for r in expand(spec):
         _forget(url, r.run_id)
@@ -115,11 +115,11 @@ def main() -> None:
     import subprocess
     import sys
 
-    from storage.db import Database
-    from storage.recorder import Recorder
-    from storage.stream import EventStream, connect
-    from tasks.broker import EmbeddedBroker
-    from tasks.celery_app import configure
+    from approximant.storage.db import Database
+    from approximant.storage.recorder import Recorder
+    from approximant.storage.stream import EventStream, connect
+    from approximant.tasks.broker import EmbeddedBroker
+    from approximant.tasks.celery_app import configure
 
     spec, run = make_run(args.steps, args.eval_every)
     times: dict[str, list[float]] = {k: [] for k in ("bare", "engine", "published", "full")}
@@ -135,7 +135,8 @@ def main() -> None:
                         "runs": [run.model_dump(mode="json")], "ts": time.time()}])
         bare(run)  # warm-up: imports, data loading, allocator
         worker = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--broker", url, "--loglevel", "WARNING"],
+            [sys.executable, "-m", "approximant.app.cli", "worker", "--broker", url,
+             "--loglevel", "WARNING"],
             env={**os.environ, "APPROXIMANT_TORCH_THREADS": str(args.threads)},
         )
         try:

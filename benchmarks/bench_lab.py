@@ -25,14 +25,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from engine.approx.bench import RESULT_FIELDS, CaseResult, run_lab  # noqa: E402
-from engine.approx.methods import quintic_rows  # noqa: E402
-from engine.approx.spec import default_lab  # noqa: E402
-from engine.spectral.qdwh import qdwh_coefficients  # noqa: E402
+from approximant.engine.approx.bench import RESULT_FIELDS, CaseResult, run_lab
+from approximant.engine.approx.methods import quintic_rows
+from approximant.engine.approx.spec import default_lab
+from approximant.engine.spectral.qdwh import qdwh_coefficients
 
 
 def _in_process(device: str) -> None:
@@ -74,20 +72,19 @@ def _through_worker() -> None:
     """Submit the default job to a real worker process; time submit → last row in DuckDB."""
     import subprocess
 
-    from storage.db import Database
-    from storage.lab import LabQueries
-    from storage.recorder import Recorder
-    from storage.stream import EventStream, connect
-    from tasks.broker import EmbeddedBroker
-    from tasks.lab import submit_lab
+    from approximant.storage.db import Database
+    from approximant.storage.lab import LabQueries
+    from approximant.storage.recorder import Recorder
+    from approximant.storage.stream import EventStream, connect
+    from approximant.tasks.broker import EmbeddedBroker
+    from approximant.tasks.lab import submit_lab
 
     with tempfile.TemporaryDirectory() as tmp:
         broker = EmbeddedBroker(Path(tmp) / "broker")
         url = broker.start()
-        env = {**os.environ, "APPROXIMANT_TORCH_THREADS": str(torch.get_num_threads()),
-               "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--broker", url,
-                                   "--loglevel", "WARNING"], env=env)
+        env = {**os.environ, "APPROXIMANT_TORCH_THREADS": str(torch.get_num_threads())}
+        worker = subprocess.Popen([sys.executable, "-m", "approximant.app.cli", "worker",
+                                   "--broker", url, "--loglevel", "WARNING"], env=env)
         db = Database(Path(tmp) / "lab.duckdb")
         try:
             rec = Recorder(db, EventStream(connect(url)))

@@ -24,19 +24,15 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from engine.errors import MapError  # noqa: E402
-from engine.spectral import apply_map  # noqa: E402
-from engine.spectral.common import sync  # noqa: E402
-from engine.spectral.testing import controlled_matrix  # noqa: E402
+from approximant.engine.errors import MapError
+from approximant.engine.spectral import apply_map
+from approximant.engine.spectral.common import sync
+from approximant.engine.spectral.testing import controlled_matrix
 
 
 def _time_interleaved(fns: list[Callable[[], torch.Tensor]], device: torch.device,

@@ -19,16 +19,12 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from engine.spectral.common import sync  # noqa: E402
-from engine.spectral.optimizer import SpectralOptimizer, configure_map  # noqa: E402
+from approximant.engine.spectral.common import sync
+from approximant.engine.spectral.optimizer import SpectralOptimizer, configure_map
 
 SHAPE_SETS = {
     # The hidden matrices of the tiny_gpt workload's defaults (width 64, depth 2): per block

@@ -15,17 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from engine.specs import expand, parse_study  # noqa: E402
-from engine.training import train  # noqa: E402
-from engine.workloads import WORKLOADS  # noqa: E402
+from approximant.engine.specs import expand, parse_study
+from approximant.engine.training import train
+from approximant.engine.workloads import WORKLOADS
 
 # AdamW learning rates that make each default workload learn (not tuned beyond that).
 LR = {"digits_mlp": 3e-3, "digits_cnn": 3e-3, "random_features": 1e-2, "tiny_gpt": 3e-3}

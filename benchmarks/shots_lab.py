@@ -13,13 +13,10 @@ Needs Debian's Chromium at /usr/bin/chromium.
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_faults import chromium, shooting, wait_for  # noqa: E402
+from bench_faults import chromium, shooting, wait_for
 
-from engine.approx.spec import (  # noqa: E402
+from approximant.engine.approx.spec import (
     DEFAULT_SHAPES,
     DEFAULT_SPECTRA,
     POLAR_METHODS,
@@ -62,7 +59,7 @@ def progress(page) -> tuple[str, int, int] | None:
 def main() -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    from tasks.lab import submit_lab
+    from approximant.tasks.lab import submit_lab
 
     with shooting(__doc__) as (out, stack, url), sync_playwright() as p:
         browser = chromium(p)

@@ -11,14 +11,10 @@ Debian's Chromium at /usr/bin/chromium.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from bench_faults import chromium, progress, shooting, wait_for
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_faults import chromium, progress, shooting, wait_for  # noqa: E402
-
-from engine.specs import expand, parse_study  # noqa: E402
-from storage.stream import TERMINAL  # noqa: E402
+from approximant.engine.specs import expand, parse_study
+from approximant.storage.stream import TERMINAL
 
 SPEC = parse_study({
     "name": "digits: Freon vs Muon vs AdamW vs SGD",
@@ -45,7 +41,7 @@ def ended(url: str) -> int:
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
-    from tasks.submit import submit_study
+    from approximant.tasks.submit import submit_study
 
     n = len(expand(SPEC))
     with shooting(__doc__) as (out, stack, url), sync_playwright() as p:

@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_faults import chromium, progress, shooting, wait_for  # noqa: E402
+from bench_faults import chromium, progress, shooting, wait_for
 
-from app.access import ENV_PASSWORD  # noqa: E402
-from engine.specs import expand, parse_study  # noqa: E402
-from storage.stream import TERMINAL  # noqa: E402
+from approximant.app.access import ENV_PASSWORD
+from approximant.engine.specs import expand, parse_study
+from approximant.storage.stream import TERMINAL
 
 PASSWORD = "correct horse battery staple"
 SPEC = parse_study({
@@ -44,7 +41,7 @@ def ended(url: str) -> int:
 def main() -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    from tasks.submit import submit_study
+    from approximant.tasks.submit import submit_study
 
     env = {ENV_PASSWORD: PASSWORD}
     with shooting(__doc__, env) as (out, stack, url), sync_playwright() as p:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from engine.workloads.base import Task
+from approximant.engine.workloads.base import Task
 
 
 @dataclass

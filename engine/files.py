@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from engine.errors import control_chars, named, short
+from approximant.engine.errors import control_chars, named, short
 
 ENV = "APPROXIMANT_FILES_DIR"
 MAX_PATH_CHARS = 4096

@@ -17,10 +17,10 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from engine.errors import short
-from engine.spectral.common import DTYPES
-from engine.spectral.freon import SUPPORTED_C
-from engine.spectral.optimizer import ConfiguredMap, SpectralOptimizer, configure_map
+from approximant.engine.errors import short
+from approximant.engine.spectral.common import DTYPES
+from approximant.engine.spectral.freon import SUPPORTED_C
+from approximant.engine.spectral.optimizer import ConfiguredMap, SpectralOptimizer, configure_map
 
 
 class HParams(BaseModel):
@@ -60,6 +60,15 @@ class SpectralParams(HParams):
     adamw_lr: float = Field(1e-3, gt=0, le=10, description="AdamW lr for non-matrix parameters")
     adamw_weight_decay: float = Field(0.0, ge=0, le=1)
 
+    def spectral_map(self) -> ConfiguredMap:
+        """The map ``M ↦ D`` these parameters configure."""
+        raise NotImplementedError
+
+    def step_options(self) -> dict[str, Any]:
+        """SpectralOptimizer's keyword arguments besides the map."""
+        return dict(lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
+                    weight_decay=self.weight_decay, shape_scale=self.shape_scale)
+
 
 class MuonParams(SpectralParams):
     ns_steps: int = Field(5, ge=1, le=20)
@@ -69,6 +78,10 @@ class MuonParams(SpectralParams):
     ns_dtype: Literal["bfloat16", "float32"] = Field(
         "bfloat16", description="Newton–Schulz arithmetic (bfloat16 matches torch.optim.Muon)"
     )
+
+    def spectral_map(self) -> ConfiguredMap:
+        return configure_map("newton_schulz", schedule=self.schedule, steps=self.ns_steps,
+                             dtype=DTYPES[self.ns_dtype], eps=1e-7)
 
 
 class TorchMuonParams(HParams):
@@ -115,6 +128,26 @@ class FreonParams(SpectralParams):
             )
         return self
 
+    def exponent(self) -> float:
+        """c as the map uses it: the rational iteration's supported fraction nearest c."""
+        return _snap_c(self.c) if self.method == "rational" else self.c  # validated: not None
+
+    def spectral_map(self) -> ConfiguredMap:
+        # The map sees M/‖M‖_F (prescale), so the floor is relative and, for the rational
+        # iteration, ‖M‖_F ≤ 1 gives the scale and ℓ₀ = δ/scale from shapes alone.
+        c, dtype = self.exponent(), DTYPES[self.dtype]
+        if self.method == "rational":
+            # probe=False: in training the schedule stays a function of the options alone (no
+            # host sync; momentum matrices are rarely conditioned well enough for it to pay).
+            return configure_map("freon", prescale=True, c=c, delta=self.floor, dtype=dtype,
+                                 norm_bound=1.0, probe=False)
+        name = "spectral_power" if self.method == "svd" else "gram_eigh"
+        return configure_map(name, prescale=True, c=c, delta=self.floor, dtype=dtype)
+
+    def step_options(self) -> dict[str, Any]:
+        return {**super().step_options(), "schatten_c": self.exponent(),
+                "schatten_floor": self.floor}
+
 
 def _snap_c(c: float) -> float | None:
     """The supported fraction within 5e-4 of ``c`` (so TOML's 0.667 means 2/3), else None."""
@@ -138,6 +171,15 @@ class KaonParams(SpectralParams):
             raise ValueError(f"low: must be <= high (got low={self.low}, high={self.high})")
         return self
 
+    def spectral_map(self) -> ConfiguredMap:
+        if self.form == "chaos":
+            return configure_map("kaon_chaos", steps=self.steps)
+        return configure_map("kaon_iid", low=self.low, high=self.high,
+                             distribution=self.distribution)
+
+    def step_options(self) -> dict[str, Any]:
+        return {**super().step_options(), "seed": self.seed}
+
 
 class TruncatedSGDParams(SpectralParams):
     lr: float = Field(0.05, gt=0, le=100, description="learning rate of the matrix parameters")
@@ -145,6 +187,9 @@ class TruncatedSGDParams(SpectralParams):
     nesterov: bool = False
     shape_scale: ShapeScale = "none"
     fraction: float = Field(0.1, ge=0, lt=1, description="top fraction of σ set to zero")
+
+    def spectral_map(self) -> ConfiguredMap:
+        return configure_map("truncated_sgd", fraction=self.fraction)
 
 
 class RoutedOptimizer(torch.optim.Optimizer):
@@ -207,19 +252,13 @@ def _adamw(params: Iterable[torch.nn.Parameter], matrix: set[int], hp: AdamWPara
     )
 
 
-def _spectral(
-    params: Iterable[torch.nn.Parameter], matrix: set[int], hp: SpectralParams,
-    cmap: ConfiguredMap, *, schatten_c: float | None = None, schatten_floor: float = 0.0,
-    seed: int = 0,
-) -> RoutedOptimizer:
-    """Matrices to one SpectralOptimizer over ``cmap``, everything else to AdamW."""
+def _spectral(params: Iterable[torch.nn.Parameter], matrix: set[int], hp: SpectralParams
+              ) -> RoutedOptimizer:
+    """Matrices to one SpectralOptimizer over the map ``hp`` configures, the rest to AdamW."""
     # "propagate": a NaN gradient reaches the parameters and the training loop records the
     # run as diverged (a result), instead of an exception that would crash the task.
     return _route(params, matrix, hp, lambda mats: SpectralOptimizer(
-        mats, cmap, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov,
-        weight_decay=hp.weight_decay, shape_scale=hp.shape_scale, schatten_c=schatten_c,
-        schatten_floor=schatten_floor, nonfinite="propagate", seed=seed,
-    ))
+        mats, hp.spectral_map(), nonfinite="propagate", **hp.step_options()))
 
 
 def _route(params: Iterable[torch.nn.Parameter], matrix: set[int],
@@ -239,49 +278,11 @@ def _route(params: Iterable[torch.nn.Parameter], matrix: set[int],
     return RoutedOptimizer(parts)
 
 
-def _muon(params: Iterable[torch.nn.Parameter], matrix: set[int], hp: MuonParams):
-    cmap = configure_map("newton_schulz", schedule=hp.schedule, steps=hp.ns_steps,
-                         dtype=DTYPES[hp.ns_dtype], eps=1e-7)
-    return _spectral(params, matrix, hp, cmap)
-
-
 def _torch_muon(params: Iterable[torch.nn.Parameter], matrix: set[int], hp: TorchMuonParams):
     return _route(params, matrix, hp, lambda mats: torch.optim.Muon(
         mats, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum,
         nesterov=hp.nesterov, ns_steps=hp.ns_steps, adjust_lr_fn=hp.adjust_lr_fn,
     ))
-
-
-def _freon(params: Iterable[torch.nn.Parameter], matrix: set[int], hp: FreonParams):
-    dtype = DTYPES[hp.dtype]
-    # The map sees M/‖M‖_F (prescale), so the floor is relative and, for the rational
-    # iteration, ‖M‖_F ≤ 1 gives the scale and ℓ₀ = δ/scale from shapes alone.
-    c = hp.c
-    if hp.method == "rational":
-        c = _snap_c(hp.c)  # validated: not None
-        # probe=False: in training the schedule stays a function of the options alone (no
-        # host sync; momentum matrices are rarely conditioned well enough for it to pay).
-        cmap = configure_map("freon", prescale=True, c=c, delta=hp.floor, dtype=dtype,
-                             norm_bound=1.0, probe=False)
-    elif hp.method == "svd":
-        cmap = configure_map("spectral_power", prescale=True, c=c, delta=hp.floor, dtype=dtype)
-    else:
-        cmap = configure_map("gram_eigh", prescale=True, c=c, delta=hp.floor, dtype=dtype)
-    return _spectral(params, matrix, hp, cmap, schatten_c=c, schatten_floor=hp.floor)
-
-
-def _kaon(params: Iterable[torch.nn.Parameter], matrix: set[int], hp: KaonParams):
-    if hp.form == "chaos":
-        cmap = configure_map("kaon_chaos", steps=hp.steps)
-    else:
-        cmap = configure_map("kaon_iid", low=hp.low, high=hp.high,
-                             distribution=hp.distribution)
-    return _spectral(params, matrix, hp, cmap, seed=hp.seed)
-
-
-def _truncated_sgd(params: Iterable[torch.nn.Parameter], matrix: set[int],
-                   hp: TruncatedSGDParams):
-    return _spectral(params, matrix, hp, configure_map("truncated_sgd", fraction=hp.fraction))
 
 
 @dataclass(frozen=True)
@@ -300,18 +301,18 @@ OPTIMIZERS: dict[str, OptimizerDef] = {
                      "Stochastic gradient descent with heavy-ball or Nesterov momentum."),
         OptimizerDef("adamw", "AdamW", AdamWParams, _adamw,
                      "Adam with decoupled weight decay."),
-        OptimizerDef("muon", "Muon", MuonParams, _muon,
+        OptimizerDef("muon", "Muon", MuonParams, _spectral,
                      "Muon on hidden matrices (Newton–Schulz ×5 in bf16, Nesterov 0.95; "
                      "identical to torch.optim.Muon by default), AdamW on the rest."),
         OptimizerDef("torch_muon", "torch.optim.Muon", TorchMuonParams, _torch_muon,
                      "PyTorch's own Muon as a peer baseline, AdamW on the rest."),
-        OptimizerDef("freon", "Freon", FreonParams, _freon,
+        OptimizerDef("freon", "Freon", FreonParams, _spectral,
                      "Momentum direction (MMᵀ + δ²I)^(−c)M with mean-Schatten normalisation; "
                      "c = ½ is Muon, c > ½ inverts the spectrum. AdamW on the rest."),
-        OptimizerDef("kaon", "Kaon", KaonParams, _kaon,
+        OptimizerDef("kaon", "Kaon", KaonParams, _spectral,
                      "Singular values replaced by noise (chaotic map or i.i.d. draws), "
                      "AdamW on the rest."),
-        OptimizerDef("truncated_sgd", "TruncatedSGD", TruncatedSGDParams, _truncated_sgd,
+        OptimizerDef("truncated_sgd", "TruncatedSGD", TruncatedSGDParams, _spectral,
                      "SGD-momentum direction with its top singular values zeroed, "
                      "AdamW on the rest."),
     )

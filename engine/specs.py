@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from engine.errors import (
+from approximant.engine.errors import (
     Printable,
     SpecError,
     check_name,
@@ -28,8 +28,8 @@ from engine.errors import (
     join_problems,
     short,
 )
-from engine.optimizers import OPTIMIZERS
-from engine.workloads import WORKLOADS
+from approximant.engine.optimizers import OPTIMIZERS
+from approximant.engine.workloads import WORKLOADS
 
 DEFAULT_MAX_RUNS = 500
 # A spec is a page of text; anything near this is an attack or an accident, and parsing and

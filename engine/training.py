@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 import torch
 from pydantic import ValidationError
 
-from engine.diagnostics import Diagnostics
-from engine.errors import format_validation_error, short
-from engine.optimizers import build_optimizer
-from engine.specs import RunSpec, resolve_device
-from engine.spectral.common import sync
-from engine.workloads import Task, get_workload
+from approximant.engine.diagnostics import Diagnostics
+from approximant.engine.errors import format_validation_error, short
+from approximant.engine.optimizers import build_optimizer
+from approximant.engine.specs import RunSpec, resolve_device
+from approximant.engine.spectral.common import sync
+from approximant.engine.workloads import Task, get_workload
 
 Row = dict[str, float | int | str]
 Sink = Callable[[list[Row]], None]

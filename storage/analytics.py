@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from storage import stats
-from storage.db import Database
-from storage.stream import TERMINAL
+from approximant.storage import stats
+from approximant.storage.db import Database
+from approximant.storage.stream import TERMINAL
 
 # The x axes a person can choose, and the metric column behind each: ``tokens`` holds examples
 # or tokens seen; ``wall_s`` is cumulative training time with evaluation excluded.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import duckdb
 
-from storage.schema import migrate
+from approximant.storage.schema import migrate
 
 DB_FILENAME = "approximant.duckdb"
 

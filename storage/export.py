@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from storage.db import Database
+from approximant.storage.db import Database
 
 
 def study_parquet(db: Database, study_id: str) -> bytes:

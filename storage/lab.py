@@ -28,82 +28,79 @@ from typing import Any
 
 import pandas as pd
 
-from storage.db import Database
-from storage.stream import TERMINAL, TERMINAL_SQL, event_time, status_change
+from approximant.storage.db import Database
+from approximant.storage.events import (
+    LabCaseEvent,
+    LabJobEvent,
+    LabStatusEvent,
+    MatrixEvent,
+    Table,
+)
+from approximant.storage.stream import TERMINAL, TERMINAL_SQL, event_time, status_change
 
 log = logging.getLogger(__name__)
-LAB_EVENTS = ("lab_job", "lab_status", "lab_case", "matrix")
 
 
-def apply_lab_event(cur, ev: dict[str, Any],
-                    fetch: Callable[[str], bytes | None] | None = None) -> None:
-    """Apply one lab or capture event inside the recorder's transaction; ``fetch`` reads a
-    broker key (a captured matrix's bytes)."""
-    kind = ev["type"]
-    if kind == "lab_job":
-        ts = event_time(ev)
-        cur.execute(
-            "INSERT OR IGNORE INTO lab_jobs (job_id, name, spec, n_cases, status, created_at, "
-            "updated_at) VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-            [ev["job_id"], ev["spec"]["name"], json.dumps(ev["spec"]), int(ev["n_cases"]), ts,
-             ts],
-        )
-    elif kind == "lab_status":
-        _apply_status(cur, ev)
-    elif kind == "lab_case":
-        _apply_case(cur, ev)
-    elif kind == "matrix":
-        if cur.execute("SELECT 1 FROM captured_matrices WHERE matrix_id = ?",
-                       [ev["matrix_id"]]).fetchone() is not None:
-            return  # a replay: stored already, and its bytes have left the broker
-        blob = fetch(ev["blob"]) if fetch is not None else None
-        if blob is None:
-            raise ValueError(f"matrix {ev['matrix_id']}: its data ({ev['blob']}) is not in the "
-                             "broker (expired?)")
-        try:
-            data = zlib.decompress(blob)
-        except zlib.error as err:  # a data error: parked, never retried forever
-            raise ValueError(f"matrix {ev['matrix_id']}: corrupt data ({err})") from None
-        cur.execute(
-            "INSERT OR IGNORE INTO captured_matrices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [ev["matrix_id"], ev["run_id"], int(ev["attempt"]), int(ev["step"]), ev["param"],
-             ev["kind"], int(ev["rows"]), int(ev["cols"]), ev["dtype"], data, event_time(ev)],
-        )
-    else:
-        raise ValueError(f"not a lab event: {kind!r}")
-
-
-def _apply_status(cur, ev: dict[str, Any]) -> None:
+def apply_lab_job(cur, ev: LabJobEvent) -> None:
     ts = event_time(ev)
-    status, attempt = ev["status"], int(ev["attempt"])
+    cur.execute(
+        "INSERT OR IGNORE INTO lab_jobs (job_id, name, spec, n_cases, status, created_at, "
+        "updated_at) VALUES (?, ?, ?, ?, 'queued', ?, ?)",
+        [ev.job_id, ev.spec["name"], json.dumps(ev.spec), ev.n_cases, ts, ts],
+    )
+
+
+def apply_matrix(cur, ev: MatrixEvent, fetch: Callable[[str], bytes | None]) -> bool:
+    """Store a captured matrix, its bytes read from the broker by ``fetch``; False for a replay
+    (stored already, and its bytes have left the broker)."""
+    if cur.execute("SELECT 1 FROM captured_matrices WHERE matrix_id = ?",
+                   [ev.matrix_id]).fetchone() is not None:
+        return False
+    blob = fetch(ev.blob)
+    if blob is None:
+        raise ValueError(f"matrix {ev.matrix_id}: its data ({ev.blob}) is not in the "
+                         "broker (expired?)")
+    try:
+        data = zlib.decompress(blob)
+    except zlib.error as err:  # a data error: parked, never retried forever
+        raise ValueError(f"matrix {ev.matrix_id}: corrupt data ({err})") from None
+    cur.execute(
+        "INSERT OR IGNORE INTO captured_matrices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [ev.matrix_id, ev.run_id, ev.attempt, ev.step, ev.param, ev.kind, ev.rows, ev.cols,
+         ev.dtype, data, event_time(ev)],
+    )
+    return True
+
+
+def apply_lab_status(cur, ev: LabStatusEvent) -> None:
+    ts = event_time(ev)
+    status, attempt = ev.status, ev.attempt
     row = cur.execute("SELECT attempt, status FROM lab_jobs WHERE job_id = ?",
-                      [ev["job_id"]]).fetchone()
+                      [ev.job_id]).fetchone()
     if row is None:
         # As for runs: the job's registration precedes its statuses on the one stream.
-        log.warning("recorder: status for unknown lab job %s", ev["job_id"])
+        log.warning("recorder: status for unknown lab job %s", ev.job_id)
         return
     change = status_change(*row, attempt, status)
     if change is None:
         return
-    info = json.dumps(ev["info"]) if ev.get("info") else None
-    done = int(ev.get("cases_done") or 0)
+    info = json.dumps(ev.info) if ev.info else None
     if change == "new":
         cur.execute(
             "UPDATE lab_jobs SET attempt = ?, status = ?, cases_done = ?, message = ?, "
             "worker = ?, info = ?, started_at = ?, finished_at = NULL, updated_at = ? "
             "WHERE job_id = ?",
-            [attempt, status, done, ev.get("message"), ev.get("worker"), info, ts, ts,
-             ev["job_id"]],
+            [attempt, status, ev.cases_done, ev.message, ev.worker, info, ts, ts, ev.job_id],
         )
     else:
         cur.execute(
             "UPDATE lab_jobs SET status = ?, cases_done = greatest(cases_done, ?), "
             "message = coalesce(?, message), worker = coalesce(?, worker), "
             "info = coalesce(?, info), updated_at = ? WHERE job_id = ?",
-            [status, done, ev.get("message"), ev.get("worker"), info, ts, ev["job_id"]],
+            [status, ev.cases_done, ev.message, ev.worker, info, ts, ev.job_id],
         )
     if status in TERMINAL:
-        cur.execute("UPDATE lab_jobs SET finished_at = ? WHERE job_id = ?", [ts, ev["job_id"]])
+        cur.execute("UPDATE lab_jobs SET finished_at = ? WHERE job_id = ?", [ts, ev.job_id])
 
 
 def _insert(cur, table: str, df: pd.DataFrame, key: list[str]) -> None:
@@ -117,20 +114,20 @@ def _insert(cur, table: str, df: pd.DataFrame, key: list[str]) -> None:
         cur.unregister("incoming_lab")
 
 
-def _frame(block: dict[str, Any], job_id: str, attempt: int) -> pd.DataFrame:
-    df = pd.DataFrame(block["rows"], columns=block["columns"])
+def _frame(block: Table, job_id: str, attempt: int) -> pd.DataFrame:
+    df = pd.DataFrame(block.rows, columns=block.columns)
     df.insert(0, "attempt", attempt)
     df.insert(0, "job_id", job_id)
     return df
 
 
-def _apply_case(cur, ev: dict[str, Any]) -> None:
-    job_id, attempt = ev["job_id"], int(ev["attempt"])
-    _insert(cur, "lab_cases", _frame(ev["cases"], job_id, attempt),
+def apply_lab_case(cur, ev: LabCaseEvent) -> None:
+    job_id, attempt = ev.job_id, ev.attempt
+    _insert(cur, "lab_cases", _frame(ev.cases, job_id, attempt),
             ["case_id", "dtype"])
-    _insert(cur, "lab_results", _frame(ev["results"], job_id, attempt),
+    _insert(cur, "lab_results", _frame(ev.results, job_id, attempt),
             ["case_id", "method", "dtype", "iteration"])
-    curves = _frame(ev["curves"], job_id, attempt)
+    curves = _frame(ev.curves, job_id, attempt)
     if not curves.empty:
         curves = curves.assign(idx=[list(range(len(x))) for x in curves["x"]])
         curves = curves.explode(["x", "y", "idx"], ignore_index=True)

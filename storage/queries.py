@@ -7,8 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from storage.db import Database
-from storage.stream import TERMINAL_SQL
+from approximant.storage.db import Database
+from approximant.storage.stream import TERMINAL_SQL
 
 
 class Queries:

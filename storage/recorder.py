@@ -15,15 +15,27 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
 import pandas as pd
 
-from storage.db import Database
-from storage.lab import LAB_EVENTS, apply_lab_event
-from storage.schema import INSERT_RUN
-from storage.stream import (
+from approximant.storage.db import Database
+from approximant.storage.events import (
+    LabCaseEvent,
+    LabJobEvent,
+    LabStatusEvent,
+    MatrixEvent,
+    MetricsEvent,
+    StatusEvent,
+    StudyEvent,
+    parse_event,
+)
+from approximant.storage.lab import apply_lab_case, apply_lab_job, apply_lab_status, apply_matrix
+from approximant.storage.schema import INSERT_RUN
+from approximant.storage.stream import (
     BROKER_ERRORS,
     TERMINAL,
     EventStream,
@@ -165,120 +177,19 @@ class Recorder:
         return total
 
     def _apply(self, batch: list[tuple[str, dict[str, Any]]]) -> int:
-        metric_rows: list[tuple] = []
-        stored_blobs: list[str] = []  # broker keys whose bytes are now in DuckDB
+        pending = _Batch(fetch=self.stream.client.get)
         with self.db.write() as cur:
-            for _eid, ev in batch:
-                kind = ev.get("type")
-                if kind == "metrics":
-                    run_id, attempt = ev["run_id"], int(ev["attempt"])
-                    metric_rows.extend((run_id, attempt, *row) for row in ev["rows"])
-                elif kind == "study":
-                    self._apply_study(cur, ev)
-                elif kind == "status":
-                    if ev.get("resumed_from") and metric_rows:
-                        # It copies rows that may be in this very batch: write them first.
-                        self._insert_metrics(cur, metric_rows)
-                        metric_rows = []
-                    self._apply_status(cur, ev)
-                elif kind in LAB_EVENTS:
-                    apply_lab_event(cur, ev, self.stream.client.get)
-                    if kind == "matrix":
-                        stored_blobs.append(ev["blob"])
-                else:
-                    log.warning("recorder: skipping unknown event %r", kind)
-            if metric_rows:
-                self._insert_metrics(cur, metric_rows)
-        if stored_blobs:
+            for _eid, raw in batch:
+                ev = parse_event(raw)  # ValidationError (a ValueError): parked, see above
+                HANDLERS[type(ev)](cur, ev, pending)
+            pending.write_metrics(cur)
+        if pending.stored_blobs:
             # Committed: the broker's copy of each captured matrix is no longer needed (a
             # replayed event finds the row and skips the missing bytes).
-            self.stream.client.delete(*stored_blobs)
+            self.stream.client.delete(*pending.stored_blobs)
         self.stream.ack(eid for eid, _ in batch)
         self.applied += len(batch)
         return len(batch)
-
-    @staticmethod
-    def _insert_metrics(cur, metric_rows: list[tuple]) -> None:
-        df = pd.DataFrame(metric_rows, columns=METRIC_COLUMNS)
-        # A batch may itself repeat a row (a publisher retry); keep the first copy.
-        df = df.drop_duplicates(subset=["run_id", "attempt", "step", "name"])
-        cur.register("incoming_metrics", df)
-        cur.execute(
-            "INSERT OR IGNORE INTO metrics SELECT run_id, attempt, step, name, value, "
-            "wall_s, tokens FROM incoming_metrics"
-        )
-        cur.unregister("incoming_metrics")
-
-    @staticmethod
-    def _apply_study(cur, ev: dict[str, Any]) -> None:
-        ts = event_time(ev)
-        spec = ev["spec"]
-        cur.execute(
-            "INSERT OR IGNORE INTO studies VALUES (?, ?, ?, ?, ?, ?)",
-            [ev["study_id"], spec["name"], spec["workload"]["name"], json.dumps(spec),
-             len(ev["runs"]), ts],
-        )
-        rows = [
-            (r["run_id"], ev["study_id"], i, r["label"], r["optimizer"], r["seed"],
-             json.dumps(r["hparams"]), json.dumps(r), r["steps"], "queued", 0, 0, None, None,
-             None, ts, None, None, ts)
-            for i, r in enumerate(ev["runs"])
-        ]
-        cur.executemany(
-            INSERT_RUN, rows,
-        )
-
-    @staticmethod
-    def _apply_status(cur, ev: dict[str, Any]) -> None:
-        ts = event_time(ev)
-        status, attempt, step = ev["status"], int(ev["attempt"]), int(ev.get("step") or 0)
-        row = cur.execute(
-            "SELECT attempt, status FROM runs WHERE run_id = ?", [ev["run_id"]]
-        ).fetchone()
-        if row is None:
-            log.warning("recorder: status for unknown run %s", ev["run_id"])
-            return
-        cur_attempt, cur_status = row
-        if ev.get("requeued"):
-            # A re-run asked for: it moves the ended attempt back to "queued" (or to "failed"
-            # when it could not be queued), and nothing else; the attempt that then trains the
-            # run takes over with its own events.
-            if attempt == cur_attempt and (cur_status in TERMINAL or cur_status == "queued"):
-                cur.execute("UPDATE runs SET status = ?, message = ?, updated_at = ? "
-                            "WHERE run_id = ?", [status, ev.get("message"), ts, ev["run_id"]])
-            return
-        change = status_change(cur_attempt, cur_status, attempt, status)
-        if change is None:
-            return
-        if change == "new":
-            cur.execute(
-                "UPDATE runs SET attempt = ?, status = ?, last_step = ?, message = ?, worker = ?, "
-                "started_at = ?, finished_at = NULL, updated_at = ? WHERE run_id = ?",
-                [attempt, status, step, ev.get("message"), ev.get("worker"), ts, ts,
-                 ev["run_id"]],
-            )
-        else:
-            cur.execute(
-                "UPDATE runs SET status = ?, last_step = greatest(last_step, ?), "
-                "message = coalesce(?, message), worker = coalesce(?, worker), "
-                "info = coalesce(?, info), updated_at = ? WHERE run_id = ?",
-                [status, step, ev.get("message"), ev.get("worker"),
-                 json.dumps(ev["info"]) if ev.get("info") else None, ts, ev["run_id"]],
-            )
-        if status in TERMINAL:
-            cur.execute(
-                "UPDATE runs SET finished_at = ? WHERE run_id = ?", [ts, ev["run_id"]]
-            )
-        resumed = ev.get("resumed_from")
-        if resumed and int(resumed["attempt"]) < attempt:
-            # The attempt continues an earlier one from a checkpoint: it owns that attempt's
-            # rows up to the checkpoint as well (those were on the stream before the
-            # checkpoint existed, so they are recorded by now). Replays insert nothing new.
-            cur.execute(
-                "INSERT OR IGNORE INTO metrics SELECT run_id, ?, step, name, value, wall_s, "
-                "tokens FROM metrics WHERE run_id = ? AND attempt = ? AND step <= ?",
-                [attempt, ev["run_id"], int(resumed["attempt"]), int(resumed["step"])],
-            )
 
     # -- background loop ---------------------------------------------------------------------
     def start(self) -> None:
@@ -335,3 +246,129 @@ class Recorder:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+
+# -- applying each event type ----------------------------------------------------------------
+
+@dataclass
+class _Batch:
+    """What a batch gathers while its events are applied: metric rows (written together at the
+    end, or before an event that reads them) and the broker keys of matrices now stored."""
+
+    fetch: Callable[[str], bytes | None]
+    metric_rows: list[tuple] = field(default_factory=list)
+    stored_blobs: list[str] = field(default_factory=list)
+
+    def write_metrics(self, cur) -> None:
+        if not self.metric_rows:
+            return
+        df = pd.DataFrame(self.metric_rows, columns=METRIC_COLUMNS)
+        # A batch may itself repeat a row (a publisher retry); keep the first copy.
+        df = df.drop_duplicates(subset=["run_id", "attempt", "step", "name"])
+        cur.register("incoming_metrics", df)
+        cur.execute(
+            "INSERT OR IGNORE INTO metrics SELECT run_id, attempt, step, name, value, "
+            "wall_s, tokens FROM incoming_metrics"
+        )
+        cur.unregister("incoming_metrics")
+        self.metric_rows = []
+
+
+def _metrics(cur, ev: MetricsEvent, batch: _Batch) -> None:
+    batch.metric_rows.extend((ev.run_id, ev.attempt, *row) for row in ev.rows)
+
+
+def _study(cur, ev: StudyEvent, batch: _Batch) -> None:
+    ts = event_time(ev)
+    spec = ev.spec
+    cur.execute(
+        "INSERT OR IGNORE INTO studies VALUES (?, ?, ?, ?, ?, ?)",
+        [ev.study_id, spec["name"], spec["workload"]["name"], json.dumps(spec), len(ev.runs),
+         ts],
+    )
+    # A script study (approximant.client) grows one run per script: each event lists only
+    # its own run, which goes after the runs already there.
+    script = spec.get("source") == "script"
+    first = cur.execute("SELECT count(*) FROM runs WHERE study_id = ?",
+                        [ev.study_id]).fetchone()[0] if script else 0
+    rows = [
+        (r["run_id"], ev.study_id, first + i, r["label"], r["optimizer"], r["seed"],
+         json.dumps(r["hparams"]), json.dumps(r), r["steps"], "queued", 0, 0, None, None,
+         None, ts, None, None, ts)
+        for i, r in enumerate(ev.runs)
+    ]
+    cur.executemany(INSERT_RUN, rows)
+    if script:
+        cur.execute("UPDATE studies SET n_runs = (SELECT count(*) FROM runs "
+                    "WHERE study_id = ?) WHERE study_id = ?", [ev.study_id] * 2)
+
+
+def _status(cur, ev: StatusEvent, batch: _Batch) -> None:
+    if ev.resumed_from is not None:
+        # It copies rows that may be in this very batch: write them first.
+        batch.write_metrics(cur)
+    ts = event_time(ev)
+    status, attempt, step = ev.status, ev.attempt, ev.step
+    row = cur.execute(
+        "SELECT attempt, status FROM runs WHERE run_id = ?", [ev.run_id]
+    ).fetchone()
+    if row is None:
+        log.warning("recorder: status for unknown run %s", ev.run_id)
+        return
+    cur_attempt, cur_status = row
+    if ev.requeued:
+        # A re-run asked for: it moves the ended attempt back to "queued" (or to "failed"
+        # when it could not be queued), and nothing else; the attempt that then trains the
+        # run takes over with its own events.
+        if attempt == cur_attempt and (cur_status in TERMINAL or cur_status == "queued"):
+            cur.execute("UPDATE runs SET status = ?, message = ?, updated_at = ? "
+                        "WHERE run_id = ?", [status, ev.message, ts, ev.run_id])
+        return
+    change = status_change(cur_attempt, cur_status, attempt, status)
+    if change is None:
+        return
+    if change == "new":
+        cur.execute(
+            "UPDATE runs SET attempt = ?, status = ?, last_step = ?, message = ?, worker = ?, "
+            "started_at = ?, finished_at = NULL, updated_at = ? WHERE run_id = ?",
+            [attempt, status, step, ev.message, ev.worker, ts, ts, ev.run_id],
+        )
+    else:
+        cur.execute(
+            "UPDATE runs SET status = ?, last_step = greatest(last_step, ?), "
+            "message = coalesce(?, message), worker = coalesce(?, worker), "
+            "info = coalesce(?, info), updated_at = ? WHERE run_id = ?",
+            [status, step, ev.message, ev.worker,
+             json.dumps(ev.info) if ev.info else None, ts, ev.run_id],
+        )
+    if status in TERMINAL:
+        cur.execute(
+            "UPDATE runs SET finished_at = ? WHERE run_id = ?", [ts, ev.run_id]
+        )
+    resumed = ev.resumed_from
+    if resumed is not None and resumed.attempt < attempt:
+        # The attempt continues an earlier one from a checkpoint: it owns that attempt's
+        # rows up to the checkpoint as well (those were on the stream before the
+        # checkpoint existed, so they are recorded by now). Replays insert nothing new.
+        cur.execute(
+            "INSERT OR IGNORE INTO metrics SELECT run_id, ?, step, name, value, wall_s, "
+            "tokens FROM metrics WHERE run_id = ? AND attempt = ? AND step <= ?",
+            [attempt, ev.run_id, resumed.attempt, resumed.step],
+        )
+
+
+def _matrix(cur, ev: MatrixEvent, batch: _Batch) -> None:
+    if apply_matrix(cur, ev, batch.fetch):
+        batch.stored_blobs.append(ev.blob)
+
+
+# One handler per event type: a new type is a model in storage.events and a line here.
+HANDLERS: dict[type, Callable[[Any, Any, _Batch], None]] = {
+    StudyEvent: _study,
+    StatusEvent: _status,
+    MetricsEvent: _metrics,
+    LabJobEvent: lambda cur, ev, batch: apply_lab_job(cur, ev),
+    LabStatusEvent: lambda cur, ev, batch: apply_lab_status(cur, ev),
+    LabCaseEvent: lambda cur, ev, batch: apply_lab_case(cur, ev),
+    MatrixEvent: _matrix,
+}

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
-from storage.db import Database
+from approximant.storage.db import Database
 
 TOKEN_BYTES = 18  # 144 bits: not guessable, short enough for a URL
 

@@ -5,12 +5,8 @@ through a consumer group and acknowledges an entry only after its rows are commi
 entry id is the recorder's cursor. One stream keeps a study's registration ahead of its runs'
 status and metrics.
 
-Every entry has a single field ``e`` holding one JSON event:
-
-* ``{"type": "study", "study_id", "spec", "runs": [RunSpec JSON, ...], "ts"}``
-* ``{"type": "status", "run_id", "attempt", "status", "step", "message", "worker", "ts"}``
-  (a terminal one may carry ``"info"``: facts about the run's data, e.g. a corpus hash)
-* ``{"type": "metrics", "run_id", "attempt", "rows": [[step, name, value, wall_s, tokens]]}``
+Every entry has a single field ``e`` holding one JSON event, of one of the types in
+``storage.events`` (study, status, metrics; the lab's lab_job, lab_status, lab_case, matrix).
 """
 
 from __future__ import annotations
@@ -23,6 +19,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from pydantic import BaseModel
+
+from approximant.storage.events import parse_event
 
 STREAM = "approximant:events"
 GROUP = "recorder"
@@ -68,13 +67,23 @@ class EventStream:
         self.dead_letter = f"{stream}:dead"
 
     # -- producers ---------------------------------------------------------------------------
-    def append(self, events: Sequence[dict[str, Any]]) -> None:
-        """Append events in order, in one round trip."""
+    def append(self, events: Sequence[BaseModel | dict[str, Any]]) -> None:
+        """Append events (``storage.events`` models) in order, in one round trip. A dict is
+        checked against its model first, so a misspelt field fails here, at its producer."""
+        # None is every optional field's default: left out, it costs no bytes on the wire.
+        self.append_unchecked([
+            (ev if isinstance(ev, BaseModel) else parse_event(ev)).model_dump_json(
+                exclude_none=True) for ev in events])
+
+    def append_unchecked(self, events: Sequence[str | dict[str, Any]]) -> None:
+        """Append JSON texts or dicts as they are (tests of what the recorder does with an
+        entry that is not an event)."""
         if not events:
             return
         pipe = self.client.pipeline(transaction=False)
         for ev in events:
-            pipe.xadd(self.stream, {"e": json.dumps(ev, separators=(",", ":"))})
+            text = ev if isinstance(ev, str) else json.dumps(ev, separators=(",", ":"))
+            pipe.xadd(self.stream, {"e": text})
         pipe.execute()
 
     # -- consumer ----------------------------------------------------------------------------
@@ -140,7 +149,7 @@ def now() -> float:
     return time.time()
 
 
-def event_time(ev: dict[str, Any]) -> datetime:
+def event_time(ev: BaseModel) -> datetime:
     """When an event happened (its producer's clock); now, for an event without a time."""
-    ts = ev.get("ts")
+    ts = getattr(ev, "ts", None)
     return datetime.fromtimestamp(float(ts), UTC) if ts else datetime.now(UTC)

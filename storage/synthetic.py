@@ -12,8 +12,8 @@ import hashlib
 import json
 from datetime import UTC, datetime
 
-from storage.db import Database
-from storage.schema import INSERT_RUN
+from approximant.storage.db import Database
+from approximant.storage.schema import INSERT_RUN
 
 # optimizer → (floor, best log10 lr); a deliberately clear ordering for tests.
 OPTIMIZERS = {"adamw": (0.30, -3.0), "muon": (0.20, -1.5), "sgd": (0.45, -1.0),

@@ -15,7 +15,7 @@ import sys
 from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
-from tasks.broker import ENV_BROKER
+from approximant.tasks.broker import ENV_BROKER
 
 # How long a delivered, unacknowledged run stays invisible before the broker hands it out
 # again. A worker host that dies mid-run is recovered after this long; a run still alive then
@@ -23,7 +23,7 @@ from tasks.broker import ENV_BROKER
 # message that waits for the run to end, so keep this well above a typical run.
 VISIBILITY_TIMEOUT_S = int(os.environ.get("APPROXIMANT_VISIBILITY_TIMEOUT_S", 3600))
 
-app = Celery("approximant", include=["tasks.run", "tasks.lab"])
+app = Celery("approximant", include=["approximant.tasks.run", "approximant.tasks.lab"])
 app.conf.update(
     broker_url=os.environ.get(ENV_BROKER, "redis://127.0.0.1:6379/0"),
     result_backend=None,

@@ -20,14 +20,27 @@ import numpy as np
 import torch
 from celery import Task
 
-from engine.approx.bench import CASE_FIELDS, CURVE_FIELDS, RESULT_FIELDS, CaseResult, run_lab
-from engine.approx.bench import case_list as lab_case_list
-from engine.approx.spec import LabSpec
-from storage.stream import EventStream, connect, now
-from tasks.celery_app import app, configure
-from tasks.publisher import PROGRESS_TTL_S, MetricPublisher, retrying
-from tasks.run import ATTEMPT_KEY, CancelFlag, _client, claim_delivery
-from tasks.submit import queue_once
+from approximant.engine.approx.bench import (
+    CASE_FIELDS,
+    CURVE_FIELDS,
+    RESULT_FIELDS,
+    CaseResult,
+    run_lab,
+)
+from approximant.engine.approx.bench import case_list as lab_case_list
+from approximant.engine.approx.spec import LabSpec
+from approximant.storage.events import (
+    LabCaseEvent,
+    LabJobEvent,
+    LabStatusEvent,
+    MatrixEvent,
+    Table,
+)
+from approximant.storage.stream import EventStream, connect, now
+from approximant.tasks.celery_app import app, configure
+from approximant.tasks.publisher import PROGRESS_TTL_S, MetricPublisher, retrying
+from approximant.tasks.run import ATTEMPT_KEY, CancelFlag, _client, claim_delivery
+from approximant.tasks.submit import queue_once
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +81,9 @@ def publish_matrix(pub: MetricPublisher, run_id: str, attempt: int, step: int, p
     key = CAPTURE_KEY.format(matrix_id=matrix_id)
     pub.retrying(lambda: pub.stream.client.set(key, data, ex=CAPTURE_TTL_S))
     pub.flush("running")  # the run's rows so far go first: the stream keeps its order
-    pub.send([{"type": "matrix", "matrix_id": matrix_id, "run_id": run_id,
-                "attempt": attempt, "step": step, "param": param, "kind": kind, "rows": rows,
-                "cols": cols, "dtype": dtype, "blob": key, "ts": now()}], "running")
+    pub.send([MatrixEvent(matrix_id=matrix_id, run_id=run_id, attempt=attempt, step=step,
+                          param=param, kind=kind, rows=rows, cols=cols, dtype=dtype, blob=key,
+                          ts=now())], "running")
     return matrix_id
 
 
@@ -98,22 +111,20 @@ class LabPublisher(MetricPublisher):
 
     def status_event(self, status: str, message: str | None = None,
                      info: dict[str, Any] | None = None,
-                     resumed_from: dict[str, int] | None = None) -> dict[str, Any]:
+                     resumed_from: dict[str, int] | None = None) -> LabStatusEvent:
         # Lab jobs restart whole (no checkpoints), so ``resumed_from`` is never set for them.
-        ev = {"type": "lab_status", "job_id": self.run_id, "attempt": self.attempt,
-              "status": status, "cases_done": self.last_step, "message": message,
-              "worker": self.worker, "ts": now()}
-        if info:
-            ev["info"] = info
-        return ev
+        return LabStatusEvent(job_id=self.run_id, attempt=self.attempt, status=status,
+                              cases_done=self.last_step, message=message, worker=self.worker,
+                              ts=now(), info=info or None)
 
     def case(self, result: CaseResult) -> None:
         self.last_step += 1
         curves = _pack_curves(result.curves)
-        ev = {"type": "lab_case", "job_id": self.run_id, "attempt": self.attempt,
-              "cases": {"columns": list(CASE_FIELDS), "rows": result.cases},
-              "results": {"columns": list(RESULT_FIELDS), "rows": result.results},
-              "curves": {"columns": [*CURVE_FIELDS[:5], "x", "y"], "rows": curves}}
+        ev = LabCaseEvent(
+            job_id=self.run_id, attempt=self.attempt,
+            cases=Table(columns=list(CASE_FIELDS), rows=result.cases),
+            results=Table(columns=list(RESULT_FIELDS), rows=result.results),
+            curves=Table(columns=[*CURVE_FIELDS[:5], "x", "y"], rows=curves))
         self.send([ev, self.status_event("running")], "running")
 
 
@@ -155,9 +166,8 @@ def submit_lab(spec: LabSpec, broker_url: str,
                  f"{rows}:{cols}:{dtype}:".encode() + zlib.compress(raw, 1), ex=STAGED_TTL_S)
     pipe.execute()
     n_cases = len(lab_case_list(spec))
-    EventStream(client).append([{"type": "lab_job", "job_id": job_id,
-                                 "spec": spec.model_dump(mode="json"), "n_cases": n_cases,
-                                 "ts": now()}])
+    EventStream(client).append([LabJobEvent(job_id=job_id, spec=spec.model_dump(mode="json"),
+                                            n_cases=n_cases, ts=now())])
     sent = queue_once(client, lab_task, job_id, n_cases, spec.model_dump(mode="json"))
     return LabSubmission(job_id, sent)
 

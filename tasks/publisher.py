@@ -16,8 +16,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
+from pydantic import BaseModel
 
-from storage.stream import BROKER_ERRORS, TERMINAL, EventStream, Outage, now
+from approximant.storage.events import MetricsEvent, StatusEvent
+from approximant.storage.stream import BROKER_ERRORS, TERMINAL, EventStream, Outage, now
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,16 @@ class MetricPublisher:
         self._heartbeat: threading.Thread | None = None
         self._stop_beat = threading.Event()
 
+    @property
+    def pending(self) -> int:
+        """Rows added and not yet sent."""
+        return len(self._rows)
+
+    @property
+    def last_flush(self) -> float:
+        """``time.monotonic()`` of the last send."""
+        return self._last_flush
+
     def add(self, rows: Sequence[dict[str, Any]]) -> None:
         for r in rows:
             self._rows.append([r["step"], r["name"], r["value"], r["wall_s"], r["tokens"]])
@@ -155,16 +167,10 @@ class MetricPublisher:
 
     def status_event(self, status: str, message: str | None = None,
                      info: dict[str, Any] | None = None,
-                     resumed_from: dict[str, int] | None = None) -> dict[str, Any]:
-        ev = {
-            "type": "status", "run_id": self.run_id, "attempt": self.attempt, "status": status,
-            "step": self.last_step, "message": message, "worker": self.worker, "ts": now(),
-        }
-        if info:
-            ev["info"] = info
-        if resumed_from:
-            ev["resumed_from"] = resumed_from
-        return ev
+                     resumed_from: dict[str, int] | None = None) -> BaseModel:
+        return StatusEvent(run_id=self.run_id, attempt=self.attempt, status=status,
+                           step=self.last_step, message=message, worker=self.worker, ts=now(),
+                           info=info or None, resumed_from=resumed_from or None)
 
     def flush(self, status: str = "running", message: str | None = None,
               info: dict[str, Any] | None = None,
@@ -178,17 +184,16 @@ class MetricPublisher:
         for _step, name, value, _w, _t in rows:
             if name in ("train_loss", "val_loss", "val_accuracy"):
                 self.latest[name] = value
-        events: list[dict[str, Any]] = []
+        events: list[BaseModel] = []
         if rows:
-            events.append({"type": "metrics", "run_id": self.run_id, "attempt": self.attempt,
-                           "rows": rows})
+            events.append(MetricsEvent(run_id=self.run_id, attempt=self.attempt, rows=rows))
         events.append(self.status_event(status, message, info, resumed_from))
         self.send(events, status)
         self._rows = []
         self.published += len(rows)
         self._last_flush = time.monotonic()
 
-    def send(self, events: list[dict[str, Any]], status: str) -> None:
+    def send(self, events: list[BaseModel], status: str) -> None:
         """Append ``events`` to the stream and mark progress as ``status`` (with retries)."""
 
         def both() -> None:

@@ -26,11 +26,12 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_ready, worker_shutdown
 
-from engine.specs import RunSpec
-from engine.training import checkpoint_bytes, load_checkpoint, train
-from storage.stream import BROKER_ERRORS, TERMINAL, EventStream, Outage, connect, now
-from tasks.celery_app import DEFAULT_CHECKPOINT_S, app, checkpoint_every_s
-from tasks.publisher import (
+from approximant.engine.specs import RunSpec
+from approximant.engine.training import checkpoint_bytes, load_checkpoint, train
+from approximant.storage.events import LabStatusEvent, StatusEvent
+from approximant.storage.stream import BROKER_ERRORS, TERMINAL, EventStream, Outage, connect, now
+from approximant.tasks.celery_app import DEFAULT_CHECKPOINT_S, app, checkpoint_every_s
+from approximant.tasks.publisher import (
     LEASE_KEY,
     LEASE_TTL_S,
     PROGRESS_KEY,
@@ -251,7 +252,7 @@ def _train_attempt(run: RunSpec, client, pub: MetricPublisher,
         return {"run_id": run.run_id, "status": "cancelled"}
     capture = None
     if run.capture_steps:
-        from tasks.lab import capture_publisher
+        from approximant.tasks.lab import capture_publisher
 
         capture = capture_publisher(pub, run.run_id, attempt)
     try:
@@ -308,8 +309,10 @@ end
 return redis.call('SREM', KEYS[2], ARGV[1])
 """
 # The event that shows a requeued item as queued again, by task: (type, id field, step field).
-_QUEUED_EVENT = {"approximant.run": ("status", "run_id", "step"),
-                 "approximant.lab": ("lab_status", "job_id", "cases_done")}
+# What a requeued item's "queued again" event is, by task: the event model, and the model's
+# fields for the item's id and its progress.
+_QUEUED_EVENT = {"approximant.run": (StatusEvent, "run_id", "step"),
+                 "approximant.lab": (LabStatusEvent, "job_id", "cases_done")}
 
 
 class Reaper:
@@ -385,13 +388,13 @@ class Reaper:
         if kind is None:
             return
         progress = self.client.hgetall(PROGRESS_KEY.format(run_id=item))
-        ev_type, id_field, step_field = kind
-        EventStream(self.client).append([{
-            "type": ev_type, id_field: item, "status": "queued",
+        model, id_field, step_field = kind
+        EventStream(self.client).append([model(**{
+            id_field: item, "status": "queued",
             "attempt": int(progress.get(b"attempt", 0) or 0),
             step_field: int(progress.get(b"step", 0) or 0),
-            "message": "its worker was lost; queued again", "worker": None, "ts": now(),
-        }])
+            "message": "its worker was lost; queued again", "ts": now(),
+        })])
 
 
 class _ReaperThread(threading.Thread):

@@ -6,12 +6,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from engine.errors import SpecError
-from engine.specs import RunSpec, StudySpec, expand, extra_seed_runs, max_runs
-from storage.stream import TERMINAL, EventStream, connect, now
-from tasks.celery_app import app, configure
-from tasks.publisher import PROGRESS_KEY, PROGRESS_TTL_S
-from tasks.run import (
+from approximant.engine.errors import SpecError
+from approximant.engine.specs import RunSpec, StudySpec, expand, extra_seed_runs, max_runs
+from approximant.storage.events import StatusEvent, StudyEvent
+from approximant.storage.stream import TERMINAL, EventStream, connect, now
+from approximant.tasks.celery_app import app, configure
+from approximant.tasks.publisher import PROGRESS_KEY, PROGRESS_TTL_S
+from approximant.tasks.run import (
     ACTIVE_KEY,
     ATTEMPT_KEY,
     CANCEL_RUN_KEY,
@@ -33,10 +34,10 @@ class Submission:
 def _register(client, spec: StudySpec, runs: list[RunSpec]) -> None:
     # The recorder inserts what it does not have yet, so a registration that lists runs the
     # database already holds only adds the new ones (at their position in this list).
-    EventStream(client).append([{
-        "type": "study", "study_id": spec.study_id, "spec": spec.model_dump(mode="json"),
-        "runs": [r.model_dump(mode="json") for r in runs], "ts": now(),
-    }])
+    EventStream(client).append([StudyEvent(
+        study_id=spec.study_id, spec=spec.model_dump(mode="json"),
+        runs=[r.model_dump(mode="json") for r in runs], ts=now(),
+    )])
 
 
 def queue_once(client, task, item_id: str, steps: int, payload: dict, *, force: bool = False,
@@ -150,10 +151,10 @@ def rerun(runs: list[RunSpec], broker_url: str, keep_cancelled: Sequence[str] = 
     return queued
 
 
-def _requeued(client, run_id: str, status: str, message: str) -> dict:
+def _requeued(client, run_id: str, status: str, message: str) -> StatusEvent:
     attempt = int(client.get(ATTEMPT_KEY.format(run_id=run_id)) or 0)
-    return {"type": "status", "run_id": run_id, "status": status, "step": 0, "attempt": attempt,
-            "message": message, "worker": None, "ts": now(), "requeued": True}
+    return StatusEvent(run_id=run_id, status=status, step=0, attempt=attempt, message=message,
+                       ts=now(), requeued=True)
 
 
 def cancel_study(study_id: str, broker_url: str) -> None:

@@ -10,13 +10,13 @@ import pytest
 import redis
 from streamlit.testing.v1 import AppTest
 
-from app import access, actions
-from app.access import AccessDenied, Principal, decide
-from app.text import plain, shown
-from engine.approx.spec import parse_lab
-from engine.specs import expand, parse_study
-from storage.shares import Shares
-from storage.stream import STREAM, EventStream, connect
+from approximant.app import access, actions
+from approximant.app.access import AccessDenied, Principal, decide
+from approximant.app.text import plain, shown
+from approximant.engine.approx.spec import parse_lab
+from approximant.engine.specs import expand, parse_study
+from approximant.storage.shares import Shares
+from approximant.storage.stream import STREAM, EventStream, connect
 
 MAIN = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
 PASSWORD = "correct horse battery staple"

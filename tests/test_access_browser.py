@@ -16,14 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from app.access import ENV_PASSWORD
-from tasks.broker import free_port
-from tests.test_browser import ARTIFACTS, create_share_link, launch, running_stack
+from approximant.app.access import ENV_PASSWORD
+from approximant.tasks.broker import free_port
 
 pytestmark = pytest.mark.browser
 
-IMG = (Path(__file__).resolve().parent.parent / "docs" / "img"
-       if os.environ.get("APPROXIMANT_DOC_IMAGES") == "1" else ARTIFACTS)
+DOC_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "img"
 PASSWORD = "correct horse battery staple"
 JOIN = "\u2060"
 
@@ -44,14 +42,15 @@ def _text(locator) -> str:
     return locator.inner_text().replace(JOIN, "")
 
 
-def test_sign_in_hostile_name_and_share_link(tmp_path: Path) -> None:
+def test_sign_in_hostile_name_and_share_link(tmp_path: Path, running_stack, launch,
+                                             create_share_link, artifacts: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     pixel = ThreadingHTTPServer(("127.0.0.1", free_port()), _Pixel)
     threading.Thread(target=pixel.serve_forever, daemon=True).start()
     evil = (f"Evil ![x](http://127.0.0.1:{pixel.server_port}/pixel.png) "
             "[log in](http://phish.example)")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    IMG = DOC_IMAGES if os.environ.get("APPROXIMANT_DOC_IMAGES") == "1" else artifacts
     IMG.mkdir(parents=True, exist_ok=True)
     with running_stack(tmp_path, {ENV_PASSWORD: PASSWORD}) as url, sync_playwright() as p:
         browser = launch(p)
@@ -118,7 +117,7 @@ def test_sign_in_hostile_name_and_share_link(tmp_path: Path) -> None:
             page.reload()
             expect(page.get_by_label("Editor password")).to_be_visible(timeout=30_000)
         except Exception:
-            page.screenshot(path=str(ARTIFACTS / "access-failure.png"), full_page=True)
+            page.screenshot(path=str(artifacts / "access-failure.png"), full_page=True)
             raise
         finally:
             browser.close()
@@ -127,13 +126,13 @@ def test_sign_in_hostile_name_and_share_link(tmp_path: Path) -> None:
 
 
 
-def test_oidc_sign_in_makes_listed_users_editors(tmp_path: Path) -> None:
+def test_oidc_sign_in_makes_listed_users_editors(tmp_path: Path, running_stack,
+                                                 launch) -> None:
     """``st.login`` against a real (local) OpenID Connect provider: a listed e-mail is an
     editor, anyone else who signs in sees nothing."""
     pytest.importorskip("authlib", reason="st.login needs Authlib: pip install '.[oidc]'")
+    from oidc_provider import Provider
     from playwright.sync_api import expect, sync_playwright
-
-    from tests.oidc_provider import Provider
 
     port = free_port()
     with Provider() as provider:

@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from storage import analytics as an
-from storage.schema import INSERT_RUN
-from storage.synthetic import synthetic_study
+from approximant.storage import analytics as an
+from approximant.storage.schema import INSERT_RUN
+from approximant.storage.synthetic import synthetic_study
 
 
 def _insert(db, study_id: str, runs: dict[str, tuple[str, str, int, float, str]],
@@ -239,7 +239,7 @@ def test_profile_costs_take_each_optimizers_best_config_per_task(db):
     assert len(costs) == 4
     t2 = costs[costs["task"] == s2].set_index("solver")["cost"]
     assert math.isinf(t2["muon"]) and math.isfinite(t2["adamw"])
-    from storage.stats import performance_profile
+    from approximant.storage.stats import performance_profile
 
     rho = performance_profile(costs, [1.0, 1e9]).pivot(index="tau", columns="solver",
                                                        values="rho")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.text import shown
-from engine.specs import expand, parse_study
-from storage.stream import EventStream, connect
+from approximant.app.text import shown
+from approximant.engine.specs import expand, parse_study
+from approximant.storage.stream import EventStream, connect
 
 MAIN = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
 SPEC = parse_study({
@@ -191,7 +191,7 @@ def test_a_running_run_that_went_silent_is_flagged(seeded, services):
 def test_a_run_that_goes_silent_while_the_page_is_open_is_flagged(seeded, services, monkeypatch):
     # The runs frame is cached by data version, which silence does not change: the age must
     # come from the clock of each rerun, not from the cached query.
-    from app.views import study
+    from approximant.app.views import study
 
     recent = {"type": "status", "run_id": seeded[1].run_id, "attempt": 1, "status": "running",
               "step": 20, "message": None, "worker": "w", "ts": time.time() - 60}
@@ -224,7 +224,7 @@ def test_view_settings_come_from_the_url_and_go_back_to_it(seeded):
 
 
 def test_share_link_shows_the_study_without_edit_controls(seeded, services):
-    from storage.shares import Shares
+    from approximant.storage.shares import Shares
 
     at = _study_page(app())
     at.session_state["share_open"] = True  # drawn once opened
@@ -259,7 +259,7 @@ def test_add_seeds_refuses_bad_seeds_with_the_field_named(seeded):
 
 
 def test_profiles_page_compares_optimizers_across_studies(services):
-    from storage.synthetic import synthetic_study
+    from approximant.storage.synthetic import synthetic_study
 
     for i, wl in enumerate(["w1", "w2", "w3"]):
         synthetic_study(services.db, f"task {i}", ["adamw", "muon"], [1e-3, 1e-2], [0, 1],
@@ -307,9 +307,9 @@ def test_view_settings_survive_leaving_the_page_and_coming_back(seeded):
 
 
 def test_a_lost_broker_is_shown_on_every_page_until_it_is_back(tmp_path, monkeypatch):
-    from app import services as services_mod
-    from app.services import open_services, set_services
-    from tasks.broker import EmbeddedBroker
+    from approximant.app import services as services_mod
+    from approximant.app.services import open_services, set_services
+    from approximant.tasks.broker import EmbeddedBroker
 
     monkeypatch.setattr(services_mod, "PROBE_CACHE_S", 0.0)  # probe on every run
     broker = EmbeddedBroker(tmp_path / "b")

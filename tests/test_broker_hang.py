@@ -10,16 +10,15 @@ from pathlib import Path
 
 import redis
 
-from app.services import Services
-from storage.db import Database
-from storage.queries import Queries
-from storage.recorder import Recorder
-from storage.stream import EventStream
-from tasks.broker import EmbeddedBroker
-from tests.test_broker_loss import wait_for
+from approximant.app.services import Services
+from approximant.storage.db import Database
+from approximant.storage.queries import Queries
+from approximant.storage.recorder import Recorder
+from approximant.storage.stream import EventStream
+from approximant.tasks.broker import EmbeddedBroker
 
 
-def test_a_hung_broker_is_reported_while_it_hangs(tmp_path: Path):
+def test_a_hung_broker_is_reported_while_it_hangs(tmp_path: Path, wait_for):
     broker = EmbeddedBroker(tmp_path / "b")
     url = broker.start()
     db = Database(tmp_path / "db.duckdb")

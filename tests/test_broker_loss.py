@@ -10,18 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from storage.stream import STREAM, EventStream, connect
-from tasks.broker import EmbeddedBroker
-from tasks.publisher import LEASE_KEY, PROGRESS_KEY, MetricPublisher
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+from approximant.storage.stream import STREAM, EventStream, connect
+from approximant.tasks.broker import EmbeddedBroker
+from approximant.tasks.publisher import LEASE_KEY, PROGRESS_KEY, MetricPublisher
 
 
 @pytest.fixture
@@ -59,7 +50,7 @@ def test_publisher_waits_through_a_broker_restart_and_logs_once(own_broker, capl
     pub.add([{"step": 0, "name": "val_loss", "value": 0.9, "wall_s": 0.0, "tokens": 0}])
     kill(own_broker)
     pub.add([{"step": 1, "name": "train_loss", "value": 0.5, "wall_s": 0.1, "tokens": 8}])
-    caplog.set_level(logging.WARNING, logger="tasks.publisher")
+    caplog.set_level(logging.WARNING, logger="approximant.tasks.publisher")
     done = threading.Event()
     t = threading.Thread(target=lambda: (pub.flush("running"), done.set()))
     t.start()
@@ -76,7 +67,7 @@ def test_publisher_waits_through_a_broker_restart_and_logs_once(own_broker, capl
 
 
 def test_the_cancel_check_reads_a_lost_broker_as_not_cancelled(own_broker):
-    from tasks.run import CancelFlag
+    from approximant.tasks.run import CancelFlag
 
     client = connect(own_broker.url)
     client.set("cancel", 1)
@@ -90,10 +81,10 @@ def test_the_cancel_check_reads_a_lost_broker_as_not_cancelled(own_broker):
     assert flag() is True
 
 
-def test_recorder_and_broker_state_through_an_outage(own_broker, tmp_path, caplog):
-    from app.services import open_services
+def test_recorder_and_broker_state_through_an_outage(own_broker, tmp_path, caplog, wait_for):
+    from approximant.app.services import open_services
 
-    caplog.set_level(logging.WARNING, logger="storage.recorder")
+    caplog.set_level(logging.WARNING, logger="approximant.storage.recorder")
     services = open_services(tmp_path / "data", own_broker.url)
     try:
         assert services.broker_state() == (True, None)
@@ -107,18 +98,19 @@ def test_recorder_and_broker_state_through_an_outage(own_broker, tmp_path, caplo
         own_broker.restart()
         wait_for(lambda: services.broker_state() == (True, None), 30, "the broker to be back")
         # What workers send after the outage is recorded.
-        EventStream(connect(own_broker.url)).append([{"type": "nonsense-but-harmless"}])
+        EventStream(connect(own_broker.url)).append([  # harmless: a run nobody registered
+            {"type": "status", "run_id": "nobody", "attempt": 1, "status": "running"}])
         wait_for(lambda: services.recorder.applied >= 1, 30, "the recorder to apply it")
     finally:
         services.close()
-    msgs = [r.getMessage() for r in caplog.records if r.name == "storage.recorder"]
+    msgs = [r.getMessage() for r in caplog.records if r.name == "approximant.storage.recorder"]
     assert sum("unreachable" in m for m in msgs) == 1, msgs
     assert sum("back after" in m for m in msgs) == 1, msgs
-    assert not any(r.exc_info for r in caplog.records if r.name == "storage.recorder")
+    assert not any(r.exc_info for r in caplog.records if r.name == "approximant.storage.recorder")
 
 
-def test_broker_state_without_a_recorder_probes_and_caches(own_broker, tmp_path):
-    from app.services import open_services
+def test_broker_state_without_a_recorder_probes_and_caches(own_broker, tmp_path, wait_for):
+    from approximant.app.services import open_services
 
     services = open_services(tmp_path / "data", own_broker.url, start_recorder=False)
     try:
@@ -132,7 +124,7 @@ def test_broker_state_without_a_recorder_probes_and_caches(own_broker, tmp_path)
 
 
 def _active_run(client, run_id: str, status: str) -> None:
-    from tasks.run import ACTIVE_KEY, DELIVERY_KEY
+    from approximant.tasks.run import ACTIVE_KEY, DELIVERY_KEY
 
     client.hset(PROGRESS_KEY.format(run_id=run_id),
                 mapping={"status": status, "attempt": 1, "step": 7})
@@ -142,8 +134,8 @@ def _active_run(client, run_id: str, status: str) -> None:
 
 
 def test_reaper_requeues_a_run_whose_lease_lapsed_once(clean_broker):
-    from tasks.celery_app import app, configure
-    from tasks.run import ACTIVE_KEY, Reaper
+    from approximant.tasks.celery_app import app, configure
+    from approximant.tasks.run import ACTIVE_KEY, Reaper
 
     configure(clean_broker)
     client = connect(clean_broker)
@@ -180,7 +172,7 @@ def test_an_attempt_that_lost_its_lease_to_a_later_one_stops_writing(clean_broke
 
 
 def test_the_first_checkpoint_comes_early_then_gaps_double(monkeypatch):
-    from tasks import run as run_module
+    from approximant.tasks import run as run_module
 
     clock = [100.0]
     monkeypatch.setattr(run_module.time, "monotonic", lambda: clock[0])
@@ -213,7 +205,7 @@ def test_the_first_checkpoint_comes_early_then_gaps_double(monkeypatch):
 def test_the_reaper_keeps_watching_a_run_queued_again_during_its_pass(clean_broker):
     """The reaper reads an ended run's status, then a re-run queues it (queue_once) before the
     reaper drops it from the watched set: it stays watched."""
-    from tasks.run import ACTIVE_KEY, Reaper
+    from approximant.tasks.run import ACTIVE_KEY, Reaper
 
     client = connect(clean_broker)
     _active_run(client, "r1", "finished")
@@ -249,7 +241,7 @@ def test_the_reaper_keeps_watching_a_run_queued_again_during_its_pass(clean_brok
 
 
 def test_a_checkpoint_is_not_written_by_an_attempt_that_lost_the_run():
-    from tasks import run as run_module
+    from approximant.tasks import run as run_module
 
     class Pub:
         attempt, superseded = 1, False
@@ -274,7 +266,7 @@ def test_a_checkpoint_is_not_written_by_an_attempt_that_lost_the_run():
 
 
 def test_the_heartbeat_does_not_bring_back_a_lease_the_end_dropped(clean_broker, monkeypatch):
-    from tasks import publisher
+    from approximant.tasks import publisher
 
     monkeypatch.setattr(publisher, "LEASE_TTL_S", 0.3)  # a beat every 0.1 s
     client = connect(clean_broker)
@@ -292,10 +284,10 @@ def test_the_heartbeat_does_not_bring_back_a_lease_the_end_dropped(clean_broker,
 
 def test_a_finished_run_leaves_no_lease_and_a_rerun_is_claimed_at_once(clean_broker,
                                                                        monkeypatch):
-    from engine.specs import expand, parse_study
-    from tasks.celery_app import configure
-    from tasks.run import claim, execute_run
-    from tasks.submit import queue_once, run_task
+    from approximant.engine.specs import expand, parse_study
+    from approximant.tasks.celery_app import configure
+    from approximant.tasks.run import claim, execute_run
+    from approximant.tasks.submit import queue_once, run_task
 
     configure(clean_broker)
     client = connect(clean_broker)

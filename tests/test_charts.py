@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from app import charts
+from approximant.app import charts
 
 
 def _datasets(chart) -> list[list[dict]]:
@@ -54,8 +54,8 @@ def test_forest_draws_uncertain_differences_hollow():
 
 
 def test_forest_keeps_page_colours_without_the_baseline_row():
-    from app import report
-    from app.report import View
+    from approximant.app import report
+    from approximant.app.report import View
 
     runs = pd.DataFrame({"run_id": ["a", "b"], "label": ["sgd[lr=0.1]", "adamw[lr=0.001]"],
                          "optimizer": ["sgd", "adamw"]})
@@ -73,7 +73,7 @@ def test_forest_keeps_page_colours_without_the_baseline_row():
 
 
 def test_runs_table_costs_each_run_and_not_a_waiting_rerun():
-    from app import report
+    from approximant.app import report
 
     t0 = pd.Timestamp("2026-12-03 10:00:00", tz="UTC")
     status = pd.DataFrame({

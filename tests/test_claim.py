@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from storage.stream import connect
-from tasks.publisher import LEASE_KEY, PROGRESS_KEY
-from tasks.run import claim
+from approximant.storage.stream import connect
+from approximant.tasks.publisher import LEASE_KEY, PROGRESS_KEY
+from approximant.tasks.run import claim
 
 
 def test_free_run_is_claimed_and_its_lease_taken(clean_broker):
@@ -64,10 +64,10 @@ def test_publisher_retries_an_unreachable_broker_then_gives_up(clean_broker, mon
     import redis
     import torch
 
-    from storage.stream import STREAM, EventStream
-    from tasks import publisher as publisher_mod
-    from tasks.lab import CAPTURE_KEY, publish_matrix
-    from tasks.publisher import MetricPublisher
+    from approximant.storage.stream import STREAM, EventStream
+    from approximant.tasks import publisher as publisher_mod
+    from approximant.tasks.lab import CAPTURE_KEY, publish_matrix
+    from approximant.tasks.publisher import MetricPublisher
 
     monkeypatch.setattr(publisher_mod.time, "sleep", lambda s: None)
     stream = EventStream(connect(clean_broker))
@@ -96,8 +96,8 @@ def test_publisher_retries_an_unreachable_broker_then_gives_up(clean_broker, mon
 def test_first_rows_go_at_once_then_batches(clean_broker):
     """The first point of a run reaches the page without waiting for a batch; after it, rows
     wait for ``max_rows`` or ``interval_s`` as before."""
-    from storage.stream import STREAM, EventStream
-    from tasks.publisher import MetricPublisher
+    from approximant.storage.stream import STREAM, EventStream
+    from approximant.tasks.publisher import MetricPublisher
 
     stream = EventStream(connect(clean_broker))
     pub = MetricPublisher(stream, "r8", attempt=1, steps=10, max_rows=3, interval_s=3600)
@@ -139,8 +139,8 @@ class _Racing:
 
 
 def test_a_run_that_ends_during_the_claim_is_not_trained_again(clean_broker):
-    from storage.stream import EventStream
-    from tasks.publisher import MetricPublisher
+    from approximant.storage.stream import EventStream
+    from approximant.tasks.publisher import MetricPublisher
 
     client = connect(clean_broker)
     live = MetricPublisher(EventStream(client), "r1", attempt=1, steps=10)

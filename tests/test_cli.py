@@ -10,8 +10,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from app.cli import main
-from storage.db import DB_FILENAME
+from approximant.app.cli import main
+from approximant.storage.db import DB_FILENAME
 
 SPEC = """
 name = "cli study"
@@ -102,7 +102,7 @@ def test_team_mode_worker_serves_an_external_broker(tmp_path, clean_broker, caps
     """A worker started with --broker runs what ``run --broker`` submits to the same server."""
     env = {**os.environ, "APPROXIMANT_TORCH_THREADS": "1"}
     worker = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker", "--broker", clean_broker,
+        [sys.executable, "-m", "approximant.app.cli", "worker", "--broker", clean_broker,
          "--loglevel", "WARNING", "--name", "team@test"], env=env,
     )
     try:
@@ -115,9 +115,9 @@ def test_team_mode_worker_serves_an_external_broker(tmp_path, clean_broker, caps
     assert code == 0, out
     assert "run: done — 2 finished" in out
     # The dashboard of that team would record the rows from the shared stream.
-    from storage.db import Database
-    from storage.recorder import Recorder
-    from storage.stream import EventStream, connect
+    from approximant.storage.db import Database
+    from approximant.storage.recorder import Recorder
+    from approximant.storage.stream import EventStream, connect
 
     db = Database(tmp_path / "team.duckdb")
     Recorder(db, EventStream(connect(clean_broker))).drain()
@@ -135,7 +135,7 @@ def test_no_wait_without_a_dashboard_is_refused(tmp_path, capsys):
 
 
 def test_a_second_headless_run_on_the_same_data_dir_is_refused(tmp_path, capsys):
-    from app.config import Stack, write_stack
+    from approximant.app.config import Stack, write_stack
 
     write_stack(tmp_path, Stack(os.getpid(), "redis://127.0.0.1:1/0", ""))  # a live headless run
     assert main(["run", write(tmp_path, SPEC), "--data-dir", str(tmp_path)]) == 1
@@ -156,7 +156,7 @@ def test_an_open_address_without_access_control_is_refused(tmp_path, monkeypatch
     env = {k: v for k, v in os.environ.items()
            if k not in ("APPROXIMANT_EDITOR_PASSWORD", "APPROXIMANT_EDITOR_PASSWORD_FILE")}
     proc = subprocess.run(
-        [sys.executable, "-m", "app.cli", "up", "--host", "0.0.0.0", "--port", "1",
+        [sys.executable, "-m", "approximant.app.cli", "up", "--host", "0.0.0.0", "--port", "1",
          "--data-dir", str(tmp_path / "data")],
         env={**env, "HOME": str(tmp_path)}, cwd=tmp_path, capture_output=True, text=True,
         timeout=120)
@@ -191,7 +191,7 @@ def stop_handlers():
 
 
 def test_a_child_refusing_its_configuration_stops_the_stack_not_a_restart_loop():
-    from app.cli import ChildRefused, Supervised
+    from approximant.app.cli import ChildRefused, Supervised
 
     crashed = Supervised("worker", lambda: _Exited(None), _Exited(1))
     crashed.check(0.0)
@@ -206,7 +206,7 @@ def test_ctrl_c_while_a_child_starts_leaves_it_recorded(stop_handlers):
     recorded, so the orderly stop stops it too (instead of orphaning it)."""
     import signal
 
-    from app.cli import Supervised, _Interrupted, _on_stop_signals
+    from approximant.app.cli import Supervised, _Interrupted, _on_stop_signals
 
     started = _Exited(None)
 
@@ -227,7 +227,7 @@ def test_up_stops_when_its_dashboard_refuses_its_configuration(tmp_path, monkeyp
                                                                stop_handlers):
     """A real ``up`` (embedded broker) whose dashboard exits 2 returns 2 at once, leaving no
     stack behind, instead of restarting the dashboard every 30 s forever."""
-    from app import cli
+    from approximant.app import cli
 
     started = []
 
@@ -244,8 +244,8 @@ def test_up_stops_when_its_dashboard_refuses_its_configuration(tmp_path, monkeyp
 
 
 def test_the_data_directory_and_database_are_private(tmp_path, monkeypatch):
-    from app import cli
-    from storage.db import Database
+    from approximant.app import cli
+    from approximant.storage.db import Database
 
     old = os.umask(0o022)
     try:
@@ -265,7 +265,7 @@ def test_the_data_directory_and_database_are_private(tmp_path, monkeypatch):
 
 
 def test_a_pool_process_whose_worker_already_died_exits(monkeypatch):
-    from tasks import celery_app
+    from approximant.tasks import celery_app
 
     class Libc:
         def prctl(self, *args):
@@ -283,7 +283,7 @@ def test_a_pool_process_whose_worker_already_died_exits(monkeypatch):
 
 
 def test_a_broker_that_died_reports_its_exit_code():
-    from app.cli import _BrokerProc
+    from approximant.app.cli import _BrokerProc
 
     class Broker:
         returncode = 0
@@ -297,9 +297,9 @@ def test_a_broker_that_died_reports_its_exit_code():
 
 
 def test_adding_seeds_past_the_run_limit_is_refused_naming_seeds(monkeypatch):
-    from engine.errors import SpecError
-    from engine.specs import expand, parse_study_toml
-    from tasks.submit import add_seeds
+    from approximant.engine.errors import SpecError
+    from approximant.engine.specs import expand, parse_study_toml
+    from approximant.tasks.submit import add_seeds
 
     spec = parse_study_toml(SPEC)
     runs = expand(spec)  # two seeds

@@ -7,11 +7,11 @@ import json
 
 import pandas as pd
 
-from app import charts
-from app.snapshot import build_snapshot
-from storage import analytics as an
-from storage.export import study_parquet
-from storage.synthetic import synthetic_study
+from approximant.app import charts
+from approximant.app.snapshot import build_snapshot
+from approximant.storage import analytics as an
+from approximant.storage.export import study_parquet
+from approximant.storage.synthetic import synthetic_study
 
 
 def test_parquet_holds_every_metric_row_with_its_config(db):

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import SpecError
-from engine.files import ENV, files_dir, resolve_data_file
-from engine.specs import expand, parse_study
-from engine.training import train
-from engine.workloads.tiny_gpt import TinyGPTSettings, load_corpus
+from approximant.engine.errors import SpecError
+from approximant.engine.files import ENV, files_dir, resolve_data_file
+from approximant.engine.specs import expand, parse_study
+from approximant.engine.training import train
+from approximant.engine.workloads.tiny_gpt import TinyGPTSettings, load_corpus
 
 TINY = {"depth": 1, "width": 16, "heads": 2, "context": 8, "batch_size": 4,
         "corpus_bytes": 2_000, "eval_batches": 1, "diagnostics_batch": 2}
@@ -169,7 +169,7 @@ def test_files_dir_resolves_links_in_the_variable(tmp_path, monkeypatch):
 
 
 def test_a_corpus_folder_is_read_in_sorted_path_order_without_hidden_files(folders):
-    from engine.workloads.corpus import user_text_bytes
+    from approximant.engine.workloads.corpus import user_text_bytes
 
     data, _ = folders
     c = data / "c"
@@ -185,7 +185,7 @@ def test_a_corpus_folder_is_read_in_sorted_path_order_without_hidden_files(folde
 
 def test_a_corpus_folder_with_too_many_entries_is_refused_naming_the_setting(folders,
                                                                             monkeypatch):
-    from engine.workloads import corpus
+    from approximant.engine.workloads import corpus
 
     data, _ = folders
     many = data / "many"

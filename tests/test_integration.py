@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from engine.specs import expand, parse_study
-from storage.queries import Queries
-from storage.recorder import Recorder
-from storage.stream import EventStream, connect
-from tasks.submit import submit_study
+from approximant.engine.specs import expand, parse_study
+from approximant.storage.queries import Queries
+from approximant.storage.recorder import Recorder
+from approximant.storage.stream import EventStream, connect
+from approximant.tasks.submit import submit_study
 
 pytestmark = pytest.mark.integration
 
@@ -27,16 +25,7 @@ SPEC = {
 }
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def test_study_runs_end_to_end_and_every_row_lands_once(worker, clean_broker, db):
+def test_study_runs_end_to_end_and_every_row_lands_once(worker, clean_broker, db, wait_for):
     spec = parse_study(SPEC)
     recorder = Recorder(db, EventStream(connect(clean_broker)))
     q = Queries(db)
@@ -75,8 +64,8 @@ def test_study_runs_end_to_end_and_every_row_lands_once(worker, clean_broker, db
     assert [r.run_id for r in again.runs] == [r.run_id for r in expand(spec)]
 
 
-def test_a_second_delivery_of_an_ended_run_is_not_trained_again(worker, clean_broker, db):
-    from tasks.run import SKIPPED_KEY, run_task
+def test_a_second_delivery_of_an_ended_run_is_not_trained_again(worker, clean_broker, db, wait_for):
+    from approximant.tasks.run import SKIPPED_KEY, run_task
 
     spec = parse_study({**SPEC, "optimizers": [SPEC["optimizers"][0]], "seeds": [0]})
     recorder = Recorder(db, EventStream(connect(clean_broker)))
@@ -100,8 +89,8 @@ def test_a_second_delivery_of_an_ended_run_is_not_trained_again(worker, clean_br
     assert q.metric_count(run.run_id) == rows_before
 
 
-def test_cancelling_a_study_stops_its_runs_between_steps(worker, clean_broker, db):
-    from tasks.submit import cancel_study
+def test_cancelling_a_study_stops_its_runs_between_steps(worker, clean_broker, db, wait_for):
+    from approximant.tasks.submit import cancel_study
 
     spec = parse_study({**SPEC, "steps": 100_000, "seeds": [0]})
     recorder = Recorder(db, EventStream(connect(clean_broker)))
@@ -127,8 +116,8 @@ def test_cancelling_a_study_stops_its_runs_between_steps(worker, clean_broker, d
     assert set(runs["message"]) <= {"cancelled by request", "cancelled before start"}
 
 
-def test_a_cancelled_study_can_be_rerun_and_grow_seeds(worker, clean_broker, db):
-    from tasks.submit import add_seeds, cancel_study, rerun
+def test_a_cancelled_study_can_be_rerun_and_grow_seeds(worker, clean_broker, db, wait_for):
+    from approximant.tasks.submit import add_seeds, cancel_study, rerun
 
     spec = parse_study({**SPEC, "optimizers": [SPEC["optimizers"][0]], "seeds": [0],
                         "steps": 8})

@@ -9,17 +9,16 @@ import duckdb
 import pytest
 import torch
 
-from engine.approx.bench import CASE_FIELDS, CURVE_FIELDS, RESULT_FIELDS
-from engine.approx.spec import parse_lab
-from engine.specs import expand, parse_study
-from storage.db import Database
-from storage.lab import LabQueries
-from storage.recorder import Recorder
-from storage.schema import MIGRATIONS, SCHEMA_VERSION, migrate
-from storage.stream import EventStream, connect
-from tasks.lab import cancel_lab, decode_matrix, encode_matrix, submit_lab
-from tasks.submit import submit_study
-from tests.test_integration import wait_for
+from approximant.engine.approx.bench import CASE_FIELDS, CURVE_FIELDS, RESULT_FIELDS
+from approximant.engine.approx.spec import parse_lab
+from approximant.engine.specs import expand, parse_study
+from approximant.storage.db import Database
+from approximant.storage.lab import LabQueries
+from approximant.storage.recorder import Recorder
+from approximant.storage.schema import MIGRATIONS, SCHEMA_VERSION, migrate
+from approximant.storage.stream import EventStream, connect
+from approximant.tasks.lab import cancel_lab, decode_matrix, encode_matrix, submit_lab
+from approximant.tasks.submit import submit_study
 
 LAB = {
     "name": "lab integration",
@@ -68,8 +67,8 @@ def test_a_version_1_database_upgrades_to_the_lab_schema(tmp_path):
 def test_released_databases_upgrade_and_take_runs(tmp_path, release):
     # Databases as earlier releases left them: v1 without runs.info, and v3 from the release
     # that had added info to migration 1 (mid-table). Both must upgrade and accept a run.
-    from storage.queries import Queries
-    from storage.schema import INSERT_RUN, RUN_COLUMNS
+    from approximant.storage.queries import Queries
+    from approximant.storage.schema import INSERT_RUN, RUN_COLUMNS
 
     path = tmp_path / "old.duckdb"
     con = duckdb.connect(str(path))
@@ -121,7 +120,7 @@ def test_a_matrix_event_whose_bytes_expired_is_parked_not_lost_silently(clean_br
 
 
 @pytest.mark.integration
-def test_lab_job_end_to_end_rows_land_once(worker, clean_broker, db):
+def test_lab_job_end_to_end_rows_land_once(worker, clean_broker, db, wait_for):
     spec = parse_lab(LAB)
     recorder = Recorder(db, EventStream(connect(clean_broker)))
     q = LabQueries(db)
@@ -167,7 +166,8 @@ def test_lab_job_end_to_end_rows_land_once(worker, clean_broker, db):
 
 
 @pytest.mark.integration
-def test_captured_gradients_flow_from_a_training_run_into_the_lab(worker, clean_broker, db):
+def test_captured_gradients_flow_from_a_training_run_into_the_lab(worker, clean_broker, db,
+                                                                   wait_for):
     study = parse_study({
         "name": "capture", "workload": {"name": "digits_mlp", "settings": {"hidden": 16}},
         "optimizers": [{"name": "muon", "grid": {"lr": [0.02]}}], "steps": 6, "eval_every": 6,
@@ -217,7 +217,7 @@ def test_submitting_without_the_captured_data_is_refused(clean_broker):
 
 
 @pytest.mark.integration
-def test_a_lab_job_can_be_cancelled(worker, clean_broker, db):
+def test_a_lab_job_can_be_cancelled(worker, clean_broker, db, wait_for):
     spec = parse_lab({**LAB, "spectra": ["gaussian"] * 1 + ["powerlaw:1", "powerlaw:2",
                                                             "lowrank:4"],
                       "shapes": ["64x64"], "repeats": 20})
@@ -249,7 +249,8 @@ def test_a_replayed_or_corrupt_captured_matrix_does_not_stop_the_recorder(clean_
     assert client.get(good["blob"]) is None  # recorded, so dropped from the broker
     bad = {**good, "matrix_id": "m-bad", "blob": "approximant:capture:m-bad"}
     client.set(bad["blob"], b"not zlib")
-    stream.append([good, bad, {"type": "study", "study_id": "x"}])  # a replay, then garbage
+    # A replay, then garbage (which no producer can send: written as it is).
+    stream.append_unchecked([good, bad, {"type": "study", "study_id": "x"}])
     recorder.drain()
     assert list(LabQueries(db).captured()["matrix_id"]) == ["m-good"]
     assert client.xlen(stream.dead_letter) == 2  # the corrupt matrix and the broken study
@@ -262,13 +263,13 @@ def test_a_lab_case_longer_than_the_lease_keeps_its_job(clean_broker, monkeypatc
     import json
     import time
 
-    from engine.approx.bench import LabSummary
-    from tasks import lab as lab_module
-    from tasks import publisher
-    from tasks.celery_app import app, configure
-    from tasks.lab import execute_lab
-    from tasks.publisher import LEASE_KEY, PROGRESS_KEY
-    from tasks.run import ACTIVE_KEY, DELIVERY_KEY, Reaper, claim
+    from approximant.engine.approx.bench import LabSummary
+    from approximant.tasks import lab as lab_module
+    from approximant.tasks import publisher
+    from approximant.tasks.celery_app import app, configure
+    from approximant.tasks.lab import execute_lab
+    from approximant.tasks.publisher import LEASE_KEY, PROGRESS_KEY
+    from approximant.tasks.run import ACTIVE_KEY, DELIVERY_KEY, Reaper, claim
 
     monkeypatch.setattr(publisher, "LEASE_TTL_S", 1)
     configure(clean_broker)

@@ -14,14 +14,14 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app import lab_charts
-from app.charts import PALETTE
-from app.text import shown
-from engine.approx.bench import run_lab
-from engine.approx.spec import parse_lab
-from storage.lab import LabQueries
-from storage.stream import EventStream, connect, now
-from tasks.lab import LabPublisher
+from approximant.app import lab_charts
+from approximant.app.charts import PALETTE
+from approximant.app.text import shown
+from approximant.engine.approx.bench import run_lab
+from approximant.engine.approx.spec import parse_lab
+from approximant.storage.lab import LabQueries
+from approximant.storage.stream import EventStream, connect, now
+from approximant.tasks.lab import LabPublisher
 
 MAIN = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
 # The seeded job's methods as the page names them, in the job's order.
@@ -185,7 +185,7 @@ def test_new_study_form_offers_capture_steps_and_validates_them(services):
 
 
 def test_long_transfer_curves_are_thinned_below_altairs_row_limit():
-    from app.views.lab import MAX_POINTS, _thin
+    from approximant.app.views.lab import MAX_POINTS, _thin
 
     n_curves, points = 160, 64  # e.g. 8 methods × ~7 iterations × 3 dtypes
     df = pd.DataFrame([(f"m{c % 8}", f"d{c % 3}", c, i, 10.0 ** (-i / 8), 1.0)
@@ -272,7 +272,7 @@ def test_a_method_keeps_its_colour_when_others_have_no_rows(seeded, services):
 
 
 def test_method_names_are_written_as_people_write_them():
-    from engine.approx.spec import POLAR_METHODS, POWER_METHODS
+    from approximant.engine.approx.spec import POLAR_METHODS, POWER_METHODS
 
     polar = lab_charts.method_names({"c": 0.5, "methods": list(POLAR_METHODS)})
     assert list(polar.values()) == [
@@ -317,7 +317,7 @@ def test_no_table_cell_shows_none(seeded):
 
 
 def test_a_failed_method_leaves_missing_cells_not_nan_text(seeded, services):
-    from app.views.lab import _final_rows
+    from approximant.app.views.lab import _final_rows
 
     res = LabQueries(services.db).results(seeded)
     res = res[res["case_id"] == res["case_id"].iloc[0]].assign(name=lambda d: d["method"])

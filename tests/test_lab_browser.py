@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_browser import ARTIFACTS, launch, stack  # noqa: F401 - the fixture
-
 pytestmark = pytest.mark.browser
 
 # [chart width, height] and [plot width, height] of every chart, in CSS px; the plot is the
@@ -27,10 +25,9 @@ CLIPPED_BUTTONS = """() => [...document.querySelectorAll('[data-testid="stDownlo
     .map(b => b.innerText)"""
 
 
-def test_lab_job_from_the_browser_with_svg_export(stack: str) -> None:  # noqa: F811
+def test_lab_job_from_the_browser_with_svg_export(stack: str, launch, artifacts: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = launch(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
@@ -60,7 +57,7 @@ def test_lab_job_from_the_browser_with_svg_export(stack: str) -> None:  # noqa: 
             # The page redraws once when the job ends; click after that, not during it.
             expect(page.get_by_role("button", name="Cancel job")).to_have_count(0,
                                                                               timeout=30_000)
-            page.screenshot(path=str(ARTIFACTS / "lab.png"), full_page=True)
+            page.screenshot(path=str(artifacts / "lab.png"), full_page=True)
             # One chart a row at the page's width: each plot (not only its chart) wide and
             # tall enough to read, and every download button shows its whole label.
             expect(page.locator(".vega-embed svg.marks")).to_have_count(6, timeout=30_000)
@@ -77,7 +74,7 @@ def test_lab_job_from_the_browser_with_svg_export(stack: str) -> None:  # noqa: 
             svg = Path(dl.value.path()).read_bytes()
             assert svg.startswith(b"<svg") and b"Transfer function" in svg
         except Exception:
-            page.screenshot(path=str(ARTIFACTS / "lab-failure.png"), full_page=True)
+            page.screenshot(path=str(artifacts / "lab-failure.png"), full_page=True)
             raise
         finally:
             browser.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.labels import (
+from approximant.app.labels import (
     MISSING,
     config_title,
     field_title,
@@ -13,8 +13,8 @@ from app.labels import (
     human_problems,
     metric_title,
 )
-from engine.errors import SpecError
-from engine.specs import parse_study
+from approximant.engine.errors import SpecError
+from approximant.engine.specs import parse_study
 
 
 @pytest.mark.parametrize("label, title", [

@@ -11,10 +11,10 @@ import duckdb
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app import presets
-from app.cli import main
-from engine.specs import parse_study
-from storage.db import DB_FILENAME
+from approximant.app import presets
+from approximant.app.cli import main
+from approximant.engine.specs import parse_study
+from approximant.storage.db import DB_FILENAME
 
 MAIN = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import time
 
-from storage.stream import EventStream, connect
+from approximant.storage.stream import EventStream, connect
 
 
 def _study_event() -> tuple[str, dict]:
-    from engine.specs import expand, parse_study
+    from approximant.engine.specs import expand, parse_study
 
     spec = parse_study({"name": "refresh", "workload": {"name": "digits_mlp"},
                         "optimizers": [{"name": "adamw"}], "seeds": [0], "steps": 10})

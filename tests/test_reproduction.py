@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from app import reproduction as rep
-from engine.specs import expand, parse_study
-from storage.schema import INSERT_RUN, RUN_COLUMNS
+from approximant.app import reproduction as rep
+from approximant.engine.specs import expand, parse_study
+from approximant.storage.schema import INSERT_RUN, RUN_COLUMNS
 
 SPEC = {
     "name": "report fixture",

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from engine.specs import expand, parse_study
-from engine.training import train
-from storage.queries import Queries
-from storage.recorder import Recorder
-from storage.stream import EventStream, connect
-from tasks import run as run_module
-from tasks.run import CHECKPOINT_KEY, execute_run
+from approximant.engine.specs import expand, parse_study
+from approximant.engine.training import train
+from approximant.storage.queries import Queries
+from approximant.storage.recorder import Recorder
+from approximant.storage.stream import EventStream, connect
+from approximant.tasks import run as run_module
+from approximant.tasks.run import CHECKPOINT_KEY, execute_run
 
 SPEC = parse_study({
     "name": "resume",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import SpecError
-from engine.specs import expand, parse_study, parse_study_toml, run_label
+from approximant.engine.errors import SpecError
+from approximant.engine.specs import expand, parse_study, parse_study_toml, run_label
 
 GOOD = {
     "name": "s",
@@ -110,7 +110,7 @@ def test_run_limit_is_configurable(monkeypatch):
 
 
 def test_toml_round_trip_and_malformed_toml():
-    from app.forms import spec_to_toml
+    from approximant.app.forms import spec_to_toml
 
     spec = parse_study(GOOD)
     again = parse_study_toml(spec_to_toml(spec.model_dump(mode="json")))
@@ -127,7 +127,7 @@ def test_an_optimizers_own_seed_follows_the_run_seed_unless_the_grid_fixes_it():
 
 
 def test_extra_seed_runs_follow_the_study_rules_and_ids():
-    from engine.specs import extra_seed_runs
+    from approximant.engine.specs import extra_seed_runs
 
     spec = parse_study({"name": "x", "workload": {"name": "digits_mlp"},
                         "optimizers": [{"name": "kaon", "grid": {"lr": [0.01, 0.02]}}],
@@ -179,7 +179,7 @@ def test_an_int_is_still_a_float_and_stored_specs_validate_again():
     # What storage keeps (JSON) and what the worker receives must validate unchanged.
     import json
 
-    from engine.specs import RunSpec, StudySpec
+    from approximant.engine.specs import RunSpec, StudySpec
 
     stored = json.loads(json.dumps(spec.model_dump(mode="json")))
     assert parse_study(stored) == spec
@@ -191,13 +191,13 @@ def test_an_int_is_still_a_float_and_stored_specs_validate_again():
 
 
 def test_an_over_limit_grid_is_refused_before_any_value_or_point(monkeypatch):
-    from engine.specs import StudySpec
+    from approximant.engine.specs import StudySpec
 
     def never(*_a, **_k):
         raise AssertionError("expanded or validated an over-limit grid")
 
     monkeypatch.setattr(StudySpec, "grid_points", never)
-    monkeypatch.setattr("engine.specs._deep_problems", never)
+    monkeypatch.setattr("approximant.engine.specs._deep_problems", never)
     grid = {k: [0.5 + i / 100 for i in range(10)]
             for k in ("lr", "beta1", "beta2", "eps", "weight_decay")}
     msg = errors_of(with_(optimizers=[{"name": "adamw", "grid": grid}], seeds=[0]))
@@ -258,7 +258,7 @@ def test_control_characters_in_names_are_refused(where, tmp_path, monkeypatch):
 
 
 def test_toml_input_is_bounded_and_never_raises_anything_else():
-    from engine.specs import MAX_SPEC_CHARS
+    from approximant.engine.specs import MAX_SPEC_CHARS
 
     with pytest.raises(SpecError, match="a spec may have at most"):
         parse_study_toml("#" * (MAX_SPEC_CHARS + 1))

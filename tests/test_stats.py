@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from storage import stats
+from approximant.storage import stats
 
 
 def _bootstrap_ci(values, level: float, n_boot: int = 1000, seed: int = 0):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from engine.specs import expand, parse_study
-from storage.analytics import Analytics
-from storage.db import Database
-from storage.queries import Queries
-from storage.recorder import Recorder
-from storage.schema import SCHEMA_VERSION, current_version, migrate
-from storage.stream import EventStream, connect
+from approximant.engine.specs import expand, parse_study
+from approximant.storage.analytics import Analytics
+from approximant.storage.db import Database
+from approximant.storage.queries import Queries
+from approximant.storage.recorder import Recorder
+from approximant.storage.schema import SCHEMA_VERSION, current_version, migrate
+from approximant.storage.stream import EventStream, connect
 
 SPEC = parse_study({
     "name": "storage",
@@ -74,7 +74,7 @@ def test_second_process_cannot_open_the_same_file(tmp_path):
     import sys
 
     db = Database(tmp_path / "owned.duckdb")
-    code = ("from storage.db import Database; import sys; "
+    code = ("from approximant.storage.db import Database; import sys; "
             f"Database(r'{tmp_path / 'owned.duckdb'}')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     db.close()
@@ -144,12 +144,25 @@ def test_status_moves_forward_only(stream, db):
 def test_poison_entry_is_parked_not_dropped(stream, db):
     rec = Recorder(db, stream)
     bad = {"type": "metrics", "run_id": "r", "attempt": "one", "rows": [[1]]}
-    stream.append([study_event(), bad, metrics_event(RUNS[0].run_id, 1, range(1, 3))])
+    with pytest.raises(ValueError, match="attempt"):  # a producer cannot send it...
+        stream.append([bad])
+    # ...but an older or foreign producer may have: parked, and the stream goes on.
+    stream.append_unchecked([study_event(), bad, metrics_event(RUNS[0].run_id, 1, range(1, 3))])
     rec.drain()
     assert count(db, "SELECT count(*) FROM metrics") == 2
     assert count(db, "SELECT count(*) FROM runs") == 2
     parked = stream.client.xrange(stream.dead_letter)
     assert len(parked) == 1 and b'"attempt": "one"' in parked[0][1][b"e"]
+
+
+def test_an_event_with_a_misspelt_field_fails_where_it_is_built(stream):
+    from approximant.storage.events import StatusEvent
+
+    with pytest.raises(ValueError, match="mesage"):
+        StatusEvent(run_id="r", attempt=1, status="running", mesage="typo")
+    with pytest.raises(ValueError, match="status"):
+        stream.append([{"type": "status", "run_id": "r", "attempt": 1, "status": "done"}])
+    assert stream.client.xlen(stream.stream) == 0
 
 
 def test_queries_downsample_and_report_finals(stream, db):
@@ -186,7 +199,7 @@ def test_a_database_failure_leaves_entries_pending_not_parked(stream, tmp_path):
 
 
 def test_only_one_database_records_from_a_broker(stream, tmp_path):
-    from storage.recorder import RecorderBusy
+    from approximant.storage.recorder import RecorderBusy
 
     first = Database(tmp_path / "a.duckdb")
     second = Database(tmp_path / "b.duckdb")

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.specs import expand, parse_study
-from storage.stream import EventStream, connect
-from tests.test_browser import launch, running_stack
+from approximant.engine.specs import expand, parse_study
+from approximant.storage.stream import EventStream, connect
 
 pytestmark = pytest.mark.browser
 
@@ -46,7 +45,8 @@ def _publish(broker_url: str) -> None:
     EventStream(connect(broker_url)).append(events)
 
 
-def test_hover_shows_every_group_and_a_click_shows_seeds(tmp_path: Path) -> None:
+def test_hover_shows_every_group_and_a_click_shows_seeds(tmp_path: Path, running_stack,
+                                                          launch) -> None:
     from playwright.sync_api import sync_playwright
 
     with running_stack(tmp_path) as url:

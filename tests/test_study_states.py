@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.text import shown
-from engine.specs import expand, parse_study
-from storage.stream import EventStream, connect
+from approximant.app.text import shown
+from approximant.engine.specs import expand, parse_study
+from approximant.storage.stream import EventStream, connect
 
 MAIN = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
 TABS = ["Curves", "Compare", "Learning rate", "Tuning budget", "Time to target", "Diagnostics",
@@ -90,7 +90,7 @@ def test_every_tab_draws_in_every_state(services, state):
 
 
 def test_a_failing_tab_leaves_the_others_drawn(services, monkeypatch):
-    from app import report
+    from approximant.app import report
 
     spec = _spec([0])
     runs = expand(spec)

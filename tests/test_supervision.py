@@ -8,14 +8,8 @@ so that a broken recovery fails instead of hanging: nothing here asserts a durat
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
+import bench_faults  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-
-import bench_faults  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

@@ -21,10 +21,10 @@ def _imported_after(code: str, modules: list[str]) -> list[bool]:
 
 def test_dashboard_warm_up_imports_every_page():
     views = sorted(p.stem for p in (ROOT / "app" / "views").glob("*.py") if p.stem != "__init__")
-    code = "from app.server import warm_up\nwarm_up()"
-    assert all(_imported_after(code, [f"app.views.{v}" for v in views] + ["altair"]))
+    code = "from approximant.app.server import warm_up\nwarm_up()"
+    assert all(_imported_after(code, [f"approximant.app.views.{v}" for v in views] + ["altair"]))
 
 
 def test_worker_warm_up_imports_what_a_first_run_would():
-    code = "from tasks.celery_app import _warm_up\n_warm_up()"
+    code = "from approximant.tasks.celery_app import _warm_up\n_warm_up()"
     assert _imported_after(code, ["torch._dynamo", "sklearn.datasets"]) == [True, True]

@@ -1,5 +1,5 @@
 """Page script; the page itself lives in `app.views.lab`."""
 
-from app.views.lab import render
+from approximant.app.views.lab import render
 
 render()

@@ -1,5 +1,5 @@
 """Page script; the page itself lives in `app.views.new_study`."""
 
-from app.views.new_study import render
+from approximant.app.views.new_study import render
 
 render()

@@ -1,5 +1,5 @@
 """Page script; the page itself lives in `app.views.profiles`."""
 
-from app.views.profiles import render
+from approximant.app.views.profiles import render
 
 render()

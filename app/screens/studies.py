@@ -1,5 +1,5 @@
 """Page script; the page itself lives in `app.views.studies`."""
 
-from app.views.studies import render
+from approximant.app.views.studies import render
 
 render()

@@ -1,5 +1,5 @@
 """Page script; the page itself lives in `app.views.study`."""
 
-from app.views.study import render
+from approximant.app.views.study import render
 
 render()

@@ -11,13 +11,13 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app import access, actions
-from app import lab_charts as charts
-from app.labels import MISSING
-from app.services import Services, get_services
-from app.text import plain, plain_lines
-from engine.approx.cases import EDGE_SPECTRA, GPT2_SHAPES, SPECTRA
-from engine.approx.spec import (
+from approximant.app import access, actions
+from approximant.app import lab_charts as charts
+from approximant.app.labels import MISSING
+from approximant.app.services import Services, get_services
+from approximant.app.text import plain, plain_lines
+from approximant.engine.approx.cases import EDGE_SPECTRA, GPT2_SHAPES, SPECTRA
+from approximant.engine.approx.spec import (
     DEFAULT_SHAPES,
     DEFAULT_SPECTRA,
     POLAR_METHODS,
@@ -27,8 +27,8 @@ from engine.approx.spec import (
     parse_lab,
     parse_method_lines,
 )
-from engine.errors import SpecError
-from storage.lab import LabQueries
+from approximant.engine.errors import SpecError
+from approximant.storage.lab import LabQueries
 
 REFRESH_S = 2.0
 EXPORT_WIDTH = 900  # px of an exported SVG/PNG
@@ -146,7 +146,7 @@ def _form(services: Services, lq: LabQueries) -> None:
 
 
 def _lab_maps() -> list[str]:
-    from engine.approx.spec import LAB_MAPS
+    from approximant.engine.approx.spec import LAB_MAPS
 
     return list(LAB_MAPS)
 

@@ -8,14 +8,14 @@ from typing import Any
 import redis
 import streamlit as st
 
-from app import access, actions, forms, presets
-from app.labels import human_problems
-from app.services import get_services
-from app.text import plain, plain_lines
-from engine.errors import SpecError
-from engine.optimizers import OPTIMIZERS
-from engine.specs import StudySpec, parse_study, parse_study_toml
-from engine.workloads import WORKLOADS
+from approximant.app import access, actions, forms, presets
+from approximant.app.labels import human_problems
+from approximant.app.services import get_services
+from approximant.app.text import plain, plain_lines
+from approximant.engine.errors import SpecError
+from approximant.engine.optimizers import OPTIMIZERS
+from approximant.engine.specs import StudySpec, parse_study, parse_study_toml
+from approximant.engine.workloads import WORKLOADS
 
 DEFAULT_OPTIMIZERS = ["sgd", "adamw", "muon"]
 
@@ -164,7 +164,7 @@ def _submit(spec: StudySpec) -> None:
         f"Queued {sub.queued} of {len(sub.runs)} runs."
         if sub.queued else "This exact study was submitted before; showing it."
     )
-    from app.navigation import page
+    from approximant.app.navigation import page
 
     st.switch_page(page("study"), query_params={"study": sub.study_id})
 

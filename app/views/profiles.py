@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import charts, labels
-from app.services import get_services
-from app.text import plain
-from storage import analytics as an
-from storage import stats
+from approximant.app import charts, labels
+from approximant.app.services import get_services
+from approximant.app.text import plain
+from approximant.storage import analytics as an
+from approximant.storage import stats
 
 COSTS = {"final": "final value of the metric", "best": "best value of the metric",
          "ttt": "steps to reach the target"}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import access
-from app.services import get_services
-from app.text import plain
+from approximant.app import access
+from approximant.app.services import get_services
+from approximant.app.text import plain
 
 
 def render_signin(who: access.Principal) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.services import get_services
+from approximant.app.services import get_services
 
 
 def render() -> None:
-    from app.navigation import page
+    from approximant.app.navigation import page
 
     st.title("Studies")
     services = get_services()

@@ -16,19 +16,19 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, StopException
 
-from app import access, actions, labels, report
-from app.banner import broker_banner
-from app.labels import MISSING
-from app.report import BAND_LABELS, SETTINGS, View, title
-from app.services import Services, get_services
-from app.snapshot import build_snapshot
-from app.text import plain, plain_lines
-from app.view_state import ViewState
-from storage import analytics as an
-from storage import stats
-from storage.export import study_parquet
-from storage.queries import Queries
-from storage.stream import TERMINAL
+from approximant.app import access, actions, labels, report
+from approximant.app.banner import broker_banner
+from approximant.app.labels import MISSING
+from approximant.app.report import BAND_LABELS, SETTINGS, View, title
+from approximant.app.services import Services, get_services
+from approximant.app.snapshot import build_snapshot
+from approximant.app.text import plain, plain_lines
+from approximant.app.view_state import ViewState
+from approximant.storage import analytics as an
+from approximant.storage import stats
+from approximant.storage.export import study_parquet
+from approximant.storage.queries import Queries
+from approximant.storage.stream import TERMINAL
 
 log = logging.getLogger(__name__)
 
@@ -339,8 +339,8 @@ def _runs_tab(services: Services, who: access.Principal, study: dict, runs: pd.D
 
 def _run_actions(services: Services, who: access.Principal, study: dict, runs: pd.DataFrame,
                  status: pd.DataFrame, picked: pd.DataFrame) -> None:
-    from engine.errors import SpecError
-    from engine.specs import RunSpec, parse_study
+    from approximant.engine.errors import SpecError
+    from approximant.engine.specs import RunSpec, parse_study
 
     raw = status["status"]
     active = picked[~raw.loc[picked.index].isin(TERMINAL)]
@@ -350,6 +350,10 @@ def _run_actions(services: Services, who: access.Principal, study: dict, runs: p
                    disabled=active.empty):
         actions.cancel_runs(who, services, list(active["run_id"]))
         _after_action(f"Cancellation requested for {len(active)} run(s).")
+    if is_script(study):
+        c[1].caption("Logged from a script: run the script again to continue a run, with "
+                     "another seed to add one. A script sees a cancel as `run.cancelled`.")
+        return
     if c[1].button(f"Re-run selected ({len(again)})", key="rerun_runs", disabled=again.empty,
                    help="Failed or cancelled runs train again as a new attempt."):
         specs = [RunSpec.model_validate(s) for s in
@@ -382,6 +386,26 @@ def _run_actions(services: Services, who: access.Principal, study: dict, runs: p
                               f"{label} already has seeds {', '.join(map(str, seeds))}.")
 
 
+def _meta(study: dict, runs: pd.DataFrame) -> str:
+    """The line under the title: what the study is and when it was made."""
+    spec, created = study["spec"], f"{study['created_at']:%Y-%m-%d %H:%M}"
+    if is_script(study):
+        # A script study's spec is its first run's; what it holds now is in its runs.
+        names = runs["optimizer"] if not runs.empty else []
+        seeds = sorted(set(runs["seed"])) if not runs.empty else []
+        opts = ", ".join(dict.fromkeys(labels.optimizer_title(o) for o in names))
+        return (f"{study['study_id']} · logged from scripts · optimizers {opts or labels.MISSING}"
+                f" · seeds {seeds} · created {created}")
+    opts = ", ".join(dict.fromkeys(labels.optimizer_title(o["name"]) for o in spec["optimizers"]))
+    return (f"{study['study_id']} · workload {spec['workload']['name']} · optimizers {opts} · "
+            f"seeds {spec['seeds']} · {spec['steps']} steps · created {created}")
+
+
+def is_script(study: dict) -> bool:
+    """Logged by a training script (approximant.client): no worker can re-run it."""
+    return study["spec"].get("source") == "script"
+
+
 def _after_action(message: str) -> None:
     # The action may have made the study active again: redraw the whole page (not only this
     # fragment) so live refresh, the cancel button and the counts follow.
@@ -390,7 +414,7 @@ def _after_action(message: str) -> None:
 
 
 def _parse_seeds(text: str) -> list[int]:
-    from engine.errors import SpecError
+    from approximant.engine.errors import SpecError
 
     seeds = []
     for part in (p.strip() for p in text.split(",")):
@@ -413,7 +437,7 @@ def _specs(runs: pd.DataFrame, run_ids: pd.Series) -> list[dict]:
 
 def _share(services: Services, who: access.Principal, study: dict, view: ViewState,
            out: dict) -> None:
-    from storage.shares import Shares
+    from approximant.storage.shares import Shares
 
     sid = study["study_id"]
     base = str(getattr(st.context, "url", "") or "").split("?")[0].rsplit("/", 1)[0]
@@ -453,7 +477,7 @@ def _share(services: Services, who: access.Principal, study: dict, view: ViewSta
         data=lambda: study_parquet(services.db, sid),
         file_name=f"{name}-metrics.parquet", mime="application/vnd.apache.parquet",
     )
-    from app import reproduction
+    from approximant.app import reproduction
 
     st.download_button(
         "Reproduction report (zip: Markdown + SVG figures)", key="repro_report",
@@ -487,13 +511,10 @@ def show(services: Services, who: access.Principal, study: dict) -> None:
     view = ViewState(SETTINGS, scope=f"{study_id}:{readonly}")
     view.load()
     st.title(plain(study["name"]), anchor=False)
-    opts = ", ".join(dict.fromkeys(labels.optimizer_title(o["name"]) for o in spec["optimizers"]))
-    meta = (f"{study_id} · workload {spec['workload']['name']} · optimizers {opts} · "
-            f"seeds {spec['seeds']} · {spec['steps']} steps · created "
-            f"{study['created_at']:%Y-%m-%d %H:%M}")
-    st.caption(plain(meta) + (" · read\\-only view" if readonly else ""))
     version = q.data_version(study_id)
     runs = _runs(a, study_id, version)
+    meta = _meta(study, runs)
+    st.caption(plain(meta) + (" · read\\-only view" if readonly else ""))
     # Config order, as the table and every legend: the default baseline is the first config.
     groups = list(dict.fromkeys(an.group_key(runs, view.value("group")))) if not runs.empty \
         else []

@@ -19,20 +19,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.approx.cases import build_case
-from engine.approx.measure import (
+from approximant.engine.approx.cases import build_case
+from approximant.engine.approx.measure import (
     condition_number,
     effective_lower_bound,
     gemm_gflops,
     measure,
     references,
 )
-from engine.approx.methods import final_call, peak_extra_bytes, run_method
-from engine.approx.spec import LabSpec
-from engine.errors import short
-from engine.specs import resolve_device
-from engine.spectral import get_map
-from engine.spectral.common import DTYPES
+from approximant.engine.approx.methods import final_call, peak_extra_bytes, run_method
+from approximant.engine.approx.spec import LabSpec
+from approximant.engine.errors import short
+from approximant.engine.specs import resolve_device
+from approximant.engine.spectral import get_map
+from approximant.engine.spectral.common import DTYPES
 
 RESULT_FIELDS = (
     "case_id", "method", "map", "dtype", "iteration", "matmuls", "factorisations", "flops",

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.errors import short
-from engine.spectral.testing import loguniform_values
+from approximant.engine.errors import short
+from approximant.engine.spectral.testing import loguniform_values
 
 # The 2-D weight shapes of GPT-2 small (d_model 768), as (rows, cols) of nn.Linear.weight.
 GPT2_SHAPES: dict[str, tuple[int, int]] = {

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.spectral.exact import null_mask
+from approximant.engine.spectral.exact import null_mask
 
 CURVE_POINTS = 64  # points kept per transfer curve and per output spectrum
 

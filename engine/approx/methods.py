@@ -28,16 +28,16 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from engine.spectral import get_map
-from engine.spectral.common import sync
-from engine.spectral.freon import freon_power
-from engine.spectral.newton_schulz import (
+from approximant.engine.spectral import get_map
+from approximant.engine.spectral.common import sync
+from approximant.engine.spectral.freon import freon_power
+from approximant.engine.spectral.newton_schulz import (
     QuinticPlan,
     kaon_plan,
     newton_schulz_plan,
     odd_quintic_iteration,
 )
-from engine.spectral.qdwh import qdwh_polar
+from approximant.engine.spectral.qdwh import qdwh_polar
 
 # The option that caps a map's iterations, for the maps that iterate.
 ITERATION_OPTION = {"newton_schulz": "steps", "kaon_chaos": "steps", "qdwh": "max_iter",

@@ -17,9 +17,9 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from engine.approx.cases import parse_shape, parse_spectrum
-from engine.approx.methods import POWER_MAPS, RESERVED_OPTIONS
-from engine.errors import (
+from approximant.engine.approx.cases import parse_shape, parse_spectrum
+from approximant.engine.approx.methods import POWER_MAPS, RESERVED_OPTIONS
+from approximant.engine.errors import (
     Printable,
     SpecError,
     check_name,
@@ -28,11 +28,11 @@ from engine.errors import (
     format_validation_error,
     short,
 )
-from engine.specs import MAX_SPEC_CHARS, run_label
-from engine.spectral import SPECTRAL_MAPS, get_map
-from engine.spectral.common import NULL_MODES
-from engine.spectral.freon import FINISHES
-from engine.spectral.schedules import SCHEDULES
+from approximant.engine.specs import MAX_SPEC_CHARS, run_label
+from approximant.engine.spectral import SPECTRAL_MAPS, get_map
+from approximant.engine.spectral.common import NULL_MODES
+from approximant.engine.spectral.freon import FINISHES
+from approximant.engine.spectral.schedules import SCHEDULES
 
 # Elements × methods × dtypes above this is refused: hours of CPU, not a lab run.
 MAX_WORK = 4e9

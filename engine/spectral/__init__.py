@@ -18,8 +18,8 @@ from typing import Any
 
 from torch import Tensor
 
-from engine.spectral.contracts import MapCase, registry_cases
-from engine.spectral.exact import (
+from approximant.engine.spectral.contracts import MapCase, registry_cases
+from approximant.engine.spectral.exact import (
     gram_eigh,
     kaon_iid,
     polar_svd,
@@ -27,9 +27,9 @@ from engine.spectral.exact import (
     svd_map,
     truncated_sgd,
 )
-from engine.spectral.freon import freon, warm_freon
-from engine.spectral.newton_schulz import kaon_chaos, newton_schulz
-from engine.spectral.qdwh import qdwh
+from approximant.engine.spectral.freon import freon, warm_freon
+from approximant.engine.spectral.newton_schulz import kaon_chaos, newton_schulz
+from approximant.engine.spectral.qdwh import qdwh
 
 
 @dataclass(frozen=True)

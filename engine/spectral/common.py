@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from engine.errors import MapError, clip
+from approximant.engine.errors import MapError, clip
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # The dtypes a spec may name, by name (optimizer hyper-parameters, lab specs).

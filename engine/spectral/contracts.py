@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.spectral.exact import null_mask, truncation_count
-from engine.spectral.newton_schulz import (
+from approximant.engine.spectral.exact import null_mask, truncation_count
+from approximant.engine.spectral.newton_schulz import (
     KAON_GAIN,
     KAON_OUT_SCALE,
     KAON_S4_GUARD,
@@ -153,7 +153,10 @@ def registry_cases() -> dict[str, tuple[MapCase, ...]]:
             MapCase({"schedule": "polar_express"}, newton_schulz_values,
                     {F32: 1e-3, F64: 1e-11}),
             MapCase({"schedule": "cans"}, newton_schulz_values, {F32: 1e-3, F64: 1e-10}),
-            MapCase({}, newton_schulz_values, {BF16: 5e-2}, kappa=10, rank_deficient=False),
+            # bf16 against the same iteration in fp64, over this case's inputs (κ ≤ 10, up to
+            # 24×24), 3 000 draws: Keller median 2.2e-2, p99 4.9e-2, max 8.1e-2 (5e-2 failed
+            # ~1 % of draws); Polar Express, whose steps have smaller slopes, max 2.0e-2.
+            MapCase({}, newton_schulz_values, {BF16: 1e-1}, kappa=10, rank_deficient=False),
             MapCase({"schedule": "polar_express"}, newton_schulz_values, {BF16: 5e-2},
                     kappa=10, rank_deficient=False),
             MapCase({"schedule": "cans"}, newton_schulz_values, {BF16: INF},

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from engine.spectral.common import (
+from approximant.engine.spectral.common import (
     check_matrix,
     empty_result,
     from_wide,

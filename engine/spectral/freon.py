@@ -29,8 +29,8 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
-from engine.errors import MapError
-from engine.spectral.common import (
+from approximant.engine.errors import MapError
+from approximant.engine.spectral.common import (
     check_matrix,
     check_null,
     drop_null,
@@ -47,7 +47,7 @@ from engine.spectral.common import (
     to_wide,
     work_dtype,
 )
-from engine.spectral.freon_coefficients import ORDERS, FreonStep, freon_schedule, minimax_step
+from approximant.engine.spectral.freon_coefficients import ORDERS, FreonStep, freon_schedule, minimax_step
 
 SUPPORTED_C = (Fraction(0), *sorted(ORDERS), Fraction(1))
 

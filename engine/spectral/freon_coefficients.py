@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
-from engine.spectral.qdwh import qdwh_coefficients
+from approximant.engine.spectral.qdwh import qdwh_coefficients
 
 
 def _log_h(lam: float, a: float, b: float, g: float, p: int) -> float:

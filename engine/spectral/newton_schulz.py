@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.spectral.common import (
+from approximant.engine.spectral.common import (
     check_matrix,
     empty_result,
     from_wide,
@@ -17,7 +17,7 @@ from engine.spectral.common import (
     to_wide,
     work_dtype,
 )
-from engine.spectral.schedules import get_schedule
+from approximant.engine.spectral.schedules import get_schedule
 
 
 def odd_quintic_iteration(

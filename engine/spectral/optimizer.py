@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.errors import MapError
-from engine.spectral import get_map
-from engine.spectral.common import pow2_exponent, scale_pow2
+from approximant.engine.errors import MapError
+from approximant.engine.spectral import get_map
+from approximant.engine.spectral.common import pow2_exponent, scale_pow2
 
 SHAPE_SCALES = ("original", "match_rms_adamw", "none")
 NONFINITE = ("raise", "propagate")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from engine.spectral.common import (
+from approximant.engine.spectral.common import (
     check_matrix,
     check_null,
     drop_null,

@@ -1,10 +1,10 @@
 """The one registry of workloads (training tasks)."""
 
-from engine.errors import short
-from engine.workloads.base import Task, Workload
-from engine.workloads.digits import DigitsCNN, DigitsMLP
-from engine.workloads.random_features import RandomFeatures
-from engine.workloads.tiny_gpt import TinyGPT
+from approximant.engine.errors import short
+from approximant.engine.workloads.base import Task, Workload
+from approximant.engine.workloads.digits import DigitsCNN, DigitsMLP
+from approximant.engine.workloads.random_features import RandomFeatures
+from approximant.engine.workloads.tiny_gpt import TinyGPT
 
 WORKLOADS: dict[str, type[Workload]] = {
     w.name: w for w in (DigitsMLP, DigitsCNN, RandomFeatures, TinyGPT)

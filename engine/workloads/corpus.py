@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import short
-from engine.files import ENV, display_path, inside_data_folder
+from approximant.engine.errors import short
+from approximant.engine.files import ENV, display_path, inside_data_folder
 
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
 _WHERE = "workload.settings"

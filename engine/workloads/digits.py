@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from pydantic import Field
 
-from engine.workloads.base import Task, Workload, WorkloadSettings
+from approximant.engine.workloads.base import Task, Workload, WorkloadSettings
 
 
 class DigitsSettings(WorkloadSettings):

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from pydantic import Field, ValidationInfo, field_validator
 
-from engine.workloads.base import Task, Workload, WorkloadSettings
+from approximant.engine.workloads.base import Task, Workload, WorkloadSettings
 
 
 class RandomFeatureSettings(WorkloadSettings):

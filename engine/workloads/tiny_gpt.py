@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, ValidationInfo, field_validator
 
-from engine.errors import check_name
-from engine.files import display_path, files_dir, resolve_data_file, unset_message
-from engine.workloads.base import Task, Workload, WorkloadSettings
-from engine.workloads.corpus import (
+from approximant.engine.errors import check_name
+from approximant.engine.files import display_path, files_dir, resolve_data_file, unset_message
+from approximant.engine.workloads.base import Task, Workload, WorkloadSettings
+from approximant.engine.workloads.corpus import (
     _WHERE,
     Corpus,
     bin_corpus,

@@ -8,14 +8,14 @@ import math
 import pytest
 import torch
 
-from engine.approx.bench import run_lab
-from engine.approx.cases import SPECTRA, build_case, parse_shape, parse_spectrum
-from engine.approx.measure import effective_lower_bound, measure, references
-from engine.approx.methods import peak_extra_bytes, quintic_rows, run_method
-from engine.approx.spec import LabSpec, parse_lab
-from engine.errors import SpecError
-from engine.spectral import apply_map
-from engine.spectral.qdwh import qdwh_coefficients
+from approximant.engine.approx.bench import run_lab
+from approximant.engine.approx.cases import SPECTRA, build_case, parse_shape, parse_spectrum
+from approximant.engine.approx.measure import effective_lower_bound, measure, references
+from approximant.engine.approx.methods import peak_extra_bytes, quintic_rows, run_method
+from approximant.engine.approx.spec import LabSpec, parse_lab
+from approximant.engine.errors import SpecError
+from approximant.engine.spectral import apply_map
+from approximant.engine.spectral.qdwh import qdwh_coefficients
 
 GRID = torch.logspace(-3, 0, 20001, dtype=torch.float64)
 
@@ -208,7 +208,7 @@ def test_lab_specs_are_strict_printable_and_echo_briefly():
         with pytest.raises(SpecError) as err:
             parse_lab(_spec(**change))
         assert len(str(err.value)) < 1_000
-    from engine.approx.spec import parse_method_lines
+    from approximant.engine.approx.spec import parse_method_lines
 
     with pytest.raises(ValueError) as err:
         parse_method_lines("qdwh[" + "x" * 1_000_000)
@@ -255,7 +255,7 @@ def test_run_lab_measures_every_case_dtype_and_iteration():
 
 
 def test_a_method_that_raises_is_a_result_row_not_a_crash(monkeypatch):
-    import engine.approx.methods as methods
+    import approximant.engine.approx.methods as methods
 
     def broken(*args, **kwargs):
         raise torch.linalg.LinAlgError("linalg.cholesky: the input is not positive-definite")
@@ -329,8 +329,8 @@ def test_anchor_qdwh_on_matrices_six_iterations_to_an_fp64_polar_factor(ell):
 
 
 def test_training_captures_gradient_and_momentum_of_matrix_parameters_at_chosen_steps():
-    from engine.specs import expand, parse_study
-    from engine.training import train
+    from approximant.engine.specs import expand, parse_study
+    from approximant.engine.training import train
 
     spec = parse_study({"name": "cap", "workload": {"name": "digits_mlp",
                                                      "settings": {"hidden": 16}},
@@ -380,8 +380,8 @@ def test_training_captures_gradient_and_momentum_of_matrix_parameters_at_chosen_
     ("svd_polar[x=1]", "methods.0.options.x: svd_polar has no such option; allowed: none"),
 ])
 def test_bad_method_options_are_named(line, message):
-    from engine.approx.spec import default_lab, parse_method_lines
-    from engine.errors import SpecError
+    from approximant.engine.approx.spec import default_lab, parse_method_lines
+    from approximant.engine.errors import SpecError
 
     with pytest.raises(SpecError) as err:
         default_lab(methods=parse_method_lines(line))
@@ -391,9 +391,9 @@ def test_bad_method_options_are_named(line, message):
 def test_the_option_table_covers_every_keyword_of_every_lab_map():
     import inspect
 
-    from engine.approx.methods import RESERVED_OPTIONS
-    from engine.approx.spec import LAB_MAPS, LAB_OPTIONS
-    from engine.spectral import get_map
+    from approximant.engine.approx.methods import RESERVED_OPTIONS
+    from approximant.engine.approx.spec import LAB_MAPS, LAB_OPTIONS
+    from approximant.engine.spectral import get_map
 
     assert set(LAB_OPTIONS) == set(LAB_MAPS)
     for name in LAB_MAPS:
@@ -404,15 +404,15 @@ def test_the_option_table_covers_every_keyword_of_every_lab_map():
 
 
 def test_every_default_lab_method_passes_the_option_table():
-    from engine.approx.spec import POLAR_METHODS, POWER_METHODS, default_lab
+    from approximant.engine.approx.spec import POLAR_METHODS, POWER_METHODS, default_lab
 
     assert len(default_lab().methods) == len(POLAR_METHODS)
     assert default_lab(target="power", c=2 / 3, methods=list(POWER_METHODS))
 
 
 def test_freon_cost_model_counts_each_product_by_hand():
-    from engine.approx.methods import freon_flops, qr_flops
-    from engine.spectral.freon_coefficients import FreonStep
+    from approximant.engine.approx.methods import freon_flops, qr_flops
+    from approximant.engine.spectral.freon_coefficients import FreonStep
 
     m, n = 4, 10
     qdwh_step = FreonStep("qr", 2, 1.0, 1.0, 1.0, 1e-6, 1e-2)

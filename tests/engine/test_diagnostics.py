@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from engine.diagnostics import alignment_figures, singular_value_summary
-from engine.specs import expand, parse_study
-from engine.training import train
-from engine.workloads import WORKLOADS, Task
+from approximant.engine.diagnostics import alignment_figures, singular_value_summary
+from approximant.engine.specs import expand, parse_study
+from approximant.engine.training import train
+from approximant.engine.workloads import WORKLOADS, Task
 
 RF = {"input_dim": 16, "features": 32, "outputs": 4, "n_train": 256, "n_val": 64,
       "batch_size": 32}
@@ -131,8 +131,8 @@ def test_on_a_smooth_model_the_quadratic_model_predicts_a_small_step():
 
 
 def test_a_workload_without_a_full_data_loss_is_refused_naming_the_setting(monkeypatch):
-    from engine.workloads import WORKLOADS as registry
-    from engine.workloads.random_features import RandomFeatures, RandomFeatureTask
+    from approximant.engine.workloads import WORKLOADS as registry
+    from approximant.engine.workloads.random_features import RandomFeatures, RandomFeatureTask
 
     class NoFullLoss(RandomFeatureTask):
         full_loss = Task.full_loss

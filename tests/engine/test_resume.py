@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.specs import expand, parse_study
-from engine.training import checkpoint_bytes, load_checkpoint, train
+from approximant.engine.specs import expand, parse_study
+from approximant.engine.training import checkpoint_bytes, load_checkpoint, train
 
 GPT = {"depth": 1, "width": 32, "heads": 2, "context": 16, "batch_size": 4,
        "corpus_bytes": 20_000, "eval_batches": 1}

@@ -13,16 +13,16 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from engine.errors import MapError, SpecError
-from engine.optimizers import FreonParams, build_optimizer
-from engine.spectral import SPECTRAL_MAPS, apply_map
-from engine.spectral.common import pow2_exponent
-from engine.spectral.exact import truncation_count
-from engine.spectral.newton_schulz import KAON_OUT_SCALE, KAON_S4_GUARD
-from engine.spectral.optimizer import SpectralOptimizer, configure_map
-from engine.spectral.schedules import SCHEDULES, STEP_ROUNDING
-from engine.spectral.testing import controlled_matrix
-from engine.spectral.testing import relative_spectral_error as rel_err
+from approximant.engine.errors import MapError, SpecError
+from approximant.engine.optimizers import FreonParams, build_optimizer
+from approximant.engine.spectral import SPECTRAL_MAPS, apply_map
+from approximant.engine.spectral.common import pow2_exponent
+from approximant.engine.spectral.exact import truncation_count
+from approximant.engine.spectral.newton_schulz import KAON_OUT_SCALE, KAON_S4_GUARD
+from approximant.engine.spectral.optimizer import SpectralOptimizer, configure_map
+from approximant.engine.spectral.schedules import SCHEDULES, STEP_ROUNDING
+from approximant.engine.spectral.testing import controlled_matrix
+from approximant.engine.spectral.testing import relative_spectral_error as rel_err
 
 
 def _rank_one(m: int, n: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:

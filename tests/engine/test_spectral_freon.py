@@ -15,10 +15,10 @@ from fractions import Fraction
 import pytest
 import torch
 
-from engine.spectral import apply_map
-from engine.spectral.exact import spectral_power
-from engine.spectral.freon import as_fraction, freon_power, warm_freon
-from engine.spectral.freon_coefficients import (
+from approximant.engine.spectral import apply_map
+from approximant.engine.spectral.exact import spectral_power
+from approximant.engine.spectral.freon import as_fraction, freon_power, warm_freon
+from approximant.engine.spectral.freon_coefficients import (
     ORDERS,
     _critical_points,
     freon_schedule,
@@ -26,9 +26,9 @@ from engine.spectral.freon_coefficients import (
     normalise,
     pade_guess,
 )
-from engine.spectral.qdwh import qdwh_coefficients
-from engine.spectral.testing import controlled_matrix
-from engine.spectral.testing import relative_spectral_error as rel_err
+from approximant.engine.spectral.qdwh import qdwh_coefficients
+from approximant.engine.spectral.testing import controlled_matrix
+from approximant.engine.spectral.testing import relative_spectral_error as rel_err
 
 C_LIST = [0.25, 1 / 3, 0.5, 2 / 3, 0.75, 1.0]
 SHAPES = [(24, 40), (40, 24), (32, 32)]
@@ -69,11 +69,11 @@ def test_solution_equioscillates_and_beats_pade(p: int, L: float) -> None:
 
 def test_schedule_is_cached_and_not_computed_at_import() -> None:
     code = (
-        "import engine.optimizers, engine.spectral\n"
-        "from engine.spectral.freon_coefficients import freon_schedule, minimax_step\n"
+        "import approximant.engine.optimizers, approximant.engine.spectral\n"
+        "from approximant.engine.spectral.freon_coefficients import freon_schedule, minimax_step\n"
         "assert freon_schedule.cache_info().currsize == 0\n"
         "assert minimax_step.cache_info().currsize == 0\n"
-        "from engine.spectral.freon import landing_bound\n"
+        "from approximant.engine.spectral.freon import landing_bound\n"
         "assert landing_bound.cache_info().currsize == 0\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -16,11 +16,11 @@ import math
 import pytest
 import torch
 
-from engine.spectral import SPECTRAL_MAPS, apply_map, get_map
-from engine.spectral.qdwh import qdwh_coefficients, qdwh_polar
-from engine.spectral.schedules import get_schedule
-from engine.spectral.testing import controlled_matrix
-from engine.spectral.testing import relative_spectral_error as rel_err
+from approximant.engine.spectral import SPECTRAL_MAPS, apply_map, get_map
+from approximant.engine.spectral.qdwh import qdwh_coefficients, qdwh_polar
+from approximant.engine.spectral.schedules import get_schedule
+from approximant.engine.spectral.testing import controlled_matrix
+from approximant.engine.spectral.testing import relative_spectral_error as rel_err
 
 EPS64 = torch.finfo(torch.float64).eps
 

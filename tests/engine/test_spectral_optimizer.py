@@ -9,7 +9,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from engine.optimizers import (
+from approximant.engine.optimizers import (
     FreonParams,
     KaonParams,
     MuonParams,
@@ -17,14 +17,14 @@ from engine.optimizers import (
     build_optimizer,
     get_optimizer,
 )
-from engine.spectral.exact import spectral_power
-from engine.spectral.optimizer import (
+from approximant.engine.spectral.exact import spectral_power
+from approximant.engine.spectral.optimizer import (
     SpectralOptimizer,
     configure_map,
     schatten_normalise,
     shape_scale,
 )
-from engine.spectral.testing import controlled_matrix
+from approximant.engine.spectral.testing import controlled_matrix
 
 
 def _mlp(seed: int = 0) -> torch.nn.Sequential:

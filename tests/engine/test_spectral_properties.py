@@ -19,7 +19,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.spectral import SPECTRAL_MAPS, MapCase
+from approximant.engine.spectral import SPECTRAL_MAPS, MapCase
 
 # Binary exponents of the scale: G's largest singular value is 2^e. fp32 (and bf16, which
 # gets an fp32 matrix) to 1e±33, fp64 to 1e±301: the answers, which scale at most as 1/G

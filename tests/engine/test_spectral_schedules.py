@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from engine.spectral.schedule_solvers import greedy_composition, minimax_odd_quintic
-from engine.spectral.schedules import SCHEDULES, get_schedule
+from approximant.engine.spectral.schedule_solvers import greedy_composition, minimax_odd_quintic
+from approximant.engine.spectral.schedules import SCHEDULES, get_schedule
 
 GRID = torch.logspace(-3, 0, 200001, dtype=torch.float64)
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from engine.specs import expand, parse_study
-from engine.training import lr_multiplier, planned_steps, train
+from approximant.engine.specs import expand, parse_study
+from approximant.engine.training import lr_multiplier, planned_steps, train
 
 # Small enough that a run takes milliseconds; full batch when batch_size == n_train.
 RF = {"input_dim": 16, "features": 32, "outputs": 4, "n_train": 256, "n_val": 64,
@@ -85,7 +85,7 @@ def test_the_lr_metric_follows_the_schedule_on_every_group():
 
 
 def test_warmup_longer_than_the_run_is_refused_naming_the_field():
-    from engine.errors import SpecError
+    from approximant.engine.errors import SpecError
 
     with pytest.raises(SpecError, match=r"warmup_steps: must be at most steps \(10\)"):
         run_spec(warmup_steps=11)
@@ -155,7 +155,7 @@ def test_should_stop_cancels_between_steps():
 def test_fast_grad_norm_matches_torch():
     import torch
 
-    from engine.training import _grad_norm
+    from approximant.engine.training import _grad_norm
 
     same = [torch.randn(5, 3), torch.randn(7), torch.randn(2, 2, 2)]
     assert torch.allclose(_grad_norm(same), torch.nn.utils.get_total_norm(same))

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from engine.errors import SpecError
-from engine.specs import RunSpec, StudySpec, expand, parse_study
+from approximant.engine.errors import SpecError
+from approximant.engine.specs import RunSpec, StudySpec, expand, parse_study
 
 BASE = {
     "name": "specs",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.specs import expand, parse_study
-from engine.training import train
-from engine.workloads import WORKLOADS
+from approximant.engine.specs import expand, parse_study
+from approximant.engine.training import train
+from approximant.engine.workloads import WORKLOADS
 
 CPU = torch.device("cpu")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.errors import SpecError
-from engine.specs import expand, parse_study
-from engine.training import train
-from engine.workloads import WORKLOADS
-from engine.workloads.random_features import RandomFeatureSettings, make_data
+from approximant.engine.errors import SpecError
+from approximant.engine.specs import expand, parse_study
+from approximant.engine.training import train
+from approximant.engine.workloads import WORKLOADS
+from approximant.engine.workloads.random_features import RandomFeatureSettings, make_data
 
 SMALL = {"input_dim": 16, "features": 32, "outputs": 4, "n_train": 256, "n_val": 64,
          "batch_size": 32}

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.errors import SpecError
-from engine.specs import expand, parse_study
-from engine.training import train
-from engine.workloads import WORKLOADS
-from engine.workloads.corpus import stdlib_bytes
+from approximant.engine.errors import SpecError
+from approximant.engine.specs import expand, parse_study
+from approximant.engine.training import train
+from approximant.engine.workloads import WORKLOADS
+from approximant.engine.workloads.corpus import stdlib_bytes
 
 TINY = {"depth": 1, "width": 32, "heads": 2, "context": 16, "batch_size": 8,
         "corpus_bytes": 20_000, "eval_batches": 2, "diagnostics_batch": 4}
