@@ -336,33 +336,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 # -- run ---------------------------------------------------------------------------------------
-def _print_progress(runs, states: dict[str, dict[str, str]], last: dict[str, str]) -> None:
-    for r in runs:
-        s = states.get(r.run_id, {})
-        status = s.get("status", "queued")
-        line = f"{status:>9}  step {s.get('step', '0'):>6}/{r.steps}"
-        for k in ("train_loss", "val_loss", "val_accuracy"):
-            if k in s:
-                line += f"  {k} {float(s[k]):.4g}"
-        if last.get(r.run_id) != line and (status != "running" or "train_loss" in s):
-            print(f"  {r.label} seed={r.seed}: {line}", flush=True)
-            last[r.run_id] = line
-
-
 def _wait_for_runs(runs, url: str, worker: subprocess.Popen | None = None,
                    poll_s: float = 1.0) -> dict[str, dict[str, str]]:
+    from approximant.app.progress import ProgressView
     from approximant.tasks.submit import progress
 
-    last: dict[str, str] = {}
+    view = ProgressView(runs)
+    poll_s = min(poll_s, 0.5) if view.live else poll_s  # a live bar moves, a log does not
     while True:
         if worker is not None and worker.poll() is not None:
             raise RuntimeError(f"the local worker exited ({worker.returncode}); runs stay "
                                "queued and resume with the next worker")
         states = progress([r.run_id for r in runs], url)
-        _print_progress(runs, states, last)
         done = sum(states.get(r.run_id, {}).get("status") in TERMINAL for r in runs)
         if done == len(runs):
+            view.close(states)
             return states
+        view.update(states)
         time.sleep(poll_s)
 
 
