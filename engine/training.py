@@ -14,16 +14,18 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from pydantic import ValidationError
 
-from approximant.engine.diagnostics import Diagnostics
+from approximant.engine.diagnostics import Diagnostics, Snapshot
 from approximant.engine.errors import format_validation_error, short
 from approximant.engine.optimizers import build_optimizer
 from approximant.engine.specs import RunSpec, resolve_device
 from approximant.engine.spectral.common import sync
 from approximant.engine.workloads import Task, get_workload
+from approximant.engine.workloads.base import Workload, WorkloadSettings
 
 Row = dict[str, float | int | str]
 Sink = Callable[[list[Row]], None]
@@ -117,125 +119,224 @@ def train(
     a state: training continues after its step and, on the same machine, produces the rows an
     uninterrupted run would have (model, optimizer, batch generator and global RNG restored).
     """
+    loop = _set_up(run, sink, resume, capture)
+    loop.task.model.train()
+    if loop.first_step == 1:
+        loop.evaluate(0)  # a resumed run logged its step-0 evaluation the first time
+    for step in range(loop.first_step, loop.horizon + 1):
+        if should_stop is not None and should_stop():
+            return loop.result("cancelled", step - 1, "cancelled by request")
+        loss_value, snapshot = loop.train_step(step)
+        if not math.isfinite(loss_value):
+            return loop.result("diverged", step, f"loss became {loss_value} at step {step}")
+        loop.off_clock_work(step, snapshot)
+        stop = loop.budget_spent(step)
+        if step % run.eval_every == 0 or step == loop.horizon or stop:
+            loop.evaluate(step)
+        if stop:
+            return loop.result("finished", step, f"stopped at step {step}: {stop}")
+        if checkpoint is not None:
+            # Bound, not built: the caller decides whether this step's state is worth building.
+            checkpoint(step, partial(loop.state, step))
+    return loop.result("finished", loop.horizon, "")
+
+
+def _set_up(run: RunSpec, sink: Sink, resume: dict | None, capture: Capture | None) -> _Loop:
+    """Build the task, optimizer and diagnostics ``run`` names and restore ``resume``.
+
+    The order is part of the result: the global seed is set before the workload builds its
+    model, and a resumed state is loaded last so that it overwrites what building drew.
+    """
     device = torch.device(resolve_device(run.device))
     # Workloads seed their own generators; this covers anything that draws from the global one.
     torch.manual_seed(run.seed)
     wl = get_workload(run.workload.name)
+    task = wl.build(_settings(wl, run), run.seed, device)
+    named = [(n, p) for n, p in task.model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    opt = build_optimizer(run.optimizer, run.hparams, params, task.matrix_params)
+    loop = _Loop(
+        run=run, sink=sink, device=device, task=task, opt=opt, params=params,
+        peak_lrs=[g["lr"] for g in opt.param_groups],  # before a resumed state overwrites them
+        horizon=planned_steps(run, task.examples_per_step),
+        per_step=task.examples_per_step, diagnostics=_diagnostics(run, wl, task, named, params),
+        autocast=(
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if device.type == "cuda" and run.bf16_autocast and wl.bf16_ok
+            else contextlib.nullcontext()
+        ),
+        capture=capture,
+        capture_at=set(run.capture_steps) if capture is not None else set(),
+        matrix_names=[(n, p) for n, p in named if any(p is q for q in task.matrix_params)],
+    )
+    if resume is not None:
+        loop.first_step = _restore(resume, run, task, opt) + 1
+        loop.wall, loop.final = float(resume["wall"]), dict(resume["final"])
+    return loop
+
+
+def _settings(wl: type[Workload], run: RunSpec) -> WorkloadSettings:
+    """The workload's settings from the spec, refused as the spec form would refuse them."""
     try:
-        settings = wl.settings(**run.workload.settings)
+        return wl.settings(**run.workload.settings)
     except ValidationError as err:
         # Checked again on the worker (its data folder may differ from the dashboard's): say
         # which setting, briefly, as the spec form would.
         raise ValueError(format_validation_error(err, "workload.settings")) from None
-    task = wl.build(settings, run.seed, device)
-    named = [(n, p) for n, p in task.model.named_parameters() if p.requires_grad]
-    params = [p for _, p in named]
-    opt = build_optimizer(run.optimizer, run.hparams, params, task.matrix_params)
-    peak_lrs = [g["lr"] for g in opt.param_groups]  # before a resumed state overwrites them
-    per_step = task.examples_per_step
-    horizon = planned_steps(run, per_step)
-    matrix_names = [(n, p) for n, p in named if any(p is q for q in task.matrix_params)]
-    capture_at = set(run.capture_steps) if capture is not None else set()
-    diagnostics = None
-    if run.diagnostics_every:
-        if type(task).full_loss is Task.full_loss:
-            raise ValueError(
-                f"diagnostics_every: workload {wl.name!r} has no full-data loss, so it cannot "
-                "be measured; set diagnostics_every = 0"
-            )
-        diagnostics = Diagnostics(task, params, {id(p): n for n, p in named})
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda" and run.bf16_autocast and wl.bf16_ok
-        else contextlib.nullcontext()
-    )
-    wall = 0.0
-    final: dict[str, float] = {}
-    start = 1
-    if resume is not None:
-        start = _restore(resume, run, task, opt) + 1
-        wall, final = float(resume["wall"]), dict(resume["final"])
 
-    def emit(step: int, metrics: dict[str, float]) -> None:
-        sink([
-            {"step": step, "name": k, "value": float(v), "wall_s": wall, "tokens": step * per_step}
+
+def _diagnostics(
+    run: RunSpec,
+    wl: type[Workload],
+    task: Task,
+    named: list[tuple[str, torch.nn.Parameter]],
+    params: list[torch.nn.Parameter],
+) -> Diagnostics | None:
+    """The step diagnostics when the spec asks for them; they need the full-data loss, so a
+    workload without one is refused before any step is spent."""
+    if not run.diagnostics_every:
+        return None
+    if type(task).full_loss is Task.full_loss:
+        raise ValueError(
+            f"diagnostics_every: workload {wl.name!r} has no full-data loss, so it cannot "
+            "be measured; set diagnostics_every = 0"
+        )
+    return Diagnostics(task, params, {id(p): n for n, p in named})
+
+
+@dataclass
+class _Loop:
+    """What one run carries from step to step, and the phases of a step.
+
+    ``wall`` and ``final`` change as the run goes; everything else is fixed by ``_set_up``.
+    A class rather than closures inside ``train`` so that each phase is named, documented and
+    readable on its own, while the checkpoint state still reads ``wall`` and ``final`` at the
+    moment it is built.
+    """
+
+    run: RunSpec
+    sink: Sink
+    device: torch.device
+    task: Task
+    opt: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]
+    peak_lrs: list[float]
+    per_step: int  # examples (or tokens) per step
+    horizon: int  # the last step the budget allows, and the lr schedule's horizon
+    diagnostics: Diagnostics | None
+    autocast: contextlib.AbstractContextManager
+    capture: Capture | None
+    capture_at: set[int]
+    matrix_names: list[tuple[str, torch.nn.Parameter]]
+    first_step: int = 1
+    wall: float = 0.0  # training seconds so far: the clock runs only inside train_step
+    final: dict[str, float] = field(default_factory=dict)  # latest value of each metric
+
+    def emit(self, step: int, metrics: dict[str, float]) -> None:
+        """Send ``metrics`` as long rows stamped with the training time and examples so far,
+        so that every row can be plotted against steps, seconds or tokens alike."""
+        self.sink([
+            {"step": step, "name": k, "value": float(v), "wall_s": self.wall,
+             "tokens": step * self.per_step}
             for k, v in metrics.items()
         ])
 
-    def evaluate(step: int) -> None:
-        with autocast:
-            metrics = task.evaluate()
-        final.update(metrics)
-        emit(step, metrics)
+    def evaluate(self, step: int) -> None:
+        """Held-out metrics, off the clock; kept in ``final`` for the run's result."""
+        with self.autocast:
+            metrics = self.task.evaluate()
+        self.final.update(metrics)
+        self.emit(step, metrics)
 
-    def state(step: int) -> dict:
-        return {"version": CHECKPOINT_VERSION, "run_id": run.run_id, "step": step,
-                "wall": wall, "final": dict(final), "model": task.model.state_dict(),
-                "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
-                "batch_rng": _batch_rng(task).get_state() if _batch_rng(task) else None}
+    def train_step(self, step: int) -> tuple[float, Snapshot | None]:
+        """One optimizer step at the scheduled learning rate, the only work that is timed.
 
-    task.model.train()
-    if start == 1:
-        evaluate(0)
-    for step in range(start, horizon + 1):
-        if should_stop is not None and should_stop():
-            return RunResult("cancelled", step - 1, final, "cancelled by request", task.info)
-        mult = lr_multiplier(step, horizon, run.lr_schedule, run.warmup_steps, run.min_lr_ratio)
-        for group, peak in zip(opt.param_groups, peak_lrs, strict=True):
-            group["lr"] = peak * mult
-        measure = diagnostics is not None and step % run.diagnostics_every == 0
+        Returns the loss and, on a diagnostics step, the parameters and gradients from just
+        before the update, which ``off_clock_work`` compares with those after it.
+        """
+        self._schedule_lr(step)
+        measure = self.diagnostics is not None and step % self.run.diagnostics_every == 0
 
-        sync(device)
+        sync(self.device)
         t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        with autocast:
-            loss = task.train_loss(step)
+        self.opt.zero_grad(set_to_none=True)
+        with self.autocast:
+            loss = self.task.train_loss(step)
         loss.backward()
         snapshot = None
         if measure:
             # Copying parameters and gradients is diagnostic work: keep it off the clock.
-            sync(device)
+            sync(self.device)
             dt_before = time.perf_counter() - t0
-            snapshot = diagnostics.snapshot()
-            sync(device)
+            snapshot = self.diagnostics.snapshot()
+            sync(self.device)
             t0 = time.perf_counter() - dt_before
-        grad_norm = None
-        if run.grad_clip is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, run.grad_clip)
-        elif run.log_grad_norm:
-            grad_norm = _grad_norm([p.grad for p in params if p.grad is not None])
-        opt.step()
+        grad_norm = self._clip_or_measure_grads()
+        self.opt.step()
         loss_value = loss.item()  # a device sync point on CUDA, so the clock below is honest
         dt = time.perf_counter() - t0
-        wall += dt
+        self.wall += dt
+        self._log_step(step, loss_value, dt, grad_norm)
+        return loss_value, snapshot
 
-        metrics = {"train_loss": loss_value, "lr": float(opt.param_groups[0]["lr"]),
+    def _schedule_lr(self, step: int) -> None:
+        """Scale every group's peak lr by the schedule: from the peaks kept at set-up, since
+        the groups' own values have already been scaled (or restored from a checkpoint)."""
+        mult = lr_multiplier(step, self.horizon, self.run.lr_schedule, self.run.warmup_steps,
+                             self.run.min_lr_ratio)
+        for group, peak in zip(self.opt.param_groups, self.peak_lrs, strict=True):
+            group["lr"] = peak * mult
+
+    def _clip_or_measure_grads(self) -> torch.Tensor | None:
+        """The global gradient norm: clipping computes it anyway; otherwise it is computed
+        only when it is logged, since it costs a pass over every gradient."""
+        if self.run.grad_clip is not None:
+            return torch.nn.utils.clip_grad_norm_(self.params, self.run.grad_clip)
+        if self.run.log_grad_norm:
+            return _grad_norm([p.grad for p in self.params if p.grad is not None])
+        return None
+
+    def _log_step(
+        self, step: int, loss_value: float, dt: float, grad_norm: torch.Tensor | None
+    ) -> None:
+        """The step's rows, before the divergence check, so that a diverged run's last row
+        shows the non-finite loss that ended it."""
+        metrics = {"train_loss": loss_value, "lr": float(self.opt.param_groups[0]["lr"]),
                    "step_time": dt}
-        if run.log_grad_norm and grad_norm is not None:
+        if self.run.log_grad_norm and grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
-        emit(step, metrics)
-        final["train_loss"] = loss_value
-        if not math.isfinite(loss_value):
-            return RunResult(
-                "diverged", step, final, f"loss became {loss_value} at step {step}", task.info
-            )
-        if snapshot is not None:
-            emit(step, diagnostics.measure(snapshot))
-        if step in capture_at:
-            _capture(capture, step, matrix_names, opt)
+        self.emit(step, metrics)
+        self.final["train_loss"] = loss_value
 
-        stop = ""
-        if step == horizon and horizon < run.steps:
-            stop = f"max_examples ({run.max_examples}) reached"
-        elif run.max_seconds is not None and wall >= run.max_seconds:
-            stop = f"max_seconds ({run.max_seconds:g}) of training reached"
-        if step % run.eval_every == 0 or step == horizon or stop:
-            evaluate(step)
-        if stop:
-            return RunResult("finished", step, final, f"stopped at step {step}: {stop}", task.info)
-        if checkpoint is not None:
-            checkpoint(step, lambda step=step: state(step))
-    return RunResult("finished", horizon, final, "", task.info)
+    def off_clock_work(self, step: int, snapshot: Snapshot | None) -> None:
+        """Diagnostics and captures of a finite step: measurements of the step just taken,
+        after the clock has stopped, so that they cost no training time."""
+        if snapshot is not None:
+            self.emit(step, self.diagnostics.measure(snapshot))
+        if step in self.capture_at:
+            _capture(self.capture, step, self.matrix_names, self.opt)
+
+    def budget_spent(self, step: int) -> str:
+        """Why the run stops after ``step`` short of ``run.steps``, or "" when it goes on."""
+        if step == self.horizon and self.horizon < self.run.steps:
+            return f"max_examples ({self.run.max_examples}) reached"
+        if self.run.max_seconds is not None and self.wall >= self.run.max_seconds:
+            return f"max_seconds ({self.run.max_seconds:g}) of training reached"
+        return ""
+
+    def state(self, step: int) -> dict:
+        """The full state after ``step``, in the ``CHECKPOINT_VERSION`` format ``_restore``
+        reads; it holds live tensors, so the caller serialises it before training goes on."""
+        rng = _batch_rng(self.task)
+        return {"version": CHECKPOINT_VERSION, "run_id": self.run.run_id, "step": step,
+                "wall": self.wall, "final": dict(self.final),
+                "model": self.task.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "batch_rng": rng.get_state() if rng else None}
+
+    def result(self, status: str, steps_done: int, message: str) -> RunResult:
+        """The run's outcome with the latest metrics and the task's facts (e.g. its corpus)."""
+        return RunResult(status, steps_done, self.final, message, self.task.info)
 
 
 def checkpoint_bytes(state: dict) -> bytes:
