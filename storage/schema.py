@@ -197,7 +197,20 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
             f"database schema version {start} is newer than this code's {SCHEMA_VERSION}; "
             "upgrade Approximant"
         )
-    for version in range(start, SCHEMA_VERSION):
+    if start == 2 and _is_mains_shares_v2(con):
+        # For a few hours main's migration 2 was the shares table; the lab merge renumbered it
+        # to 3 and put the lab tables at 2. Such a file has shares and no lab: give it the lab
+        # tables, and count shares (3) as applied.
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for stmt in MIGRATIONS[1]:
+                con.execute(stmt)
+            con.execute("INSERT INTO schema_version VALUES (3)")
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+    for version in range(current_version(con), SCHEMA_VERSION):
         con.execute("BEGIN TRANSACTION")
         try:
             for stmt in MIGRATIONS[version]:
@@ -208,3 +221,10 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
             con.execute("ROLLBACK")
             raise
     return start
+
+
+def _is_mains_shares_v2(con: duckdb.DuckDBPyConnection) -> bool:
+    tables = {r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
+    ).fetchall()}
+    return "shares" in tables and "lab_jobs" not in tables
