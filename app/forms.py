@@ -80,9 +80,10 @@ def spec_to_toml(spec: dict[str, Any]) -> str:
     tables = {k: v for k, v in spec.items() if isinstance(v, dict)}
     arrays = {k: v for k, v in spec.items()
               if isinstance(v, list) and v and isinstance(v[0], dict)}
-    for k, v in spec.items():
+    # The name first, as a person would write it (the model lists its training settings first).
+    for k in sorted(spec, key=lambda k: k != "name"):
         if k not in tables and k not in arrays:
-            lines.append(f"{k} = {val(v)}")
+            lines.append(f"{k} = {val(spec[k])}")
     for k, v in tables.items():
         scalars = {a: b for a, b in v.items() if not isinstance(b, dict)}
         lines += ["", f"[{k}]", *(f"{a} = {val(b)}" for a, b in scalars.items())]

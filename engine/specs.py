@@ -150,44 +150,17 @@ def run_label(optimizer: str, point: dict[str, GridValue]) -> str:
     return f"{optimizer}[{inner}]" if inner else optimizer
 
 
-class RunSpec(_Strict):
-    """Everything a worker needs to train one run; travels as JSON."""
-
-    study_id: str
-    run_id: str
-    label: str = Field(description="optimizer config label, shared by the seeds of a config")
-    workload: WorkloadSpec
-    optimizer: str
-    hparams: dict[str, GridValue] = Field(description="resolved, defaults included")
-    seed: int
-    steps: int
-    eval_every: int
-    device: str
-    # Study-level training settings added after the first release: every one has a default so
-    # that run specs already queued or stored stay valid. Bounds live on StudySpec.
-    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-    grad_clip: float | None = None
-    log_grad_norm: bool = True
-    max_examples: int | None = None
-    max_seconds: float | None = None
-    diagnostics_every: int = 0
-    bf16_autocast: bool = True
-    capture_steps: list[int] = Field(default_factory=list)
-
-
 MAX_CAPTURE_STEPS = 20
 
 
-class StudySpec(_Strict):
-    name: Printable = Field(min_length=1, max_length=120)
-    workload: WorkloadSpec
-    optimizers: list[OptimizerEntry] = Field(min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    steps: int = Field(200, ge=1, le=10_000_000, description="training steps per run")
-    eval_every: int = Field(25, ge=1, le=10_000_000, description="steps between evaluations")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+class TrainingSettings(_Strict):
+    """How every run of a study trains beyond its steps and evaluations: set on the study,
+    carried by each of its runs (one definition for both).
+
+    All were added after the first release, so each has a default: run specs already queued or
+    stored stay valid, and a study spec that leaves them at their defaults keeps its id.
+    """
+
     lr_schedule: Literal["constant", "cosine", "linear"] = Field(
         "constant", description="multiplier on every group's lr after warmup; decays over `steps`"
     )
@@ -221,6 +194,37 @@ class StudySpec(_Strict):
         "for the approximation lab; empty: off",
     )
 
+    def training_settings(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in TRAINING_FIELDS}
+
+
+TRAINING_FIELDS = tuple(TrainingSettings.model_fields)
+
+
+class RunSpec(TrainingSettings):
+    """Everything a worker needs to train one run; travels as JSON."""
+
+    study_id: str
+    run_id: str
+    label: str = Field(description="optimizer config label, shared by the seeds of a config")
+    workload: WorkloadSpec
+    optimizer: str
+    hparams: dict[str, GridValue] = Field(description="resolved, defaults included")
+    seed: int
+    steps: int
+    eval_every: int
+    device: str
+
+
+class StudySpec(TrainingSettings):
+    name: Printable = Field(min_length=1, max_length=120)
+    workload: WorkloadSpec
+    optimizers: list[OptimizerEntry] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    steps: int = Field(200, ge=1, le=10_000_000, description="training steps per run")
+    eval_every: int = Field(25, ge=1, le=10_000_000, description="steps between evaluations")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
     @model_validator(mode="before")
     @classmethod
     def _size_first(cls, data: Any) -> Any:
@@ -252,7 +256,7 @@ class StudySpec(_Strict):
         data = self.model_dump(mode="json")
         # Fields added later are hashed only when set away from their default, so a spec written
         # before they existed keeps its id and resubmitting it stays idempotent.
-        for name in _LATER_FIELDS:
+        for name in TRAINING_FIELDS:
             if data[name] == StudySpec.model_fields[name].get_default(
                     call_default_factory=True):
                 del data[name]
@@ -271,12 +275,6 @@ class StudySpec(_Strict):
         """Runs the study expands into, by arithmetic (no grid point is built)."""
         points = sum(math.prod(len(v) for v in e.grid.values()) for e in self.optimizers)
         return points * len(self.seeds)
-
-
-_LATER_FIELDS = (
-    "lr_schedule", "warmup_steps", "min_lr_ratio", "grad_clip", "log_grad_norm",
-    "max_examples", "max_seconds", "diagnostics_every", "bf16_autocast", "capture_steps",
-)
 
 
 def _schedule_problems(spec: StudySpec) -> list[str]:
@@ -415,7 +413,7 @@ def _run(spec: StudySpec, study_id: str, name: str, point: dict[str, GridValue],
         steps=spec.steps,
         eval_every=spec.eval_every,
         device=spec.device,
-        **{field: getattr(spec, field) for field in _LATER_FIELDS},
+        **spec.training_settings(),
     )
 
 
