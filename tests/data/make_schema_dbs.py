@@ -38,7 +38,8 @@ line unless said otherwise):
 * v2 "shares", ``c49099b``: main's last commit before the lab merge. On main, b76756e had made
   share tokens migration 2; the merge 7eb1582 renumbered them to 3 and put the lab at 2. A
   database made on main between b76756e and 7eb1582 says version 2 but has ``shares`` and no
-  lab tables. Kept as a separate file because today's code cannot open it (see the test).
+  lab tables; storage.schema.migrate recognises it (it failed on CREATE TABLE shares
+  until then).
 * v3, ``7b71605``: the last commit with three migrations (the parent of 60859dd).
 * v4, ``9501104``: the last commit with four migrations when these files were made; its code
   imports itself as ``approximant.*`` (since e90599e), which the writer maps to the worktree
