@@ -23,6 +23,8 @@ from typing import Protocol
 import redis
 
 from approximant.app.config import Stack, data_dir, read_stack, remove_stack, write_stack
+from approximant.engine.settings import ENV as SETTINGS_ENV
+from approximant.engine.settings import Settings
 from approximant.storage.stream import TERMINAL
 from approximant.tasks.broker import (
     ENV_BROKER,
@@ -319,7 +321,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from approximant.tasks.celery_app import app, configure
 
     configure(url)
-    os.environ["APPROXIMANT_WORKER_CONCURRENCY"] = str(args.concurrency)
+    os.environ[SETTINGS_ENV["worker_concurrency"]] = str(args.concurrency)
     # Containers commonly run as root; Celery's warning about it would be printed every start.
     warnings.filterwarnings("ignore", message=".*superuser privileges.*")
     # We keep a run going through a broker outage on purpose (tasks.celery_app); Celery warns
@@ -656,10 +658,9 @@ def main(argv: list[str] | None = None) -> int:
         # worker's files) is this user's alone; children inherit the mask.
         old_umask = os.umask(PRIVATE_UMASK)
     try:
-        if args.command in ("up", "worker", "run"):
-            from approximant.tasks.celery_app import checkpoint_every_s
-
-            checkpoint_every_s()  # a bad setting fails here, not later inside every run
+        # Every setting is checked before anything starts: a bad one fails here, naming its
+        # variable, not later inside every run or child.
+        Settings.from_env()
         return int(args.func(args) or 0)
     except (ConnectionError, redis.ConnectionError, redis.TimeoutError) as err:
         # The broker may be back in a moment: 1, not the configuration refusal (2) that `up`

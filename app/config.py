@@ -7,16 +7,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from approximant.engine.settings import ENV as SETTINGS_ENV
+from approximant.engine.settings import current as current_settings
 from approximant.tasks.broker import write_private
 
-ENV_DATA_DIR = "APPROXIMANT_DATA_DIR"
-DEFAULT_DATA_DIR = ".approximant"
+ENV_DATA_DIR = SETTINGS_ENV["data_dir"]
 STACK_FILE = "stack.json"
 
 
 def data_dir(flag: str | None = None) -> Path:
     """``--data-dir`` wins over ``APPROXIMANT_DATA_DIR``, which wins over ``./.approximant``."""
-    return Path(flag or os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR).resolve()
+    return Path(flag or current_settings().data_dir).resolve()
 
 
 @dataclass

@@ -9,23 +9,26 @@ seconds.
 
 from __future__ import annotations
 
-import os
 import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from approximant.engine.settings import ENV as SETTINGS_ENV
+from approximant.engine.settings import current as current_settings
+
 # The checkout's presets, else the copy `pip install .` puts under the environment's prefix
 # (pyproject's data-files); the variable overrides both.
-ENV_PRESETS = "APPROXIMANT_PRESETS_DIR"
+ENV_PRESETS = SETTINGS_ENV["presets_dir"]
 _CHECKOUT_DIR = Path(__file__).resolve().parent.parent / "examples" / "presets"
 _INSTALLED_DIR = Path(sys.prefix) / "share" / "approximant" / "presets"
 
 
 def presets_dir() -> Path:
-    if os.environ.get(ENV_PRESETS):
-        return Path(os.environ[ENV_PRESETS])
+    chosen = current_settings().presets_dir
+    if chosen is not None:
+        return chosen
     return _CHECKOUT_DIR if _CHECKOUT_DIR.is_dir() else _INSTALLED_DIR
 
 

@@ -7,7 +7,6 @@ process), so the recorder thread and the database connection outlive page reruns
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -17,11 +16,12 @@ from pathlib import Path
 import redis
 
 from approximant.app.config import data_dir
+from approximant.engine.settings import current as current_settings
 from approximant.storage.db import Database
 from approximant.storage.queries import Queries
 from approximant.storage.recorder import Recorder, RecorderBusy
 from approximant.storage.stream import BROKER_ERRORS, EventStream, connect
-from approximant.tasks.broker import ENV_BROKER, masked
+from approximant.tasks.broker import masked
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def get_services() -> Services:
     global _services
     with _lock:
         if _services is None:
-            _services = open_services(data_dir(), os.environ.get(ENV_BROKER) or None)
+            _services = open_services(data_dir(), current_settings().broker_url)
         return _services
 
 

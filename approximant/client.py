@@ -71,12 +71,13 @@ def _config(config: Mapping[str, Any] | None) -> dict[str, Any]:
 def _broker_url(broker: str | None, data_dir: str | os.PathLike | None) -> str:
     from approximant.app.config import data_dir as resolve_dir
     from approximant.app.config import read_stack
+    from approximant.engine.settings import current
     from approximant.tasks.broker import ENV_BROKER
 
     if broker:
         return broker
-    if os.environ.get(ENV_BROKER):
-        return os.environ[ENV_BROKER]
+    if current().broker_url:
+        return current().broker_url
     directory = resolve_dir(str(data_dir) if data_dir is not None else None)
     stack = read_stack(directory)
     if stack is None or not stack.dashboard_url:

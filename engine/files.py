@@ -17,18 +17,20 @@ import os
 from pathlib import Path
 
 from approximant.engine.errors import control_chars, named, short
+from approximant.engine.settings import ENV as SETTINGS_ENV
+from approximant.engine.settings import current
 
-ENV = "APPROXIMANT_FILES_DIR"
+ENV = SETTINGS_ENV["files_dir"]
 MAX_PATH_CHARS = 4096
 
 
 def files_dir() -> Path | None:
     """The data folder, fully resolved, or None when ``APPROXIMANT_FILES_DIR`` is unset or
     empty. Read on every call: a worker and a dashboard may each be configured differently."""
-    raw = os.environ.get(ENV, "").strip()
-    if not raw:
+    folder = current().files_dir
+    if folder is None:
         return None
-    return Path(os.path.realpath(os.path.expanduser(raw)))
+    return Path(os.path.realpath(os.path.expanduser(folder)))
 
 
 def unset_message(field: str = "") -> str:

@@ -11,7 +11,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import tomllib
 from collections import Counter
 from typing import Any, Literal
@@ -29,9 +28,9 @@ from approximant.engine.errors import (
     short,
 )
 from approximant.engine.optimizers import OPTIMIZERS
+from approximant.engine.settings import current as current_settings
 from approximant.engine.workloads import WORKLOADS
 
-DEFAULT_MAX_RUNS = 500
 # A spec is a page of text; anything near this is an attack or an accident, and parsing and
 # echoing it would only cost time.
 MAX_SPEC_CHARS = 1_000_000
@@ -43,8 +42,8 @@ GridValue = bool | int | float | str
 
 
 def max_runs() -> int:
-    """The largest study accepted; ``APPROXIMANT_MAX_RUNS`` overrides the default."""
-    return int(os.environ.get("APPROXIMANT_MAX_RUNS", DEFAULT_MAX_RUNS))
+    """The largest study accepted (``APPROXIMANT_MAX_RUNS``, engine/settings.py)."""
+    return current_settings().max_runs
 
 
 class _Strict(BaseModel):

@@ -18,9 +18,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from approximant.engine.settings import ENV as SETTINGS_ENV
+from approximant.engine.settings import current as current_settings
+
 log = logging.getLogger(__name__)
 
-ENV_BROKER = "APPROXIMANT_BROKER_URL"
+ENV_BROKER = SETTINGS_ENV["broker_url"]
 
 
 class EmbeddedBroker:
@@ -158,7 +161,7 @@ def masked(url: str) -> str:
 
 def explicit_broker(flag: str | None) -> str | None:
     """The broker URL the user named: the ``--broker`` flag wins over the environment."""
-    return flag or os.environ.get(ENV_BROKER) or None
+    return flag or current_settings().broker_url
 
 
 def check_broker(url: str, timeout: float = 5.0) -> None:

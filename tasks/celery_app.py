@@ -15,17 +15,19 @@ import sys
 from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
+from approximant.engine.settings import Settings
+from approximant.engine.settings import current as current_settings
 from approximant.tasks.broker import ENV_BROKER
 
 # How long a delivered, unacknowledged run stays invisible before the broker hands it out
 # again. A worker host that dies mid-run is recovered after this long; a run still alive then
 # is protected by its lease (tasks/run.py): each period of a long run adds one small copy of its
 # message that waits for the run to end, so keep this well above a typical run.
-VISIBILITY_TIMEOUT_S = int(os.environ.get("APPROXIMANT_VISIBILITY_TIMEOUT_S", 3600))
+VISIBILITY_TIMEOUT_S = current_settings().visibility_timeout_s
 
 app = Celery("approximant", include=["approximant.tasks.run", "approximant.tasks.lab"])
 app.conf.update(
-    broker_url=os.environ.get(ENV_BROKER, "redis://127.0.0.1:6379/0"),
+    broker_url=current_settings().broker_url or "redis://127.0.0.1:6379/0",
     result_backend=None,
     task_ignore_result=True,
     task_serializer="json",
@@ -48,18 +50,12 @@ app.conf.update(
 )
 
 
-# Seconds between a running run's checkpoints (see tasks.run); read by every worker process.
-ENV_CHECKPOINT_S = "APPROXIMANT_CHECKPOINT_S"
-DEFAULT_CHECKPOINT_S = 60.0
+DEFAULT_CHECKPOINT_S = Settings.model_fields["checkpoint_s"].default
 
 
 def checkpoint_every_s() -> float:
-    raw = os.environ.get(ENV_CHECKPOINT_S, "")
-    try:
-        return float(raw) if raw else DEFAULT_CHECKPOINT_S
-    except ValueError:
-        raise ValueError(f"{ENV_CHECKPOINT_S}: must be a number of seconds, ≤ 0 to turn "
-                         f"checkpoints off (got {raw!r})") from None
+    """Seconds between a running run's checkpoints (see tasks.run); ≤ 0: none."""
+    return current_settings().checkpoint_s
 
 
 def configure(broker_url: str) -> Celery:
@@ -71,9 +67,9 @@ def configure(broker_url: str) -> Celery:
 
 def torch_threads(concurrency: int) -> int:
     """Threads per worker process: ``APPROXIMANT_TORCH_THREADS`` or cores ÷ processes."""
-    env = os.environ.get("APPROXIMANT_TORCH_THREADS")
-    if env:
-        return max(1, int(env))
+    threads = current_settings().torch_threads
+    if threads:
+        return threads
     return max(1, (os.cpu_count() or 1) // max(1, concurrency))
 
 
@@ -110,8 +106,7 @@ def _per_process_setup(**_: object) -> None:
     # Runs in each forked pool process, before any task: never touch CUDA in the parent.
     import torch
 
-    concurrency = int(os.environ.get("APPROXIMANT_WORKER_CONCURRENCY", "1"))
-    torch.set_num_threads(torch_threads(concurrency))
+    torch.set_num_threads(torch_threads(current_settings().worker_concurrency))
     _die_with_parent()
 
 

@@ -9,7 +9,6 @@ person who just pressed Run is waiting for the first point, not for the first fu
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +17,7 @@ from typing import Any, TypeVar
 import redis
 from pydantic import BaseModel
 
+from approximant.engine.settings import current as current_settings
 from approximant.storage.events import MetricsEvent, StatusEvent
 from approximant.storage.stream import BROKER_ERRORS, TERMINAL, EventStream, Outage, now
 
@@ -31,21 +31,8 @@ PROGRESS_TTL_S = 30 * 24 * 3600
 # waits for it to lapse (see ``tasks.run.claim``); a run whose lease lapsed lost its worker and
 # is queued again (``tasks.run.Reaper``), so this is how long a dead worker's run waits.
 LEASE_KEY = "approximant:lease:{run_id}"
-ENV_LEASE_S = "APPROXIMANT_LEASE_S"
-
-
-def _lease_seconds() -> int:
-    raw = os.environ.get(ENV_LEASE_S, "")
-    try:
-        value = int(raw) if raw else 30
-    except ValueError:
-        value = 0
-    if value < 2:
-        raise ValueError(f"{ENV_LEASE_S}: must be a whole number of seconds ≥ 2 (got {raw!r})")
-    return value
-
-
-LEASE_TTL_S = _lease_seconds()
+# Read once: every attempt of a process renews with the same period.
+LEASE_TTL_S = current_settings().lease_s
 # How long a broker write waits for an unreachable broker before giving up (None: as long as it
 # takes). A run pauses meanwhile and goes on when the broker is back: a restarted embedded
 # broker, or a team Redis that is down for a while, costs no run.

@@ -147,7 +147,7 @@ def test_a_bad_checkpoint_interval_is_refused_before_anything_starts(tmp_path, c
     monkeypatch.setenv("APPROXIMANT_CHECKPOINT_S", "often")
     assert main(["run", write(tmp_path, SPEC), "--data-dir", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
-    assert "APPROXIMANT_CHECKPOINT_S: must be a number of seconds" in err and "'often'" in err
+    assert "APPROXIMANT_CHECKPOINT_S: " in err and "number" in err and "'often'" in err
 
 
 def test_an_open_address_without_access_control_is_refused(tmp_path, monkeypatch, capsys):
