@@ -291,3 +291,16 @@ def test_bad_options() -> None:
     with pytest.raises(ValueError, match="finish: must be one of auto, eigh, cholesky"):
         apply_map("freon", G, c=0.5, finish="svd")
     assert as_fraction(0.6666666666666666) == Fraction(2, 3)
+
+
+def test_unknown_or_missing_option_is_the_signature_type_error() -> None:
+    # The options are one FreonOptions dataclass behind **options, so these messages are
+    # ours now, not Python's; lab specs show them, naming the function the user called.
+    G = torch.randn(4, 6)
+    with pytest.raises(TypeError, match=r"^freon\(\) got an unexpected keyword argument 'detla'$"):
+        apply_map("freon", G, c=0.5, detla=0.1)
+    with pytest.raises(TypeError,
+                       match=r"^freon_power\(\) missing 1 required keyword-only argument: 'c'$"):
+        freon_power(G, delta=0.1)
+    with pytest.raises(TypeError, match=r"^warm_freon\(\) got an unexpected keyword argument"):
+        warm_freon((4, 6), c=0.5, steps=3)
