@@ -8,6 +8,7 @@ from the browser cannot drift apart.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import altair as alt
 import numpy as np
@@ -73,26 +74,31 @@ def title(metric: str) -> str:
 
 
 class StudyData:
-    """The queries a report needs, for one study. The page subclasses it to cache them."""
+    """The queries a report needs, for one study. Each goes through ``query``, which the page
+    overrides once to cache them all (app/views/study.py)."""
 
     def __init__(self, analytics: an.Analytics, study_id: str) -> None:
         self.a = analytics
         self.study_id = study_id
 
+    def query(self, name: str, *args: Any) -> Any:
+        """``Analytics.<name>([this study], *args)``."""
+        return getattr(self.a, name)([self.study_id], *args)
+
     def runs(self) -> pd.DataFrame:
-        return self.a.runs([self.study_id])
+        return self.query("runs")
 
     def metric_names(self) -> list[str]:
-        return self.a.metric_names([self.study_id])
+        return self.query("metric_names")
 
     def curves(self, metric: str, x: str, points: int) -> pd.DataFrame:
-        return self.a.run_curves([self.study_id], metric, x, points)
+        return self.query("run_curves", metric, x, points)
 
     def finals(self, metric: str) -> pd.DataFrame:
-        return self.a.finals([self.study_id], metric)
+        return self.query("finals", metric)
 
     def reached(self, metric: str, target: float, x: str) -> pd.DataFrame:
-        return self.a.time_to_target([self.study_id], metric, target, x)
+        return self.query("time_to_target", metric, target, x)
 
 
 def curve_chart(data: StudyData, runs: pd.DataFrame, v: View,

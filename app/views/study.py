@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -42,31 +43,9 @@ RERUNNABLE = ("failed", "cancelled")
 
 # --- cached data: keyed by the study's data version, which changes with every new row -------
 
-@st.cache_data(max_entries=128, show_spinner=False)
-def _runs(_a: an.Analytics, study_id: str, version: tuple) -> pd.DataFrame:
-    return _a.runs([study_id])
-
-
-@st.cache_data(max_entries=128, show_spinner=False)
-def _metric_names(_a: an.Analytics, study_id: str, version: tuple) -> list[str]:
-    return _a.metric_names([study_id])
-
-
-@st.cache_data(max_entries=128, show_spinner=False)
-def _run_curves(_a: an.Analytics, study_id: str, version: tuple, metric: str,
-                x: str, points: int = 200) -> pd.DataFrame:
-    return _a.run_curves([study_id], metric, x, points)
-
-
-@st.cache_data(max_entries=128, show_spinner=False)
-def _finals(_a: an.Analytics, study_id: str, version: tuple, metric: str) -> pd.DataFrame:
-    return _a.finals([study_id], metric)
-
-
-@st.cache_data(max_entries=128, show_spinner=False)
-def _reached(_a: an.Analytics, study_id: str, version: tuple, metric: str, target: float,
-             x: str) -> pd.DataFrame:
-    return _a.time_to_target([study_id], metric, target, x)
+@st.cache_data(max_entries=512, show_spinner=False)
+def _query(_a: an.Analytics, study_id: str, version: tuple, name: str, args: tuple) -> Any:
+    return report.StudyData(_a, study_id).query(name, *args)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -81,20 +60,8 @@ class _CachedData(report.StudyData):
         super().__init__(a, study_id)
         self.version = version
 
-    def runs(self) -> pd.DataFrame:
-        return _runs(self.a, self.study_id, self.version)
-
-    def metric_names(self) -> list[str]:
-        return _metric_names(self.a, self.study_id, self.version)
-
-    def curves(self, metric: str, x: str, points: int) -> pd.DataFrame:
-        return _run_curves(self.a, self.study_id, self.version, metric, x, points)
-
-    def finals(self, metric: str) -> pd.DataFrame:
-        return _finals(self.a, self.study_id, self.version, metric)
-
-    def reached(self, metric: str, target: float, x: str) -> pd.DataFrame:
-        return _reached(self.a, self.study_id, self.version, metric, target, x)
+    def query(self, name: str, *args: Any) -> Any:
+        return _query(self.a, self.study_id, self.version, name, args)
 
 
 # --- small helpers ----------------------------------------------------------------------------
@@ -511,14 +478,14 @@ def show(services: Services, who: access.Principal, study: dict) -> None:
     view = ViewState(SETTINGS, scope=f"{study_id}:{readonly}")
     view.load()
     st.title(plain(study["name"]), anchor=False)
-    version = q.data_version(study_id)
-    runs = _runs(a, study_id, version)
+    cached = _CachedData(a, study_id, q.data_version(study_id))
+    runs = cached.runs()
     meta = _meta(study, runs)
     st.caption(plain(meta) + (" · read\\-only view" if readonly else ""))
     # Config order, as the table and every legend: the default baseline is the first config.
     groups = list(dict.fromkeys(an.group_key(runs, view.value("group")))) if not runs.empty \
         else []
-    _controls(view, _metric_names(a, study_id, version), groups)
+    _controls(view, cached.metric_names(), groups)
     view.save()
     active = q.is_active(study_id)
     if active and not readonly and services.broker_url and st.button("Cancel study",
@@ -526,7 +493,7 @@ def show(services: Services, who: access.Principal, study: dict) -> None:
         actions.cancel_study(who, services, study_id)
         st.toast("Cancellation requested: runs stop at their next step.")
     live = active and not view.value("pause")
-    waiting = live and not _metric_names(a, study_id, version)
+    waiting = live and not cached.metric_names()
     # What the snapshot download needs from the live part: the header and the settings in force.
     out: dict = {"meta": meta}
 
