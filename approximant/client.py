@@ -26,6 +26,7 @@ band); a study is identified by its name, so scripts that give the same name fil
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import math
@@ -166,6 +167,13 @@ class Run:
         self._thread = threading.Thread(target=self._sender, daemon=True,
                                         name=f"approximant-{self.run_id}")
         self._thread.start()
+        # A script that ends without finish() (no context manager) still sends what it logged;
+        # its run stays "running", as a crashed script's does, until it is started again.
+        atexit.register(self._at_exit)
+
+    def _at_exit(self) -> None:
+        if self._ended is None and not self._publisher.superseded:
+            self.flush()
 
     def log(self, step: int, **metrics: float) -> None:
         """Record ``metrics`` (name=value) at ``step``; returns at once (sent in the
@@ -212,6 +220,7 @@ class Run:
         if self._ended is not None:
             return
         self._ended = status
+        atexit.unregister(self._at_exit)
         self._stop.set()
         self._thread.join()
         with self._sending:

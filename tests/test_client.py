@@ -234,3 +234,17 @@ def test_a_cancel_from_the_dashboard_reaches_the_script(clean_broker):
         cancel_study(run.study_id, clean_broker)
         bench_faults.wait_for("the script to see the cancel", lambda: run.cancelled, 30)
         run.finish("cancelled", "asked to")
+
+
+def test_a_script_that_never_calls_finish_still_sends_what_it_logged(clean_broker, db):
+    code = ("import approximant\n"
+            f"run = approximant.start_run('no finish', optimizer='sgd', steps=9, "
+            f"broker={clean_broker!r})\n"
+            "for s in range(1, 4):\n"
+            "    run.log(s, train_loss=1.0 / s)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    _recorded(clean_broker, db)
+    with db.read() as cur:
+        assert cur.execute("SELECT step FROM metrics ORDER BY step").fetchall() == [
+            (1,), (2,), (3,)]
+        assert cur.execute("SELECT status FROM runs").fetchall() == [("running",)]
