@@ -28,8 +28,10 @@ planned from the options alone (:func:`_plan`, a cached lookup), the QR phase ru
 from __future__ import annotations
 
 import functools
+import inspect
 import math
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, fields
 from fractions import Fraction
 from typing import Any
 
@@ -245,6 +247,24 @@ class _Call:
     frac: Fraction
     dtype: torch.dtype
     finish: str  # "eigh" or "cholesky" ("auto" resolved); the plan may still fall back
+
+
+def _show_options(fn: Callable[..., Any]) -> None:
+    """Give ``fn(first, **options)`` the signature of its options (FreonOptions' fields,
+    keyword-only, with their defaults): what ``help`` shows and what the lab's option table is
+    checked against (tests/engine/test_approx.py), declared nowhere but in FreonOptions."""
+    sig = inspect.signature(fn)
+    first = next(iter(sig.parameters.values()))
+    keywords = [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=f.type,
+                          default=inspect.Parameter.empty if f.default is MISSING else f.default)
+        for f in fields(FreonOptions)
+    ]
+    fn.__signature__ = sig.replace(parameters=[first, *keywords])
+
+
+for _fn in (freon_power, freon, warm_freon):
+    _show_options(_fn)
 
 
 def _check_call(G: Tensor, opts: FreonOptions) -> _Call:
