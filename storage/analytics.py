@@ -17,6 +17,7 @@ import pandas as pd
 
 from approximant.storage import stats
 from approximant.storage.db import Database
+from approximant.storage.schema import run_order
 from approximant.storage.stream import TERMINAL
 
 # The x axes a person can choose, and the metric column behind each: ``tokens`` holds examples
@@ -72,7 +73,7 @@ class Analytics:
                        r.message, r.hparams, r.spec
                 FROM runs r JOIN studies s USING (study_id)
                 WHERE r.study_id IN ({_in(study_ids)})
-                ORDER BY s.created_at, r.study_id, r.position
+                ORDER BY s.created_at, r.study_id, {run_order('r')}
             """, study_ids).df() if study_ids else pd.DataFrame()
         if runs.empty:
             return runs

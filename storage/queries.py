@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from approximant.storage.db import Database
+from approximant.storage.schema import run_order
 from approximant.storage.stream import TERMINAL_SQL
 
 
@@ -46,10 +47,10 @@ class Queries:
     def runs(self, study_id: str) -> pd.DataFrame:
         """Runs of a study in expansion order, with the latest value of each metric."""
         with self.db.read() as cur:
-            runs = cur.execute("""
+            runs = cur.execute(f"""
                 SELECT run_id, label, optimizer, seed, status, attempt, last_step, steps,
                        message, worker, started_at, finished_at, updated_at, hparams, info
-                FROM runs WHERE study_id = ? ORDER BY position
+                FROM runs WHERE study_id = ? ORDER BY {run_order()}
             """, [study_id]).df()
             finals = cur.execute("""
                 SELECT m.run_id, m.name, arg_max(m.value, m.step) AS value

@@ -179,6 +179,14 @@ RUN_COLUMNS = (
     "status", "attempt", "last_step", "message", "worker", "info", "created_at", "started_at",
     "finished_at", "updated_at",
 )
+# The order a study's runs are shown in (tables, legends, colours): the spec's expansion order;
+# a script study's runs arrive in whatever order their scripts started, so by config then seed.
+def run_order(alias: str = "") -> str:
+    """The ORDER BY terms for the runs table, its columns qualified by ``alias``."""
+    a = f"{alias}." if alias else ""
+    return (f"CASE WHEN json_extract_string({a}spec, '$.workload.name') = 'script' THEN NULL "
+            f"ELSE {a}position END, {a}label, {a}seed")
+
 INSERT_RUN = (f"INSERT OR IGNORE INTO runs ({', '.join(RUN_COLUMNS)}) "
               f"VALUES ({', '.join('?' * len(RUN_COLUMNS))})")
 

@@ -248,3 +248,21 @@ def test_a_script_that_never_calls_finish_still_sends_what_it_logged(clean_broke
         assert cur.execute("SELECT step FROM metrics ORDER BY step").fetchall() == [
             (1,), (2,), (3,)]
         assert cur.execute("SELECT status FROM runs").fetchall() == [("running",)]
+
+
+def test_a_script_study_lists_its_runs_by_config_and_seed_whatever_order_they_started(
+        clean_broker, db):
+    import approximant
+    from approximant.storage.analytics import Analytics
+    from approximant.storage.queries import Queries
+
+    for optimizer, seed in (("muon", 1), ("adamw", 0), ("muon", 0), ("adamw", 1)):
+        approximant.start_run("order", optimizer=optimizer, seed=seed, steps=5,
+                              broker=clean_broker).finish()
+    _recorded(clean_broker, db)
+    study = approximant.client.study_id_for("order")
+    want = [("adamw", 0), ("adamw", 1), ("muon", 0), ("muon", 1)]
+    assert list(Queries(db).runs(study)[["label", "seed"]].itertuples(index=False,
+                                                                       name=None)) == want
+    assert list(Analytics(db).runs([study])[["label", "seed"]].itertuples(
+        index=False, name=None)) == want

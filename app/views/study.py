@@ -153,7 +153,7 @@ def _curves_tab(data: _CachedData, runs: pd.DataFrame, v: View) -> None:
     n_seeds = runs.groupby(an.group_key(runs, v.group)).size()
     st.caption(
         f"Lines: {v.center} over seeds; band: {BAND_LABELS[v.band]}; point opacity: seeds at "
-        f"that point (groups have {n_seeds.min()}–{n_seeds.max()} runs). Diverged seeds leave "
+        f"that point (groups have {_span(n_seeds)} runs). Diverged seeds leave "
         "the band from the step they diverge and are counted in the comparison table. Bands of "
         "a metric whose values are all positive (a loss) are multiplicative, so they stay above "
         "zero. Hover for every group's value at one step; click a group (its line or legend "
@@ -253,9 +253,19 @@ def _ttt_tab(data: _CachedData, runs: pd.DataFrame, v: View, view: ViewState) ->
                "more of its runs are not there.")
 
 
+def _span(counts: pd.Series) -> str:
+    """``3`` or ``2–5``: the range of some counts, as a person would write it."""
+    low, high = int(counts.min()), int(counts.max())
+    return str(low) if low == high else f"{low}–{high}"
+
+
 def _diagnostics_tab(data: _CachedData, runs: pd.DataFrame, v: View, metrics: list[str]) -> None:
     diag = report.diagnostic_names(metrics)
     if not diag:
+        if not runs.empty and (runs["workload"] == "script").all():
+            st.caption("No diagnostics recorded: a script logs only what it passes to "
+                       "`run.log`.")
+            return
         st.caption("No diagnostics recorded. Set *diagnostics every* in the study's training "
                    "settings to measure alignment γ, descent potential Φ and the optimal step "
                    "η* (workloads with a full-data loss).")
@@ -552,7 +562,14 @@ def show(services: Services, who: access.Principal, study: dict) -> None:
     spec_box = st.expander("Spec", key="spec_open", on_change="rerun")
     if spec_box.open:
         with spec_box:
-            st.json(spec)
+            if is_script(study):
+                # No spec: each script registered its own run, with its own config.
+                st.caption("Logged from scripts: each run's optimizer, config and seed as its "
+                           "script gave them.")
+                st.json({label: sorted(int(s) for s in g["seed"]) for label, g in
+                         cached.runs().groupby("label", sort=False)})
+            else:
+                st.json(spec)
 
 
 def _missing(services: Services, what: str) -> None:
