@@ -410,6 +410,74 @@ def _all_stacks(trees: dict[str, Path], dirs: dict[str, Path], tmp: Path) -> Ite
                for name, tree in trees.items()}
 
 
+# -- part floor: what Streamlit alone costs --------------------------------------------------------
+
+FLOOR_APP = """
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+st.set_page_config(page_title="floor", layout="wide")
+st.title("A Streamlit page with one chart")
+df = pd.DataFrame({"step": np.arange(200), "loss": np.exp(-np.arange(200) / 50)})
+st.altair_chart(alt.Chart(df).mark_line().encode(x="step:Q", y="loss:Q"), width="stretch")
+"""
+
+
+@contextmanager
+def floor_server(tmp: Path) -> Iterator[str]:
+    """Plain ``streamlit run`` of a page with a title and one 200-point line chart: the least
+    any Streamlit page with a chart costs in this browser on this machine."""
+    app = tmp / "floor_app.py"
+    app.write_text(FLOOR_APP)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
+         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not _healthy(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the floor page did not start")
+            time.sleep(0.2)
+        SERVERS[url] = proc.pid
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def part_floor(args: argparse.Namespace, tmp: Path) -> None:
+    """The study page against a bare Streamlit page with one small chart, loads alternating
+    in one browser: how much of a cold load is Streamlit's own, whatever a page does."""
+    from playwright.sync_api import sync_playwright
+
+    data = tmp / "data-floor"
+    sid = build_study(data, args.optimizers, args.lrs, args.seeds, args.steps)
+    loads: dict[str, list[Load]] = {"floor page (one chart)": [], "study page": []}
+    with floor_server(tmp) as floor, stack(ROOT, data, 0, tmp / "up-floor.log") as url, \
+            sync_playwright() as p:
+        browser = _launch(p)
+        urls = {"floor page (one chart)": f"{floor}/", "study page": f"{url}/study?study={sid}"}
+        for u in urls.values():  # one load each, not counted: the servers' first load
+            load_page(browser, u)
+        for i in range(args.repeats):
+            for name, u in urls.items():
+                loads[name].append(load_page(browser, u))
+            print(f"  load {i + 1}: " + ", ".join(f"{n} {loads[n][-1].total:.0f} ms"
+                                                    for n in urls), flush=True)
+        browser.close()
+    print(f"\nCold loads (new browser context, servers warm), {os.cpu_count()} cores, load "
+          f"average {os.getloadavg()[0]:.1f}:")
+    for name, xs in loads.items():
+        _report(name, xs)
+    a, b = (statistics.median(x.total for x in xs) for xs in loads.values())
+    print(f" study page / floor page: {b / a:.2f}× ({b:.0f} vs {a:.0f} ms)")
+
+
 # -- part 2: Run → the first chart point ------------------------------------------------------
 
 class BrokerWatch:
@@ -579,7 +647,7 @@ def part_run(args: argparse.Namespace, tmp: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=["page", "run", "both"], default="both")
+    p.add_argument("--part", choices=["page", "run", "both", "floor"], default="both")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--first-loads", type=int, default=3)
     p.add_argument("--compare", action="append", default=[], metavar="DIR",
@@ -602,6 +670,8 @@ def main() -> None:
             part_page(args, tmp)
         if args.part in ("run", "both"):
             part_run(args, tmp)
+        if args.part == "floor":
+            part_floor(args, tmp)
     finally:
         if args.keep:
             print(f"kept {tmp}")
