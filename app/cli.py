@@ -646,11 +646,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    for flag in ("workers", "port"):
+    for flag, low in (("workers", 0), ("port", 1), ("concurrency", 1)):
         value = getattr(args, flag, None)
-        if value is not None and value < (0 if flag == "workers" else 1):
-            print(f"--{flag}: must be ≥ {0 if flag == 'workers' else 1} (got {value})",
-                  file=sys.stderr)
+        if value is not None and value < low:
+            print(f"--{flag}: must be ≥ {low} (got {value})", file=sys.stderr)
             return 2
     old_umask = None
     if args.command in ("up", "run", "dashboard", "worker"):

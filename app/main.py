@@ -1,4 +1,5 @@
-"""Streamlit entry point: ``streamlit run app/main.py`` (``approximant up`` does this for you).
+"""Streamlit entry point, run by ``approximant up`` (or ``streamlit run app/main.py`` from a
+checkout installed with ``pip install -e .``: its imports are ``approximant.*``).
 
 Each script run first decides the session's principal (``app.access``); the pages it may open
 are the only pages registered for it, so a page it may not open cannot run at all.

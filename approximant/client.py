@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import json
 import logging
 import math
 import os
@@ -111,7 +112,10 @@ class Run:
         self.study_name = study
         self.study_id = study_id_for(study)
         self.label = run_label(optimizer, hparams)
-        digest = hashlib.sha256(f"{self.study_id}|{self.label}|seed={seed}".encode())
+        # The exact config, not its label: the label rounds floats to 6 digits and writes 1 and
+        # 1.0, or True and "True", alike; two configs must never share a run.
+        exact = json.dumps([optimizer, hparams, seed], sort_keys=True)
+        digest = hashlib.sha256(f"{self.study_id}|{exact}".encode())
         self.run_id = f"{self.study_id}-{digest.hexdigest()[:10]}"
         self.steps = steps
         self._spec = {
@@ -125,6 +129,7 @@ class Run:
         self._sending = threading.Lock()  # the publisher (not thread-safe)
         self._rows: list[dict[str, Any]] = []
         self._t0 = time.monotonic()
+        self._started_at = time.time()
         self._stop = threading.Event()
         self._ended: str | None = None
         self.cancelled = False
@@ -234,7 +239,7 @@ class Run:
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if kind is None:
+        if kind is None or (issubclass(kind, SystemExit) and err.code in (0, None)):
             self.finish("finished")
         elif issubclass(kind, KeyboardInterrupt):
             self.finish("cancelled", "interrupted")
@@ -250,10 +255,12 @@ class Run:
             self._publisher.add(rows)
 
     def _sender(self) -> None:
+        from approximant.storage.stream import BROKER_ERRORS, Outage
         from approximant.tasks.run import CANCEL_RUN_KEY, CANCEL_STUDY_KEY
 
         cancel_keys = (CANCEL_RUN_KEY.format(run_id=self.run_id),
                        CANCEL_STUDY_KEY.format(study_id=self.study_id))
+        outage = Outage(f"run {self.run_id}", log)  # one warning an outage, not one a poll
         while not self._stop.wait(FLUSH_S / 4):
             try:
                 with self._sending:
@@ -261,7 +268,13 @@ class Run:
                     if self._publisher.pending and (
                             time.monotonic() - self._publisher.last_flush >= FLUSH_S):
                         self._publisher.flush()
-                self.cancelled = bool(self._client.exists(*cancel_keys))
+                # A cancel asked for before this process started is not for it: a script
+                # started again after a cancel continues (cancel requests hold their time).
+                asked = [float(v) for v in self._client.mget(cancel_keys) if v is not None]
+                self.cancelled = any(t >= self._started_at for t in asked)
+                outage.back()
+            except BROKER_ERRORS as err:
+                outage.lost(err)
             except Exception:  # the publisher retries through outages; anything else is ours
                 log.exception("run %s: sending rows failed; they are kept for the next try",
                               self.run_id)

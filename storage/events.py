@@ -23,7 +23,9 @@ MetricRow = tuple[int, str, float | None, float | None, int | None]
 
 
 class _Event(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and ±inf go out as JSON's NaN/Infinity (what json.dumps wrote before the models), not
+    # as null: a diverged run's last loss is NaN, and arg_max over values skips NULLs.
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
 
 class StudyEvent(_Event):

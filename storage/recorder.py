@@ -289,6 +289,12 @@ def _study(cur, ev: StudyEvent, batch: _Batch) -> None:
     # A script study (approximant.client) grows one run per script: each event lists only
     # its own run, which goes after the runs already there.
     script = spec.get("source") == "script"
+    if script:
+        kind = cur.execute("SELECT workload FROM studies WHERE study_id = ?",
+                           [ev.study_id]).fetchone()
+        if kind is not None and kind[0] != "script":
+            raise ValueError(f"study {ev.study_id}: a script's run for a study that is not "
+                             "logged from scripts")
     first = cur.execute("SELECT count(*) FROM runs WHERE study_id = ?",
                         [ev.study_id]).fetchone()[0] if script else 0
     rows = [
@@ -358,8 +364,10 @@ def _status(cur, ev: StatusEvent, batch: _Batch) -> None:
 
 
 def _matrix(cur, ev: MatrixEvent, batch: _Batch) -> None:
-    if apply_matrix(cur, ev, batch.fetch):
-        batch.stored_blobs.append(ev.blob)
+    apply_matrix(cur, ev, batch.fetch)
+    # Stored now or before (a replay after a crash between the commit and the delete): the
+    # broker's copy is no longer needed either way.
+    batch.stored_blobs.append(ev.blob)
 
 
 # One handler per event type: a new type is a model in storage.events and a line here.

@@ -171,9 +171,12 @@ class MetricPublisher:
         for _step, name, value, _w, _t in rows:
             if name in ("train_loss", "val_loss", "val_accuracy"):
                 self.latest[name] = value
-        events: list[BaseModel] = []
-        if rows:
-            events.append(MetricsEvent(run_id=self.run_id, attempt=self.attempt, rows=rows))
+        # At most max_rows a stream entry: rows held through a long outage go out as many
+        # entries, never one too large for the broker.
+        events: list[BaseModel] = [
+            MetricsEvent(run_id=self.run_id, attempt=self.attempt,
+                         rows=rows[i:i + self.max_rows])
+            for i in range(0, len(rows), self.max_rows)]
         events.append(self.status_event(status, message, info, resumed_from))
         self.send(events, status)
         self._rows = []

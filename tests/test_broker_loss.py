@@ -307,3 +307,13 @@ def test_a_finished_run_leaves_no_lease_and_a_rerun_is_claimed_at_once(clean_bro
     monkeypatch.setattr(client, "eval", lambda *a: looks.append(a) or real_eval(*a))
     assert claim(client, run.run_id, lease_ttl_s=30, poll_s=0.05) == "run"
     assert len(looks) == 1
+
+
+def test_rows_held_through_an_outage_go_out_as_entries_of_at_most_max_rows(clean_broker):
+    client = connect(clean_broker)
+    pub = MetricPublisher(EventStream(client), "r-split", attempt=1, steps=10, max_rows=3)
+    pub.add([{"step": s, "name": "train_loss", "value": 1.0, "wall_s": 0.0, "tokens": 0}
+             for s in range(1, 8)])  # the first rows go at once: 7 of them
+    entries = [json.loads(e[b"e"]) for _, e in client.xrange(STREAM)]
+    assert [len(e["rows"]) for e in entries if e["type"] == "metrics"] == [3, 3, 1]
+    assert entries[-1]["type"] == "status"

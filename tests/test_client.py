@@ -7,6 +7,9 @@ again. Deadlines only bound waits; nothing here asserts a duration.
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 import os
 import signal
 import subprocess
@@ -166,10 +169,12 @@ def test_log_refuses_what_it_cannot_store(clean_broker):
         run.log(2, train_loss=1.0)
 
 
-def test_rows_logged_while_the_broker_is_away_are_held_then_stored_once(tmp_path, db):
+def test_rows_logged_while_the_broker_is_away_are_held_then_stored_once(tmp_path, db,
+                                                                          caplog):
     import approximant
     from approximant.tasks.broker import EmbeddedBroker
 
+    caplog.set_level(logging.WARNING, logger="approximant.client")
     broker = EmbeddedBroker(tmp_path)
     url = broker.start()
     try:
@@ -186,6 +191,10 @@ def test_rows_logged_while_the_broker_is_away_are_held_then_stored_once(tmp_path
             run.log(step, train_loss=99.0)
         assert broker.restart() == url
         run.finish()
+        # The sender saw the outage: one warning when it began, none a poll, no traceback.
+        client_logs = [r for r in caplog.records if r.name == "approximant.client"]
+        assert sum("unreachable" in r.getMessage() for r in client_logs) <= 1
+        assert not any(r.exc_info for r in client_logs)
         _recorded(url, db)
     finally:
         broker.stop()
@@ -266,3 +275,74 @@ def test_a_script_study_lists_its_runs_by_config_and_seed_whatever_order_they_st
                                                                        name=None)) == want
     assert list(Analytics(db).runs([study])[["label", "seed"]].itertuples(
         index=False, name=None)) == want
+
+
+def test_a_diverged_loss_goes_on_the_wire_as_nan_not_as_null(clean_broker):
+    """The wire keeps what was logged (json.dumps' NaN/Infinity, as before the typed events).
+    The recorder's DataFrame insert stores non-finite values as NULL, as it always has."""
+    import approximant
+    from approximant.storage.stream import STREAM, connect
+
+    with approximant.start_run("nan", optimizer="sgd", steps=2, broker=clean_broker) as run:
+        run.log(1, train_loss=0.5)
+        run.log(2, train_loss=float("nan"), grad_norm=float("inf"))
+    entries = [e[b"e"] for _, e in connect(clean_broker).xrange(STREAM)]
+    rows = [r for e in entries if b'"type":"metrics"' in e for r in json.loads(e)["rows"]]
+    values = {(s, n): v for s, n, v, _w, _t in rows}
+    assert values[(1, "train_loss")] == 0.5 and math.isnan(values[(2, "train_loss")])
+    assert values[(2, "grad_norm")] == math.inf
+
+
+def test_a_cancel_from_before_a_restart_does_not_stop_the_restarted_script(clean_broker):
+    import approximant
+    from approximant.tasks.submit import cancel_study
+
+    with approximant.start_run("cancelled once", optimizer="sgd", steps=9,
+                               broker=clean_broker) as run:
+        cancel_study(run.study_id, clean_broker)
+        bench_faults.wait_for("the cancel", lambda: run.cancelled, 30)
+        run.finish("cancelled")
+    again = approximant.start_run("cancelled once", optimizer="sgd", steps=9,
+                                  broker=clean_broker)
+    again.log(1, train_loss=1.0)
+    again.flush()
+    assert not again.cancelled  # the sender has polled the cancel keys since (flush waited)
+    import time
+    time.sleep(0.6)
+    assert not again.cancelled
+    again.finish()
+
+
+def test_configs_that_print_alike_are_different_runs(clean_broker):
+    import approximant
+
+    ids = set()
+    for config in ({"lr": 1}, {"lr": 1.0}, {"lr": 1.0000004}, {"flag": True},
+                   {"flag": "True"}):
+        run = approximant.start_run("alike", optimizer="sgd", config=config, steps=1,
+                                    broker=clean_broker)
+        run.finish()
+        ids.add(run.run_id)
+    assert len(ids) == 5
+
+
+def test_a_script_cannot_add_runs_to_a_built_in_study(clean_broker, db):
+    from approximant.engine.specs import parse_study
+    from approximant.storage.events import StudyEvent
+    from approximant.storage.stream import EventStream, connect
+    from approximant.tasks.submit import _register
+
+    spec = parse_study({"name": "built in", "workload": {"name": "digits_mlp"},
+                        "optimizers": [{"name": "sgd"}], "steps": 5})
+    from approximant.engine.specs import expand
+    _register(connect(clean_broker), spec, expand(spec))
+    stream = EventStream(connect(clean_broker))
+    stream.append([StudyEvent(study_id=spec.study_id, spec={
+        "name": "x", "source": "script", "workload": {"name": "script", "settings": {}}},
+        runs=[{"run_id": "intruder", "label": "sgd", "optimizer": "sgd", "seed": 0,
+               "hparams": {}, "steps": 1}])])
+    _recorded(clean_broker, db)
+    with db.read() as cur:
+        assert cur.execute("SELECT count(*) FROM runs WHERE run_id = 'intruder'"
+                           ).fetchone() == (0,)
+    assert stream.client.xlen(stream.dead_letter) == 1
