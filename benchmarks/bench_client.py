@@ -144,14 +144,15 @@ def forget_stream(url: str) -> None:
 # -- 2. a training loop ----------------------------------------------------------------------
 
 def digits() -> tuple[torch.Tensor, ...]:
-    from sklearn.datasets import load_digits
+    """examples/own_script.py's data (loaded from the file: the example is a script, not a
+    package module)."""
+    import importlib.util
 
-    d = load_digits()
-    x = torch.tensor(d.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(d.target)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    val, train = order[:360], order[360:]
-    return x[train], y[train], x[val], y[val]
+    path = Path(__file__).resolve().parent.parent / "examples" / "own_script.py"
+    spec = importlib.util.spec_from_file_location("own_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.data()
 
 
 def train(optimizer: str, steps: int, data, run=None) -> float:
