@@ -40,11 +40,13 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
+from approximant.storage.events import SCRIPT
+
 log = logging.getLogger(__name__)
 
 # What the study page and the recorder accept as a metric's name.
 _METRIC = re.compile(r"^[A-Za-z][A-Za-z0-9_./-]{0,63}$")
-SOURCE = "script"
+SOURCE = SCRIPT
 FLUSH_S = 1.0
 
 
@@ -128,6 +130,7 @@ class Run:
         self._lock = threading.Lock()  # the rows held
         self._sending = threading.Lock()  # the publisher (not thread-safe)
         self._rows: list[dict[str, Any]] = []
+        self._names: set[str] = set()
         self._t0 = time.monotonic()
         self._started_at = time.time()
         self._stop = threading.Event()
@@ -139,8 +142,7 @@ class Run:
     def _start(self) -> None:
         from approximant.storage.events import StudyEvent
         from approximant.storage.stream import EventStream, connect, now
-        from approximant.tasks.publisher import PROGRESS_KEY, MetricPublisher
-        from approximant.tasks.run import ATTEMPT_KEY
+        from approximant.tasks.publisher import ATTEMPT_KEY, PROGRESS_KEY, MetricPublisher
 
         client = connect(self._url)
         self._client = client
@@ -194,9 +196,11 @@ class Run:
         wall = time.monotonic() - self._t0
         rows = []
         for name, value in metrics.items():
-            if not _METRIC.match(name):
-                raise ValueError(f"metric {name!r}: letters, digits and _ . / - , starting "
-                                 "with a letter, at most 64 characters")
+            if name not in self._names:  # each name checked once: log is the hot path
+                if not _METRIC.match(name):
+                    raise ValueError(f"metric {name!r}: letters, digits and _ . / - , "
+                                     "starting with a letter, at most 64 characters")
+                self._names.add(name)
             try:
                 number = float(value)
             except (TypeError, ValueError):
@@ -254,12 +258,19 @@ class Run:
         if rows:
             self._publisher.add(rows)
 
+    def _cancel_asked(self) -> bool:
+        """Whether the dashboard asked this run, or its study, to stop since this process
+        started: a cancel from before it is not for it, so a script started again after a
+        cancel continues (cancel requests hold the time they were asked at)."""
+        from approximant.tasks.publisher import CANCEL_RUN_KEY, CANCEL_STUDY_KEY
+
+        asked = self._client.mget(CANCEL_RUN_KEY.format(run_id=self.run_id),
+                                  CANCEL_STUDY_KEY.format(study_id=self.study_id))
+        return any(float(v) >= self._started_at for v in asked if v is not None)
+
     def _sender(self) -> None:
         from approximant.storage.stream import BROKER_ERRORS, Outage
-        from approximant.tasks.run import CANCEL_RUN_KEY, CANCEL_STUDY_KEY
 
-        cancel_keys = (CANCEL_RUN_KEY.format(run_id=self.run_id),
-                       CANCEL_STUDY_KEY.format(study_id=self.study_id))
         outage = Outage(f"run {self.run_id}", log)  # one warning an outage, not one a poll
         while not self._stop.wait(FLUSH_S / 4):
             try:
@@ -268,10 +279,7 @@ class Run:
                     if self._publisher.pending and (
                             time.monotonic() - self._publisher.last_flush >= FLUSH_S):
                         self._publisher.flush()
-                # A cancel asked for before this process started is not for it: a script
-                # started again after a cancel continues (cancel requests hold their time).
-                asked = [float(v) for v in self._client.mget(cancel_keys) if v is not None]
-                self.cancelled = any(t >= self._started_at for t in asked)
+                self.cancelled = self._cancel_asked()
                 outage.back()
             except BROKER_ERRORS as err:
                 outage.lost(err)

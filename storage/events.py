@@ -16,6 +16,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+# A study logged by training scripts (approximant.client): its spec's ``source`` and its runs'
+# workload name. Such a study has no spec of its own; each script registers its own run.
+SCRIPT = "script"
+
 Status = Literal["queued", "running", "finished", "diverged", "failed", "cancelled"]
 # [step, name, value, wall_s, tokens]: positional, as 2 000 rows of a flush are most of the
 # stream's bytes.

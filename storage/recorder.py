@@ -24,6 +24,7 @@ import pandas as pd
 
 from approximant.storage.db import Database
 from approximant.storage.events import (
+    SCRIPT,
     LabCaseEvent,
     LabJobEvent,
     LabStatusEvent,
@@ -288,11 +289,11 @@ def _study(cur, ev: StudyEvent, batch: _Batch) -> None:
     )
     # A script study (approximant.client) grows one run per script: each event lists only
     # its own run, which goes after the runs already there.
-    script = spec.get("source") == "script"
+    script = spec.get("source") == SCRIPT
     if script:
         kind = cur.execute("SELECT workload FROM studies WHERE study_id = ?",
                            [ev.study_id]).fetchone()
-        if kind is not None and kind[0] != "script":
+        if kind is not None and kind[0] != SCRIPT:
             raise ValueError(f"study {ev.study_id}: a script's run for a study that is not "
                              "logged from scripts")
     first = cur.execute("SELECT count(*) FROM runs WHERE study_id = ?",

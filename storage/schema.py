@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import duckdb
 
+from approximant.storage.events import SCRIPT
+
 MIGRATIONS: list[list[str]] = [
     [
         """
@@ -184,7 +186,7 @@ RUN_COLUMNS = (
 def run_order(alias: str = "") -> str:
     """The ORDER BY terms for the runs table, its columns qualified by ``alias``."""
     a = f"{alias}." if alias else ""
-    return (f"CASE WHEN json_extract_string({a}spec, '$.workload.name') = 'script' THEN NULL "
+    return (f"CASE WHEN json_extract_string({a}spec, '$.workload.name') = '{SCRIPT}' THEN NULL "
             f"ELSE {a}position END, {a}label, {a}seed")
 
 INSERT_RUN = (f"INSERT OR IGNORE INTO runs ({', '.join(RUN_COLUMNS)}) "

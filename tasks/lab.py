@@ -38,8 +38,8 @@ from approximant.storage.events import (
 )
 from approximant.storage.stream import EventStream, connect, now
 from approximant.tasks.celery_app import app, configure
-from approximant.tasks.publisher import PROGRESS_TTL_S, MetricPublisher, retrying
-from approximant.tasks.run import ATTEMPT_KEY, CancelFlag, _client, claim_delivery
+from approximant.tasks.publisher import ATTEMPT_KEY, PROGRESS_TTL_S, MetricPublisher, retrying
+from approximant.tasks.run import CancelFlag, _client, claim_delivery
 from approximant.tasks.submit import queue_once
 
 log = logging.getLogger(__name__)

@@ -31,6 +31,12 @@ PROGRESS_TTL_S = 30 * 24 * 3600
 # waits for it to lapse (see ``tasks.run.claim``); a run whose lease lapsed lost its worker and
 # is queued again (``tasks.run.Reaper``), so this is how long a dead worker's run waits.
 LEASE_KEY = "approximant:lease:{run_id}"
+# A run's attempts (a Redis counter), and the cancel requests a run polls (their value: when
+# they were asked for). Here, with the other keys a run writes, so that a script's client
+# (approximant.client) reads them without importing Celery.
+ATTEMPT_KEY = "approximant:attempt:{run_id}"
+CANCEL_RUN_KEY = "approximant:cancel:run:{run_id}"
+CANCEL_STUDY_KEY = "approximant:cancel:study:{study_id}"
 # Read once: every attempt of a process renews with the same period.
 LEASE_TTL_S = current_settings().lease_s
 # How long a broker write waits for an unreachable broker before giving up (None: as long as it

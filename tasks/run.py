@@ -32,6 +32,9 @@ from approximant.storage.events import LabStatusEvent, StatusEvent
 from approximant.storage.stream import BROKER_ERRORS, TERMINAL, EventStream, Outage, connect, now
 from approximant.tasks.celery_app import DEFAULT_CHECKPOINT_S, app, checkpoint_every_s
 from approximant.tasks.publisher import (
+    ATTEMPT_KEY,
+    CANCEL_RUN_KEY,
+    CANCEL_STUDY_KEY,
     LEASE_KEY,
     LEASE_TTL_S,
     PROGRESS_KEY,
@@ -42,9 +45,6 @@ from approximant.tasks.publisher import (
 
 log = logging.getLogger(__name__)
 
-ATTEMPT_KEY = "approximant:attempt:{run_id}"
-CANCEL_RUN_KEY = "approximant:cancel:run:{run_id}"
-CANCEL_STUDY_KEY = "approximant:cancel:study:{study_id}"
 CANCEL_POLL_S = 0.5
 SKIPPED_KEY = "approximant:skipped"  # hash "run_id:verdict" → deliveries not trained
 # The latest checkpoint of a run that has not ended, in the broker so that whichever worker

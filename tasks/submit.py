@@ -11,15 +11,14 @@ from approximant.engine.specs import RunSpec, StudySpec, expand, extra_seed_runs
 from approximant.storage.events import StatusEvent, StudyEvent
 from approximant.storage.stream import TERMINAL, EventStream, connect, now
 from approximant.tasks.celery_app import app, configure
-from approximant.tasks.publisher import PROGRESS_KEY, PROGRESS_TTL_S
-from approximant.tasks.run import (
-    ACTIVE_KEY,
+from approximant.tasks.publisher import (
     ATTEMPT_KEY,
     CANCEL_RUN_KEY,
     CANCEL_STUDY_KEY,
-    DELIVERY_KEY,
-    run_task,
+    PROGRESS_KEY,
+    PROGRESS_TTL_S,
 )
+from approximant.tasks.run import ACTIVE_KEY, DELIVERY_KEY, run_task
 
 SUBMITTED_KEY = "approximant:submitted:{run_id}"
 

@@ -27,6 +27,7 @@ from approximant.app.text import plain, plain_lines
 from approximant.app.view_state import ViewState
 from approximant.storage import analytics as an
 from approximant.storage import stats
+from approximant.storage.events import SCRIPT
 from approximant.storage.export import study_parquet
 from approximant.storage.queries import Queries
 from approximant.storage.stream import TERMINAL
@@ -262,7 +263,7 @@ def _span(counts: pd.Series) -> str:
 def _diagnostics_tab(data: _CachedData, runs: pd.DataFrame, v: View, metrics: list[str]) -> None:
     diag = report.diagnostic_names(metrics)
     if not diag:
-        if not runs.empty and (runs["workload"] == "script").all():
+        if not runs.empty and (runs["workload"] == SCRIPT).all():
             st.caption("No diagnostics recorded: a script logs only what it passes to "
                        "`run.log`.")
             return
@@ -380,7 +381,7 @@ def _meta(study: dict, runs: pd.DataFrame) -> str:
 
 def is_script(study: dict) -> bool:
     """Logged by a training script (approximant.client): no worker can re-run it."""
-    return study["spec"].get("source") == "script"
+    return study["spec"].get("source") == SCRIPT
 
 
 def _after_action(message: str) -> None:
