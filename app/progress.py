@@ -30,6 +30,14 @@ def _fmt_time(seconds: float) -> str:
     return f"{s // 60}:{s % 60:02d}"
 
 
+def _steps_done(run: Any, state: dict[str, str]) -> int:
+    """Steps of ``run`` behind it: all of them once it ended (a diverged or cancelled run has
+    no more to come), else its progress record's step."""
+    if state.get("status", "queued") in TERMINAL:
+        return run.steps
+    return min(run.steps, int(state.get("step", 0) or 0))
+
+
 def _bar(fraction: float, width: int = BAR) -> str:
     filled = max(0.0, min(1.0, fraction)) * width
     full = int(filled)
@@ -57,9 +65,7 @@ class ProgressView:
         done = sum(s in TERMINAL for s in status)
         steps = sum(r.steps for r in self.runs)
         # An ended run counts whole: a diverged or cancelled run has no more steps to come.
-        at = sum(r.steps if s in TERMINAL else min(r.steps, int(states.get(r.run_id, {})
-                                                                 .get("step", 0) or 0))
-                 for r, s in zip(self.runs, status, strict=True))
+        at = sum(_steps_done(r, states.get(r.run_id, {})) for r in self.runs)
         fraction = at / steps if steps else 1.0
         elapsed = self.clock() - self.t0
         left = (f" · about {_fmt_time(elapsed * (1 - fraction) / fraction)} left"
@@ -82,8 +88,7 @@ class ProgressView:
         for label, runs in groups.items():
             recs = [states.get(r.run_id, {}) for r in runs]
             status = [s.get("status", "queued") for s in recs]
-            at = sum(r.steps if st in TERMINAL else min(r.steps, int(s.get("step", 0) or 0))
-                     for r, s, st in zip(runs, recs, status, strict=True))
+            at = sum(_steps_done(r, s) for r, s in zip(runs, recs, strict=True))
             fraction = at / max(1, sum(r.steps for r in runs))
             ended = sum(st in TERMINAL for st in status)
             note = f"{ended}/{len(runs)} seeds"
