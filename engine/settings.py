@@ -2,11 +2,11 @@
 
 The processes of a stack (``approximant up``, its worker, its dashboard, a headless ``run``, a
 script logging with ``approximant.client``) are configured by ``APPROXIMANT_*`` variables, which
-a parent hands down to its children. This module is the one place that names them, gives their
-defaults and ranges, and reads them: ``Settings.from_env()`` refuses a bad value naming the
-variable, and the CLI calls it before it starts anything, so a typo shows at start and not at a
-run's first checkpoint. ``current()`` reads the environment at the time of the call (cheap), so
-a test or a CLI flag that sets a variable is seen at once.
+children inherit with the rest of their parent's environment. This module is the one place that
+names them, gives their defaults and ranges, and reads them: ``Settings.from_env()`` refuses a
+bad value naming the variable, and the CLI calls it before it starts anything, so a typo shows
+at start and not at a run's first checkpoint. ``current()`` reads the environment at the time
+of the call (cheap), so a test or a CLI flag that sets a variable is seen at once.
 
 The sign-in settings (passwords, the editors list) stay with access control (app/access.py),
 which keeps secrets out of any object that might be printed.
@@ -77,15 +77,6 @@ class Settings(BaseModel):
                 var = ENV[str(item["loc"][0])]
                 lines.append(f"{var}: {item['msg']} (got {given.get(item['loc'][0])!r})")
             raise ValueError("\n".join(lines)) from None
-
-    def env(self) -> dict[str, str]:
-        """The variables that give a child process these settings (defaults left out)."""
-        out = {}
-        for name, var in ENV.items():
-            value = getattr(self, name)
-            if value is not None and value != type(self).model_fields[name].default:
-                out[var] = str(value)
-        return out
 
 
 def current() -> Settings:
