@@ -143,57 +143,32 @@ def forget_stream(url: str) -> None:
 
 # -- 2. a training loop ----------------------------------------------------------------------
 
-def digits() -> tuple[torch.Tensor, ...]:
-    """examples/own_script.py's data (loaded from the file: the example is a script, not a
-    package module)."""
+def example():
+    """examples/own_script.py as a module (loaded from its file: the example is a script, not
+    a package module): its data, model and step are what part 2 times."""
     import importlib.util
 
     path = Path(__file__).resolve().parent.parent / "examples" / "own_script.py"
     spec = importlib.util.spec_from_file_location("own_script", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.data()
+    return module
 
 
-def train(optimizer: str, steps: int, data, run=None) -> float:
+def train(ex, optimizer: str, steps: int, data, run=None) -> float:
     """examples/own_script.py's loop, timed from the model's build to the last step."""
     xt, yt, xv, yv = data
     t0 = time.perf_counter()
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(),
-                                torch.nn.Linear(128, 128), torch.nn.ReLU(),
-                                torch.nn.Linear(128, 10))
-    if optimizer == "adamw":
-        opts = [torch.optim.AdamW(model.parameters(), lr=1e-3)]
-    else:
-        hidden = model[2].weight
-        opts = [approximant.Kaon([hidden]),
-                torch.optim.AdamW([p for p in model.parameters() if p is not hidden], lr=1e-3,
-                                  weight_decay=0.0)]
-
-    @torch.no_grad()
-    def evaluate() -> dict[str, float]:
-        logits = model(xv)
-        return {"val_loss": torch.nn.functional.cross_entropy(logits, yv).item(),
-                "val_accuracy": (logits.argmax(1) == yv).float().mean().item()}
-
-    ev = evaluate()
+    model, opts, _config = ex.build(optimizer, seed=0)
+    ev = ex.evaluate(model, xv, yv)
     if run is not None:
         run.log(0, **ev)
     for step in range(1, steps + 1):
-        g = torch.Generator().manual_seed(step)
-        idx = torch.randint(0, len(yt), (64,), generator=g)
-        loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
-        for opt in opts:
-            opt.zero_grad()
-        loss.backward()
-        for opt in opts:
-            opt.step()
-        value = loss.item()
+        value = ex.train_step(model, opts, xt, yt, 0, step)
         if run is not None:
             run.log(step, train_loss=value)
         if step % EVAL_EVERY == 0 or step == steps:
-            ev = evaluate()
+            ev = ex.evaluate(model, xv, yv)
             if run is not None:
                 run.log(step, **ev)
     return time.perf_counter() - t0
@@ -202,11 +177,12 @@ def train(optimizer: str, steps: int, data, run=None) -> float:
 def training(url: str, optimizers: list[str], steps: int, repeats: int) -> list[dict]:
     """Per optimizer and clock: bare, logged and, as a control for this machine's noise, bare
     again ("A/A"); the three rotate their order from repeat to repeat."""
-    data = digits()
+    ex = example()
+    data = ex.data()
     out = []
     variants = ("bare", "log", "again")
     for name in optimizers:
-        train(name, 50, data)  # warm-up (first calls, allocations)
+        train(ex, name, 50, data)  # warm-up (first calls, allocations)
         times: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
         for r in range(repeats):
             for variant in variants[r % 3:] + variants[:r % 3]:
@@ -219,7 +195,7 @@ def training(url: str, optimizers: list[str], steps: int, repeats: int) -> list[
                                                 seed=0, steps=steps, broker=url)
                 c0 = time.process_time()
                 t0 = time.perf_counter()
-                train(name, steps, data, run)
+                train(ex, name, steps, data, run)
                 if run is not None:
                     run.finish()
                 times[variant].append((time.perf_counter() - t0, time.process_time() - c0))

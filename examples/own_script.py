@@ -36,6 +36,45 @@ def data() -> tuple[torch.Tensor, ...]:
     return x[train], y[train], x[val], y[val]
 
 
+def build(optimizer: str, seed: int, lr: float | None = None, c: float = 2 / 3
+          ) -> tuple[torch.nn.Module, list[torch.optim.Optimizer], dict[str, float]]:
+    """The model, its optimizers and the config to log (the options given, with defaults
+    filled in by the optimizer)."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(),
+                                torch.nn.Linear(128, 128), torch.nn.ReLU(),
+                                torch.nn.Linear(128, 10))
+    # The Muon convention: spectral steps for hidden matrices, AdamW for the input layer, the
+    # head and every bias.
+    hidden = [model[2].weight]
+    rest = [p for p in model.parameters() if all(p is not h for h in hidden)]
+    if optimizer == "adamw":
+        config = {"lr": lr or 1e-3}
+        return model, [torch.optim.AdamW(model.parameters(), lr=config["lr"])], config
+    options = {"c": c} if optimizer == "freon" else {}
+    if lr is not None:
+        options["lr"] = lr
+    spectral = SPECTRAL[optimizer](hidden, **options)
+    config = {k: v for k, v in spectral.hparams.model_dump().items() if k in ("lr", *options)}
+    return model, [spectral, torch.optim.AdamW(rest, lr=1e-3, weight_decay=0.0)], config
+
+
+def train_step(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
+               xt: torch.Tensor, yt: torch.Tensor, seed: int, step: int) -> float:
+    """One step on a batch of 64; returns the loss."""
+    # Each step's batch is a function of (seed, step): a resumed run sees the batches the
+    # uninterrupted one would have.
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    idx = torch.randint(0, len(yt), (64,), generator=g)
+    loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+    for opt in optimizers:
+        opt.zero_grad()
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+    return loss.item()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", default="digits, my own loop")
@@ -48,28 +87,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, default=None)
     args = ap.parse_args()
 
-    torch.manual_seed(args.seed)
     xt, yt, xv, yv = data()
-    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(),
-                                torch.nn.Linear(128, 128), torch.nn.ReLU(),
-                                torch.nn.Linear(128, 10))
-    # The Muon convention: spectral steps for hidden matrices, AdamW for the input layer, the
-    # head and every bias.
-    hidden = [model[2].weight]
-    rest = [p for p in model.parameters() if all(p is not h for h in hidden)]
-    config: dict[str, float] = {}
-    if args.optimizer == "adamw":
-        config["lr"] = args.lr or 1e-3
-        optimizers = [torch.optim.AdamW(model.parameters(), lr=config["lr"])]
-    else:
-        options = {"c": args.c} if args.optimizer == "freon" else {}
-        if args.lr is not None:
-            options["lr"] = args.lr
-        spectral = SPECTRAL[args.optimizer](hidden, **options)
-        config = {k: v for k, v in spectral.hparams.model_dump().items()
-                  if k in ("lr", *options)}
-        optimizers = [spectral, torch.optim.AdamW(rest, lr=1e-3, weight_decay=0.0)]
-
+    model, optimizers, config = build(args.optimizer, args.seed, args.lr, args.c)
     step = 0
     if args.checkpoint and args.checkpoint.exists():
         state = torch.load(args.checkpoint, weights_only=False)
@@ -86,17 +105,7 @@ def main() -> None:
             run.log(0, **evaluate(model, xv, yv))
         while step < args.steps and not run.cancelled:
             step += 1
-            # Each step's batch is a function of (seed, step): a resumed run sees the batches
-            # the uninterrupted one would have.
-            g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-            idx = torch.randint(0, len(yt), (64,), generator=g)
-            loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
-            for opt in optimizers:
-                opt.zero_grad()
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
-            run.log(step, train_loss=loss.item())
+            run.log(step, train_loss=train_step(model, optimizers, xt, yt, args.seed, step))
             if step % args.eval_every == 0 or step == args.steps:
                 run.log(step, **evaluate(model, xv, yv))
             if args.checkpoint and step % 100 == 0:
